@@ -1,0 +1,269 @@
+"""Interactive SAM: encode an image once, then decode prompts in milliseconds.
+
+:class:`Predictor` is the engine's main object. ``set_image`` runs the expensive
+encoder and returns an :class:`Embedding`; ``predict`` turns points, a box and/or a
+previous mask into masks at the original resolution; ``predict_batch`` decodes many
+objects in one decoder call. All coordinates are (row, col) pixels of the image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_sam.engine import prompts
+from napari_sam.engine.loading import SamModel, load_model
+from napari_sam.engine.preprocess import (
+    Normalization,
+    compute_normalization,
+    resize_longest_side,
+    resized_shape,
+)
+from napari_sam.engine.results import BatchPrediction, Embedding, Prediction
+from napari_sam.engine.upsampling import LogitUpsampler
+from napari_sam.errors import CacheMismatchError, InvalidInputError
+
+MASK_THRESHOLD = 0.0  # logits above this are inside the mask
+
+
+class Predictor:
+    """Holds one model and one current image embedding.
+
+    Parameters
+    ----------
+    model : str, pathlib.Path or SamModel
+        Registry name (default ``"vit_t"``), checkpoint file, or an already loaded model.
+    device : str, optional
+        Torch device for a model given by name; ``None`` picks cuda, mps, then cpu.
+
+    Examples
+    --------
+    >>> predictor = Predictor("vit_t")                      # doctest: +SKIP
+    >>> predictor.set_image(image)                          # doctest: +SKIP
+    >>> mask = predictor.predict(points=[(120, 88)]).best_mask   # doctest: +SKIP
+    """
+
+    def __init__(self, model: str | Path | SamModel = "vit_t", device: str | None = None):
+        self.model = model if isinstance(model, SamModel) else load_model(model, device)
+        self._embedding: Embedding | None = None
+        self._upsampler: LogitUpsampler | None = None
+        with torch.inference_mode():
+            self._image_pe = self.model.module.prompt_encoder.dense_positional_encoding()
+
+    @property
+    def embedding(self) -> Embedding:
+        """The current embedding; raises if no image was set."""
+        if self._embedding is None:
+            raise InvalidInputError("No image is set: call set_image(image) first.")
+        return self._embedding
+
+    def set_image(
+        self, image: np.ndarray, normalization: Normalization | None = None
+    ) -> Embedding:
+        """Encode a 2D image (the slow step, about a second on a CPU).
+
+        Parameters
+        ----------
+        image : numpy.ndarray, shape (H, W) or (H, W, C)
+            Grey, RGB, or multichannel (then ``normalization`` must choose a channel).
+        normalization : Normalization, optional
+            Reuse one mapping for all tiles or slices of the same data; computed from
+            this image when omitted (see :func:`compute_normalization`).
+
+        Returns
+        -------
+        Embedding
+        """
+        image = np.asarray(image)
+        normalization = normalization or compute_normalization(image)
+        rgb = normalization.apply(image)
+        size = self.model.input_size
+        resized = resize_longest_side(rgb, size)
+        pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()
+        with torch.inference_mode():
+            features = self.model.module(pixels.to(self.model.device))
+        embedding = Embedding(
+            features=features,
+            input_size=resized.shape[:2],
+            original_size=image.shape[:2],
+            model_id=self.model.model_id,
+            normalization=normalization,
+        )
+        self.set_embedding(embedding)
+        return embedding
+
+    def set_embedding(self, embedding: Embedding) -> None:
+        """Make a stored embedding current (no encoder call).
+
+        Raises
+        ------
+        CacheMismatchError
+            The embedding was computed by other weights.
+        """
+        if embedding.model_id != self.model.model_id:
+            raise CacheMismatchError(
+                f"This embedding was computed by {embedding.model_id}, but the predictor "
+                f"holds {self.model.model_id}: encode the image again with set_image."
+            )
+        self._embedding = embedding
+        self._upsampler = LogitUpsampler(
+            embedding.original_size, embedding.input_size, self.model.input_size
+        )
+
+    def predict(
+        self,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool | None = None,
+    ) -> Prediction:
+        """Masks for one object from its prompts.
+
+        Parameters
+        ----------
+        points : array-like, shape (K, 2), optional
+            (row, col) pixels.
+        point_labels : array-like, shape (K,), optional
+            1 for object, 0 for background; all 1 when omitted.
+        box : array-like, shape (4,), optional
+            (row0, col0, row1, col1), corners inclusive.
+        mask_input : array-like, shape (256, 256), optional
+            Low-resolution logits of an earlier prediction, to refine it.
+        multimask : bool, optional
+            Three candidate masks (True) or one (False). Default: three for a single
+            point alone, one otherwise, as the SAM paper recommends.
+
+        Returns
+        -------
+        Prediction
+            ``masks`` (N, H, W), ``scores`` (N,), ``logits`` (N, 256, 256).
+        """
+        shape = self.embedding.original_size
+        point_set = prompts.check_points(points, point_labels, shape)
+        corners = prompts.check_box(box, shape)
+        logits = prompts.check_mask_input(mask_input)
+        if point_set is None and corners is None and logits is None:
+            raise InvalidInputError("Give at least one prompt: points, box or mask_input.")
+        if multimask is None:
+            multimask = corners is None and logits is None and len(point_set[0]) == 1
+        batch = self._decode(
+            None if point_set is None else point_set[0][None],
+            None if point_set is None else point_set[1][None],
+            None if corners is None else corners[None],
+            None if logits is None else logits[None],
+            multimask,
+        )
+        return batch[0]
+
+    def predict_batch(
+        self,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+        batch_size: int = 16,
+    ) -> BatchPrediction:
+        """Masks for B objects at once (many boxes, or points per object).
+
+        Parameters
+        ----------
+        points : array-like, shape (B, K, 2) or (B, 2), optional
+            (row, col) points; (B, 2) means one point per object.
+        point_labels : array-like, shape (B, K) or (B,), optional
+        boxes : array-like, shape (B, 4), optional
+        mask_input : array-like, shape (B, 256, 256), optional
+        multimask : bool
+            Three candidates per object instead of one.
+        batch_size : int
+            Objects per decoder call; bounds memory (about 30 MB per object).
+
+        Returns
+        -------
+        BatchPrediction
+            ``masks`` (B, N, H, W), ``scores`` (B, N), ``logits`` (B, N, 256, 256).
+        """
+        coords, labels, corners, logits = self._check_batch(points, point_labels, boxes, mask_input)
+        count = len(next(x for x in (coords, corners, logits) if x is not None))
+        parts = []
+        for start in range(0, count, max(1, batch_size)):
+            part = slice(start, start + batch_size)
+            parts.append(
+                self._decode(
+                    None if coords is None else coords[part],
+                    None if labels is None else labels[part],
+                    None if corners is None else corners[part],
+                    None if logits is None else logits[part],
+                    multimask,
+                )
+            )
+        return BatchPrediction(
+            masks=np.concatenate([p.masks for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            logits=np.concatenate([p.logits for p in parts]),
+        )
+
+    def _check_batch(self, points, point_labels, boxes, mask_input):
+        shape = self.embedding.original_size
+        coords = labels = corners = logits = None
+        sizes = []
+        if points is not None:
+            coords = np.asarray(points, dtype=np.float64)
+            if coords.ndim == 2:
+                coords = coords[:, None, :]
+            flags = None if point_labels is None else np.asarray(point_labels).reshape(coords.shape[:2])
+            checked = [
+                prompts.check_points(c, None if flags is None else flags[i], shape)
+                for i, c in enumerate(coords)
+            ]
+            coords = np.stack([c for c, _ in checked])
+            labels = np.stack([f for _, f in checked])
+            sizes.append(len(coords))
+        if boxes is not None:
+            corners = np.stack([prompts.check_box(b, shape) for b in np.asarray(boxes).reshape(-1, 4)])
+            sizes.append(len(corners))
+        if mask_input is not None:
+            logits = np.stack([prompts.check_mask_input(m) for m in np.asarray(mask_input)])
+            sizes.append(len(logits))
+        if not sizes:
+            raise InvalidInputError("Give at least one prompt: points, boxes or mask_input.")
+        if len(set(sizes)) != 1:
+            raise InvalidInputError(f"points, boxes and mask_input describe different numbers of objects: {sizes}.")
+        return coords, labels, corners, logits
+
+    def _decode(self, coords, labels, corners, logits, multimask: bool) -> BatchPrediction:
+        """Run prompt encoder, decoder and upsampling on validated numpy prompts."""
+        embedding = self.embedding
+        device = self.model.device
+        sam = self.model.module
+        original, resized = embedding.original_size, embedding.input_size
+        with torch.inference_mode():
+            point_arg = None
+            if coords is not None:
+                xy = prompts.to_encoder_xy(coords, original, resized)
+                point_arg = (
+                    torch.as_tensor(xy, dtype=torch.float32, device=device),
+                    torch.as_tensor(labels, dtype=torch.int64, device=device),
+                )
+            box_arg = None
+            if corners is not None:
+                xy = prompts.to_encoder_xy(corners.reshape(-1, 2, 2), original, resized)
+                box_arg = torch.as_tensor(xy.reshape(-1, 4), dtype=torch.float32, device=device)
+            mask_arg = None
+            if logits is not None:
+                mask_arg = torch.as_tensor(logits, device=device)[:, None]
+            sparse, dense = sam.prompt_encoder(point_arg, box_arg, mask_arg)
+            low_res, iou = sam.mask_decoder(embedding.features, self._image_pe, sparse, dense)
+            chosen = slice(1, None) if multimask else slice(0, 1)
+            low_res, iou = low_res[:, chosen], iou[:, chosen]
+            b, n = iou.shape
+            full = self._upsampler(low_res.reshape(b * n, *low_res.shape[-2:]).float().cpu())
+            masks = (full > MASK_THRESHOLD).reshape(b, n, *original)
+        return BatchPrediction(
+            masks=masks.numpy(),
+            scores=iou.float().cpu().numpy(),
+            logits=low_res.float().cpu().numpy(),
+        )

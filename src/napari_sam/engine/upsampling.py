@@ -1,0 +1,60 @@
+"""Fast upsampling of SAM's 256x256 mask logits to the original image.
+
+SAM upsamples logits bilinearly to the padded encoder frame (1024x1024), crops the
+padding, and resizes bilinearly again to the original size. Both steps are linear and
+separable, so each axis is one fixed linear map from 256 values to the original length,
+with only a few non-zero weights per output pixel. :class:`LogitUpsampler` computes those
+weights once per image size by pushing an identity matrix through the same two
+``torch.nn.functional.interpolate`` calls, then applies them as gathers: about 20x fewer
+operations than the two dense interpolations, with the same values to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def axis_weights(low: int, frame: int, valid: int, original: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse form of the map low -> frame (bilinear) -> crop [:valid] -> original.
+
+    Returns
+    -------
+    index : torch.Tensor, shape (original, K), int64
+        Source positions (in 0..low-1) of each output position.
+    weight : torch.Tensor, shape (original, K), float32
+        Their weights (zero for padding entries).
+    """
+    eye = torch.eye(low, dtype=torch.float64).view(1, 1, low, low)
+    step = F.interpolate(eye, size=(frame, low), mode="bilinear", align_corners=False)
+    step = step[:, :, :valid, :]
+    dense = F.interpolate(step, size=(original, low), mode="bilinear", align_corners=False)
+    dense = dense[0, 0]  # (original, low)
+    nonzero = dense != 0
+    k = int(nonzero.sum(dim=1).max())
+    weight, index = torch.topk(dense.abs() * nonzero, k, dim=1)
+    weight = torch.gather(dense, 1, index)
+    return index, weight.float()
+
+
+class LogitUpsampler:
+    """Upsamples (N, 256, 256) logits to (N, rows, cols) for one image geometry."""
+
+    def __init__(
+        self, original: tuple[int, int], resized: tuple[int, int], frame: int, low: int = 256
+    ) -> None:
+        self.original = original
+        self.row_index, self.row_weight = axis_weights(low, frame, resized[0], original[0])
+        self.col_index, self.col_weight = axis_weights(low, frame, resized[1], original[1])
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, 256, 256) float -> (N, rows, cols) float."""
+        rows = None
+        for k in range(self.row_index.shape[1]):
+            term = logits[:, self.row_index[:, k], :] * self.row_weight[:, k, None]
+            rows = term if rows is None else rows.add_(term)
+        out = None
+        for k in range(self.col_index.shape[1]):
+            term = rows[:, :, self.col_index[:, k]] * self.col_weight[:, k]
+            out = term if out is None else out.add_(term)
+        return out

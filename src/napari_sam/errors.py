@@ -1,0 +1,39 @@
+"""Errors a user can act on.
+
+Every error napari-sam raises on purpose is a :class:`NapariSamError`; each subclass
+also inherits the matching builtin, so ``except ValueError`` keeps working. Messages say
+what arrived, what was expected, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class NapariSamError(Exception):
+    """Base class of all errors raised on purpose by napari-sam."""
+
+
+class InvalidInputError(NapariSamError, ValueError):
+    """An image, prompt or argument is not usable as given."""
+
+
+class CheckpointError(NapariSamError, RuntimeError):
+    """A weights file is missing, corrupt, of another model, or fails its checksum."""
+
+
+class UnknownModelError(NapariSamError, KeyError):
+    """A model name is neither in the registry nor an existing file."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DownloadError(NapariSamError, OSError):
+    """No source could deliver a file (offline, no pip, all mirrors failed)."""
+
+
+class CacheMismatchError(NapariSamError, ValueError):
+    """A cached result was made for other data or settings."""
+
+
+class MissingDependencyError(NapariSamError, ImportError):
+    """An optional package is needed for this feature."""
