@@ -18,7 +18,7 @@ from napari_sam.engine.weights import fetch_weights, read_state_dict
 from napari_sam.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from napari_sam.engine.modeling.sam import Sam
+    from napari_sam.engine.modeling.sam import Sam, SamArchitecture
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,32 @@ def _check_keys(expected: dict, given: dict, spec: ModelSpec) -> None:
         f"The checkpoint does not fit the {spec.description} architecture "
         f"({'; '.join(parts)}). Pick the matching model name or pass architecture=."
     )
+
+
+def random_model(
+    architecture: "SamArchitecture", seed: int = 0, device: str = "cpu", name: str = "random"
+) -> SamModel:
+    """A SAM with seeded random weights: for tests, benchmarks and training from scratch.
+
+    Parameters
+    ----------
+    architecture : SamArchitecture
+        Any architecture, e.g. a tiny ``ViTConfig(embed_dim=32, depth=2, ...)``.
+    seed : int
+        Seed of ``torch.manual_seed``; the same seed gives the same weights.
+    """
+    import torch
+
+    from napari_sam.engine.modeling.fusion import fold_batchnorm
+    from napari_sam.engine.registry import ModelSpec
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(
+        name=name, description="random weights", architecture=architecture,
+        filename="", sha256="", size=0, license="none",
+    )
+    module = build_sam(spec).eval()
+    fold_batchnorm(module)
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return SamModel(module=module.to(device), spec=spec, model_id=f"{name}-seed{seed}", device=device)
