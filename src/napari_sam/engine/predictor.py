@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from napari_sam.engine import prompts
+from napari_sam.engine.fast_decoder import FastDecoder, ImageContext
 from napari_sam.engine.loading import SamModel, load_model
 from napari_sam.engine.preprocess import (
     Normalization,
@@ -49,6 +50,8 @@ class Predictor:
         self.model = model if isinstance(model, SamModel) else load_model(model, device)
         self._embedding: Embedding | None = None
         self._upsampler: LogitUpsampler | None = None
+        self._context: ImageContext | None = None
+        self._decoder = FastDecoder(self.model.module.mask_decoder)
         with torch.inference_mode():
             self._image_pe = self.model.module.prompt_encoder.dense_positional_encoding()
 
@@ -107,10 +110,13 @@ class Predictor:
                 f"This embedding was computed by {embedding.model_id}, but the predictor "
                 f"holds {self.model.model_id}: encode the image again with set_image."
             )
-        self._embedding = embedding
         self._upsampler = LogitUpsampler(
             embedding.original_size, embedding.input_size, self.model.input_size
         )
+        prompt_encoder = self.model.module.prompt_encoder
+        no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        self._context = self._decoder.prepare(embedding.features, self._image_pe, no_mask)
+        self._embedding = embedding
 
     def predict(
         self,
@@ -256,9 +262,11 @@ class Predictor:
             if logits is not None:
                 mask_arg = torch.as_tensor(logits, device=device)[:, None]
             sparse, dense = sam.prompt_encoder(point_arg, box_arg, mask_arg)
-            low_res, iou = sam.mask_decoder(embedding.features, self._image_pe, sparse, dense)
+            context = self._context
+            if mask_arg is not None:  # a dense prompt per object: no shared image work
+                context = self._decoder.prepare(embedding.features, self._image_pe, dense)
             chosen = slice(1, None) if multimask else slice(0, 1)
-            low_res, iou = low_res[:, chosen], iou[:, chosen]
+            low_res, iou = self._decoder(context, sparse, chosen)
             b, n = iou.shape
             full = self._upsampler(low_res.reshape(b * n, *low_res.shape[-2:]).float().cpu())
             masks = (full > MASK_THRESHOLD).reshape(b, n, *original)
