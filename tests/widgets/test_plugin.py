@@ -1,0 +1,37 @@
+"""The installed plugin is discovered by napari (npe2) and opens its sample as two layers.
+
+Needs the `test` extra and an X server (pytest-xvfb starts Xvfb): napari cannot add layers
+with Qt's offscreen platform, which has no OpenGL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PLUGIN = "napari-sam-microscopy"  # npe2 requires the manifest name to be the distribution name
+SAMPLE = "dsb2018_nuclei"
+
+
+def test_manifest_is_discovered():
+    from npe2 import PluginManager
+
+    manager = PluginManager.instance()
+    manager.discover()
+    manifest = manager.get_manifest(PLUGIN)
+    assert manifest.display_name == "napari-sam"
+    samples = {sample.key: sample.display_name for sample in manifest.contributions.sample_data}
+    assert samples == {SAMPLE: "DSB2018 nuclei (2D)"}
+
+
+def test_open_sample_adds_image_and_labels(make_napari_viewer):
+    from napari.layers import Image, Labels
+
+    viewer = make_napari_viewer()
+    added = viewer.open_sample(PLUGIN, SAMPLE)
+
+    assert [type(layer) for layer in added] == [Image, Labels]
+    assert [layer.name for layer in viewer.layers] == ["DSB2018 nuclei", "DSB2018 nuclei labels"]
+    image, labels = viewer.layers
+    assert image.data.shape == (512, 512) and image.data.dtype == np.uint16
+    assert labels.data.shape == (512, 512)
+    assert len(np.unique(labels.data)) == 126
