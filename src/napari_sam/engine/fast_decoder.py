@@ -41,6 +41,12 @@ class ImageContext:
     first_queries: torch.Tensor  # (Bc, N, I) first block's image-to-token query projection
 
 
+def softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis; torch's kernel is ~8x slower when it has ~7 entries."""
+    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))
+
+
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(B, n, I) -> (B, heads, n, I / heads)."""
     b, n, i = x.shape
@@ -92,10 +98,12 @@ def image_to_token(
         offset = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, d))
         scores = torch.baddbmm(offset.reshape(b, 1, heads * t), image_queries.expand(b, -1, -1), folded)
     else:
-        q = projected_queries.view(projected_queries.shape[0], -1, heads, d)
-        scores = torch.einsum("bnhd,bthd->bnht", q.expand(b, -1, -1, -1), k)
+        # Block-diagonal keys turn the per-head products into one matrix product.
+        eye = torch.eye(heads, dtype=k.dtype, device=k.device)
+        block_keys = torch.einsum("bthd,hg->bhdgt", k, eye).reshape(b, heads * d, heads * t)
+        scores = torch.matmul(projected_queries, block_keys)
     n = scores.shape[1]
-    weights = torch.softmax(scores.view(b, n, heads, t) * d**-0.5, dim=-1)
+    weights = softmax_last(scores.view(b, n, heads, t) * d**-0.5)
     w_o = attn.out_proj.weight.view(-1, heads, d)  # (C, h, d)
     folded_values = torch.einsum("bthd,chd->bhtc", v.view(b, t, heads, d), w_o)
     return torch.baddbmm(
@@ -104,12 +112,25 @@ def image_to_token(
     )
 
 
+def _channel_last_transposed_conv(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2x2 stride-2 transposed convolution as a linear map to (di, dj, channel) outputs.
+
+    Returns the (4 * out, in) weight and (4 * out,) bias for :func:`F.linear`.
+    """
+    weight = conv.weight.detach()  # (in, out, 2, 2)
+    matrix = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+    return matrix, conv.bias.detach().repeat(4)
+
+
 class FastDecoder:
     """Runs a :class:`MaskDecoder`'s weights with the re-associated algorithm."""
 
     def __init__(self, decoder: MaskDecoder) -> None:
         self.decoder = decoder
         self.transformer = decoder.transformer
+        conv1, self._norm, _, conv2, _ = decoder.output_upscaling
+        self._up1_weight, self._up1_bias = _channel_last_transposed_conv(conv1)
+        self._up2_weight, self._up2_bias = _channel_last_transposed_conv(conv2)
 
     @torch.inference_mode()
     def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
@@ -196,20 +217,20 @@ class FastDecoder:
         return self.transformer.norm_final_attn(queries + update), keys
 
     def _upscale_and_project(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """(B, 4096, C) image tokens, (B, n, 32) hypernetwork weights -> (B, n, 256, 256)."""
-        up = self.decoder.output_upscaling
-        conv1, norm, conv2 = up[0], up[1], up[3]
-        b, n_tokens, c = keys.shape
+        """(B, 4096, C) image tokens, (B, n, 32) hypernetwork weights -> (B, n, 256, 256).
+
+        Each 2x2/2 transposed convolution is one matrix product per input pixel. With the
+        weights reordered to put output channels last, activations never need a copy:
+        pixels stay in (i, j, di, dj, ei, ej) order until the small final masks.
+        """
+        b, n_tokens, _ = keys.shape
         side = int(round(n_tokens**0.5))
-        c1 = conv1.out_channels
-        # Transposed 2x2/2 convolution = one matrix product per input pixel, channel-last.
-        x = keys @ conv1.weight.view(c, c1 * 4)  # (B, N, c1 * 2 * 2)
-        x = x.view(b, side, side, c1, 2, 2).permute(0, 1, 4, 2, 5, 3)  # (B, i, di, j, dj, c1)
-        x = x.reshape(b, 2 * side, 2 * side, c1) + conv1.bias
-        x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        c2 = conv2.out_channels
-        y = x @ conv2.weight.view(c1, c2 * 4)  # (B, 2s, 2s, c2 * 2 * 2)
-        y = y.view(b, 2 * side, 2 * side, c2, 2, 2).permute(0, 1, 4, 2, 5, 3)
-        y = F.gelu(y.reshape(b, 16 * side * side, c2) + conv2.bias)
-        masks = torch.bmm(y, hyper.transpose(1, 2))  # (B, pixels, n)
-        return masks.transpose(1, 2).reshape(b, -1, 4 * side, 4 * side)
+        x = F.linear(keys, self._up1_weight, self._up1_bias)  # (B, N, 4 * c1)
+        x = x.view(b, n_tokens * 4, -1)
+        x = F.gelu(F.layer_norm(x, x.shape[-1:], self._norm.weight, self._norm.bias, self._norm.eps))
+        y = F.linear(x, self._up2_weight, self._up2_bias)  # (B, 4N, 4 * c2)
+        y = F.gelu(y.view(b, n_tokens * 16, -1))
+        masks = torch.matmul(y, hyper.transpose(1, 2))  # (B, 16N, n)
+        n = masks.shape[-1]
+        masks = masks.view(b, side, side, 2, 2, 2, 2, n).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, n, 4 * side, 4 * side)
