@@ -1,0 +1,53 @@
+"""Run every benchmark, each in a fresh process, and write a Markdown table.
+
+Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Results go to
+``benchmarks/results/latest.json`` and ``benchmarks/results/latest.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def run(*args: str) -> dict:
+    output = subprocess.run(
+        [sys.executable, *args], cwd=HERE, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    encoder_eager = run("bench_encoder.py", "eager")
+    encoder_ours = run("bench_encoder.py", "ours")
+    click = run("bench_click.py")
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
+        "encoder_eager": encoder_eager,
+        "encoder_ours": encoder_ours,
+        "click": click,
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    speedup = encoder_eager["median_s"] / encoder_ours["median_s"]
+    table = "\n".join([
+        "| measurement (vit_t, DSB2018 512x512, CPU) | ours | reference-style | ratio |",
+        "|---|---|---|---|",
+        f"| encoder, seconds per image (median of 5) | {encoder_ours['median_s']:.2f} | "
+        f"{encoder_eager['median_s']:.2f} | {speedup:.2f}x |",
+        f"| encoder peak RSS, MB | {encoder_ours['peak_rss_mb']:.0f} | {encoder_eager['peak_rss_mb']:.0f} | |",
+        f"| click to 3 masks at 512x512, ms (median of {click['calls']}) | "
+        f"{click['ours_ms_median']:.1f} | {click['reference_style_ms_median']:.1f} | {click['speedup']:.2f}x |",
+        f"| pixel agreement of the click masks | {click['pixel_agreement']:.6f} | | |",
+    ])
+    (HERE / "results" / "latest.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
