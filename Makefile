@@ -20,8 +20,8 @@ STAMP := $(VENV)/.napari-sam-test-extra
 PYTEST_ARGS ?=
 
 # napari needs a real X server to add layers (Qt's offscreen platform has no OpenGL);
-# pytest-xvfb starts Xvfb. The rest are the libraries Qt5's xcb platform plugin loads.
-APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 \
+# pytest-xvfb starts Xvfb. The rest are the libraries Qt6's xcb platform plugin loads.
+APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 libxcb-cursor0 \
 	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 \
 	libxkbcommon-x11-0 libgl1 libegl1 libglib2.0-0 libdbus-1-3 libfontconfig1
 
@@ -38,7 +38,7 @@ test: install system-deps weights
 bench: install weights
 	$(PY) benchmarks/run_all.py
 
-# One environment for demo, test and bench: the test extra (napari, PyQt5, pytest) on top
+# One environment for demo, test and bench: the test extra (napari, PyQt6, pytest) on top
 # of the library, so running `make demo` then `make test` installs once.
 install: $(STAMP)
 
@@ -54,7 +54,7 @@ $(STAMP): pyproject.toml | $(PY)
 # Checked on every run (dpkg-query is fast); apt-get runs only when something is missing.
 system-deps:
 	@if ! command -v dpkg-query >/dev/null; then \
-		echo "Not Debian: install Xvfb and Qt5's xcb libraries yourself ($(APT_PACKAGES))"; \
+		echo "Not Debian: install Xvfb and Qt6's xcb libraries yourself ($(APT_PACKAGES))"; \
 		exit 0; \
 	fi; \
 	missing=""; \
