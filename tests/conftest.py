@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny SAM with seeded random weights, images, an isolated cache.
+
+The tiny SAM is built from the package's real modules (only the image encoder is
+shrunk: width 32, two blocks, windowed attention only, since global attention over
+64x64 tokens is slow), so shapes, coordinates and error paths are those of the real
+models while every test stays fast on a CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam.engine.modeling.sam import SamArchitecture
+from napari_sam.engine.modeling.vit_encoder import ViTConfig
+
+# Windowed attention only: global attention over 64x64 tokens would dominate the run time.
+TINY_ARCHITECTURE = SamArchitecture(ViTConfig(embed_dim=32, depth=2, num_heads=2, global_blocks=()))
+
+
+@pytest.fixture(scope="session")
+def tiny_architecture() -> SamArchitecture:
+    """The tiny architecture, to build more models (e.g. with another seed)."""
+    return TINY_ARCHITECTURE
+
+
+@pytest.fixture(scope="session")
+def make_image():
+    """``make_image(shape, seed)``: a uint16 image of blobs, for other geometries."""
+    return _blobs
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A :class:`SamModel` with the tiny architecture and seed 0 (shared; never mutate)."""
+    from napari_sam.engine.loading import random_model
+
+    return random_model(TINY_ARCHITECTURE, seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_300x500() -> np.ndarray:
+    """A (300, 500) uint16 image: smooth blobs plus noise, wider than tall."""
+    return _blobs((300, 500), seed=1)
+
+
+@pytest.fixture(scope="session")
+def predictor_300x500(tiny_model, image_300x500):
+    """A predictor holding the embedding of ``image_300x500`` (read-only use)."""
+    from napari_sam.engine.predictor import Predictor
+
+    predictor = Predictor(tiny_model)
+    predictor.set_image(image_300x500)
+    return predictor
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """Point ``NAPARI_SAM_CACHE`` at an empty temporary folder."""
+    from napari_sam.engine.weights import CACHE_ENV
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
+def _blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Gaussian spots on a dim background with Poisson-like noise, uint16."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    image = np.full(shape, 200.0)
+    for _ in range(12):
+        r, c = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        radius = rng.uniform(8, 25)
+        image += 3000 * np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * radius**2))
+    image += rng.normal(0, 30, shape)
+    return np.clip(image, 0, 65535).astype(np.uint16)
