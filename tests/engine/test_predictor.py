@@ -231,7 +231,7 @@ def test_no_prompt_in_a_batch(predictor_300x500):
 
 
 def test_batch_prompts_of_different_counts(predictor_300x500):
-    with pytest.raises(InvalidInputError, match=r"different numbers of objects: \[3, 2\]"):
+    with pytest.raises(InvalidInputError, match=r"different numbers of objects: \{.points.: 3, .boxes.: 2\}"):
         predictor_300x500.predict_batch(points=POINTS, boxes=BOXES[:2])
 
 
@@ -274,3 +274,34 @@ def test_mask_input_of_wrong_shape(predictor_300x500):
 def test_unusable_images(tiny_model, image, message):
     with pytest.raises(InvalidInputError, match=message):
         Predictor(tiny_model).set_image(image)
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        (dict(boxes=[1, 2, 3]), "shape \\(B, 4\\)"),
+        (dict(points=[(1, 1), (2, 2), (3, 3)], point_labels=[1, 1]), "one label per point"),
+        (dict(points=np.zeros((2, 2, 3))), "shape \\(B, K, 2\\)"),
+        (dict(boxes=BOXES, batch_size=0), "batch_size must be at least 1"),
+        (dict(boxes=BOXES, points=POINTS[:2]), "different numbers of objects"),
+        (dict(mask_input=np.zeros((256, 256))), "shape \\(B, 256, 256\\)"),
+    ],
+)
+def test_predict_batch_rejects_malformed_prompts(predictor_300x500, prompts, message):
+    with pytest.raises(InvalidInputError, match=message):
+        predictor_300x500.predict_batch(**prompts)
+
+
+@pytest.mark.parametrize("multimask, n", [(False, 1), (True, 3)])
+def test_predict_batch_of_no_objects_is_empty(predictor_300x500, multimask, n):
+    result = predictor_300x500.predict_batch(boxes=np.zeros((0, 4)), multimask=multimask)
+    assert len(result) == 0
+    assert result.masks.shape == (0, n, 300, 500)
+    assert result.logits.shape == (0, n, 256, 256)
+
+
+def test_thin_strip_image_is_encoded(tiny_model):
+    predictor = Predictor(tiny_model)
+    embedding = predictor.set_image(np.random.default_rng(0).random((2, 5000)))
+    assert embedding.input_size == (1, 1024)
+    assert predictor.predict(points=[(1, 2500)]).masks.shape == (3, 2, 5000)

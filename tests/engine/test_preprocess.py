@@ -157,7 +157,7 @@ def test_nan_or_infinite_values(bad):
 
 
 def test_non_numeric_pixels():
-    with pytest.raises(InvalidInputError, match="numeric pixels"):
+    with pytest.raises(InvalidInputError, match="real-valued pixels"):
         compute_normalization(np.full((4, 4), "a"))
 
 
@@ -185,3 +185,14 @@ def test_invalid_percentiles(percentiles):
     image = np.arange(100, dtype=np.uint16).reshape(10, 10)
     with pytest.raises(InvalidInputError, match="percentiles must satisfy"):
         compute_normalization(image, percentiles=percentiles)
+
+
+@pytest.mark.parametrize("low, high", [(5.0, 5.0), (10.0, 1.0), (float("nan"), 1.0)])
+def test_normalization_needs_low_below_high(low, high):
+    with pytest.raises(InvalidInputError, match="finite low < high"):
+        Normalization(low, high)
+
+
+def test_complex_images_are_refused():
+    with pytest.raises(InvalidInputError, match="real-valued"):
+        compute_normalization(np.ones((8, 8), np.complex64))

@@ -118,8 +118,10 @@ def image_to_token(
     weights = softmax_last(scores.view(b, n, heads, t) * d**-0.5)
     w_o = attn.out_proj.weight.view(-1, heads, d)  # (C, h, d)
     folded_values = torch.einsum("bthd,chd->bhtc", v.view(b, t, heads, d), w_o)
-    update = batched_matmul(weights.view(b, n, heads * t), folded_values.reshape(b, heads * t, -1))
-    return update + attn.out_proj.bias
+    weights, folded_values = weights.view(b, n, heads * t), folded_values.reshape(b, heads * t, -1)
+    if b == 1:  # the bias rides along in the matrix product instead of another pass
+        return torch.addmm(attn.out_proj.bias, weights[0], folded_values[0])[None]
+    return batched_matmul(weights, folded_values) + attn.out_proj.bias
 
 
 def _channel_last_transposed_conv(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +227,7 @@ class FastDecoder:
             first.cross_attn_image_to_token, None, queries + query_pe, queries,
             projected_queries=context.first_queries,
         )
-        keys = first.norm4(context.image + update)
+        keys = first.norm4(update.add_(context.image))
 
         for layer in layers[1:]:
             q = queries + query_pe
@@ -235,7 +237,7 @@ class FastDecoder:
             queries = layer.norm2(queries + update)
             queries = layer.norm3(queries + layer.mlp(queries))
             update = image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
-            keys = layer.norm4(keys + update)
+            keys = layer.norm4(update.add_(keys))
 
         # Only the IoU and mask tokens are read after the last attention.
         queries, query_pe = queries[:, :read_tokens], query_pe[:, :read_tokens]

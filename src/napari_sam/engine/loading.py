@@ -110,7 +110,7 @@ def _check_keys(expected: dict, given: dict, spec: ModelSpec) -> None:
             shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
             parts.append(f"{len(keys)} {title}: {shown}")
     raise CheckpointError(
-        f"The checkpoint does not fit the {spec.description} architecture "
+        f"The checkpoint does not fit the architecture of {spec.name!r} ({spec.description}) "
         f"({'; '.join(parts)}). Pick the matching model name or pass architecture=."
     )
 

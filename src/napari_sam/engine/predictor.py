@@ -192,10 +192,14 @@ class Predictor:
         BatchPrediction
             ``masks`` (B, N, H, W), ``scores`` (B, N), ``logits`` (B, N, 256, 256).
         """
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be at least 1; got {batch_size}.")
         coords, labels, corners, logits = self._check_batch(points, point_labels, boxes, mask_input)
         count = len(next(x for x in (coords, corners, logits) if x is not None))
+        if count == 0:
+            return self._empty_batch(multimask)
         parts = []
-        for start in range(0, count, max(1, batch_size)):
+        for start in range(0, count, batch_size):
             part = slice(start, start + batch_size)
             parts.append(
                 self._decode(
@@ -212,32 +216,65 @@ class Predictor:
             logits=np.concatenate([p.logits for p in parts]),
         )
 
+    def _empty_batch(self, multimask: bool) -> BatchPrediction:
+        n = 3 if multimask else 1
+        rows, cols = self.embedding.original_size
+        return BatchPrediction(
+            masks=np.zeros((0, n, rows, cols), bool),
+            scores=np.zeros((0, n), np.float32),
+            logits=np.zeros((0, n, prompts.LOW_RES, prompts.LOW_RES), np.float32),
+        )
+
     def _check_batch(self, points, point_labels, boxes, mask_input):
+        """Validate batched prompts -> numpy arrays (or None) with one leading object axis."""
         shape = self.embedding.original_size
         coords = labels = corners = logits = None
-        sizes = []
+        sizes = {}
         if points is not None:
             coords = np.asarray(points, dtype=np.float64)
             if coords.ndim == 2:
                 coords = coords[:, None, :]
-            flags = None if point_labels is None else np.asarray(point_labels).reshape(coords.shape[:2])
+            if coords.ndim != 3 or coords.shape[-1] != 2:
+                raise InvalidInputError(
+                    f"Batched points must have shape (B, K, 2) or (B, 2) as (row, col); "
+                    f"got {np.shape(points)}."
+                )
+            flags = None
+            if point_labels is not None:
+                flags = np.asarray(point_labels)
+                if flags.size != coords.shape[0] * coords.shape[1]:
+                    raise InvalidInputError(
+                        f"point_labels must have shape {coords.shape[:2]} (one label per "
+                        f"point); got {flags.shape}."
+                    )
+                flags = flags.reshape(coords.shape[:2])
             checked = [
                 prompts.check_points(c, None if flags is None else flags[i], shape)
                 for i, c in enumerate(coords)
             ]
-            coords = np.stack([c for c, _ in checked])
-            labels = np.stack([f for _, f in checked])
-            sizes.append(len(coords))
+            coords = np.stack([c for c, _ in checked]) if checked else coords
+            labels = np.stack([f for _, f in checked]) if checked else np.zeros(coords.shape[:2], np.int64)
+            sizes["points"] = len(coords)
         if boxes is not None:
-            corners = np.stack([prompts.check_box(b, shape) for b in np.asarray(boxes).reshape(-1, 4)])
-            sizes.append(len(corners))
+            array = np.asarray(boxes, dtype=np.float64)
+            if array.ndim != 2 or array.shape[1] != 4:
+                raise InvalidInputError(
+                    f"Batched boxes must have shape (B, 4) as (row0, col0, row1, col1); got {array.shape}."
+                )
+            corners = np.stack([prompts.check_box(b, shape) for b in array]) if len(array) else array
+            sizes["boxes"] = len(corners)
         if mask_input is not None:
-            logits = np.stack([prompts.check_mask_input(m) for m in np.asarray(mask_input)])
-            sizes.append(len(logits))
+            array = np.asarray(mask_input, dtype=np.float32)
+            if array.ndim != 3:
+                raise InvalidInputError(
+                    f"Batched mask_input must have shape (B, 256, 256); got {array.shape}."
+                )
+            logits = np.stack([prompts.check_mask_input(m) for m in array]) if len(array) else array
+            sizes["mask_input"] = len(logits)
         if not sizes:
             raise InvalidInputError("Give at least one prompt: points, boxes or mask_input.")
-        if len(set(sizes)) != 1:
-            raise InvalidInputError(f"points, boxes and mask_input describe different numbers of objects: {sizes}.")
+        if len(set(sizes.values())) != 1:
+            raise InvalidInputError(f"The prompts describe different numbers of objects: {sizes}.")
         return coords, labels, corners, logits
 
     def _decode(self, coords, labels, corners, logits, multimask: bool) -> BatchPrediction:

@@ -34,6 +34,12 @@ class Normalization:
     channel: int | None = None  # index into the last axis of a multichannel image
     channel_weights: tuple[float, ...] | None = None  # mix of all channels into grey
 
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.low) and np.isfinite(self.high) and self.high > self.low):
+            raise InvalidInputError(
+                f"A Normalization needs finite low < high; got low={self.low}, high={self.high}."
+            )
+
     def select_channels(self, image: np.ndarray) -> np.ndarray:
         """(H, W) or (H, W, C) -> (H, W) grey or (H, W, 3) RGB, values unchanged."""
         return select_channels(image, self.channel, self.channel_weights)
@@ -81,8 +87,13 @@ def select_channels(
         )
     if image.size == 0 or min(image.shape[:2]) < 2:
         raise InvalidInputError(f"The image is empty or degenerate (shape {image.shape}).")
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-        raise InvalidInputError(f"Expected numeric pixels; got dtype {image.dtype}.")
+    if image.dtype != bool and not (
+        np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+    ):
+        raise InvalidInputError(
+            f"Expected real-valued pixels (integer, float or bool); got dtype {image.dtype}. "
+            "For complex data pass np.abs(image) or image.real."
+        )
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         raise InvalidInputError(
             "The image contains NaN or infinite values: replace them first, e.g. "
@@ -161,7 +172,8 @@ def compute_normalization(
 def resized_shape(shape: tuple[int, int], longest: int) -> tuple[int, int]:
     """(rows, cols) after scaling the longest side to ``longest``, rounded."""
     scale = longest / max(shape)
-    return int(shape[0] * scale + 0.5), int(shape[1] * scale + 0.5)
+    # At least one pixel: a 2 x 5000 strip would otherwise round to zero rows.
+    return max(1, int(shape[0] * scale + 0.5)), max(1, int(shape[1] * scale + 0.5))
 
 
 def resize_longest_side(rgb: np.ndarray, longest: int) -> np.ndarray:
