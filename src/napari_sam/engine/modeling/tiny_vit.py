@@ -36,6 +36,19 @@ class TinyViTConfig:
     classifier_classes: int = 1000  # MobileSAM keeps an unused ImageNet head; 0 for none
 
 
+class DenseGELU(nn.GELU):
+    """GELU that treats a channel-last image as the dense array it is.
+
+    On a channels-last (B, C, H, W) tensor torch's GELU took 2.5x longer than on the
+    same memory viewed as (B, H, W, C); the result is identical.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
 class ConvBN(nn.Sequential):
     """Convolution without bias followed by batch normalisation (keys ``c`` and ``bn``)."""
 
@@ -56,7 +69,7 @@ class PatchEmbed(nn.Module):
         stride, pad = (2, 1) if kernel == 3 else (1, 0)
         self.seq = nn.Sequential(
             ConvBN(3, dim // 2, kernel, stride, pad),
-            nn.GELU(),
+            DenseGELU(),
             ConvBN(dim // 2, dim, kernel, stride, pad),
         )
 
@@ -73,7 +86,7 @@ class MBConv(nn.Module):
         self.conv1 = ConvBN(dim, hidden)
         self.conv2 = ConvBN(hidden, hidden, 3, 1, 1, groups=hidden)
         self.conv3 = ConvBN(hidden, dim)
-        self.act = nn.GELU()
+        self.act = DenseGELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.conv1(x))
@@ -92,7 +105,7 @@ class PatchMerging(nn.Module):
         self.conv1 = ConvBN(dim, out_dim)
         self.conv2 = ConvBN(out_dim, out_dim, 3, stride, 1, groups=out_dim)
         self.conv3 = ConvBN(out_dim, out_dim)
-        self.act = nn.GELU()
+        self.act = DenseGELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
@@ -179,8 +192,10 @@ class TinyViTBlock(nn.Module):
             out = out.view(-1, self.window, self.window, c)
             attended = merge_windows(out, self.window, (hp, wp), (side, side)).view(b, n, c)
         x = x + attended
-        x = x.transpose(1, 2).reshape(b, c, side, side)
-        x = self.local_conv(x).view(b, c, n).transpose(1, 2)
+        # Tokens are channel-last already: viewing them as an NHWC image costs no copy,
+        # and oneDNN's channel-last depthwise convolution is ~2x faster than NCHW here.
+        x = x.view(b, side, side, c).permute(0, 3, 1, 2)
+        x = self.local_conv(x).permute(0, 2, 3, 1).reshape(b, n, c)
         return x + self.mlp(x)
 
 
@@ -239,7 +254,8 @@ class TinyViTImageEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
+        # The convolutional stem and MBConv stage run channel-last (see TinyViTBlock).
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
         for layer in self.layers:
             x = layer(x)
         b, _, c = x.shape
