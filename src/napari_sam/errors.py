@@ -37,3 +37,7 @@ class CacheMismatchError(NapariSamError, ValueError):
 
 class MissingDependencyError(NapariSamError, ImportError):
     """An optional package is needed for this feature."""
+
+
+class OperationCancelled(NapariSamError):
+    """Long work stopped because the caller asked it to (not a failure)."""

@@ -8,6 +8,8 @@ objects in one decoder call. All coordinates are (row, col) pixels of the image.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,29 @@ from napari_sam.engine.preprocess import (
 )
 from napari_sam.engine.results import BatchPrediction, Embedding, Prediction
 from napari_sam.engine.upsampling import LogitUpsampler
-from napari_sam.errors import CacheMismatchError, InvalidInputError
+from napari_sam.errors import CacheMismatchError, InvalidInputError, OperationCancelled
 
 MASK_THRESHOLD = 0.0  # logits above this are inside the mask
+
+
+@contextmanager
+def stop_points(encoder: torch.nn.Module, should_stop: Callable[[], bool] | None) -> Iterator[None]:
+    """Let a running encoder be cancelled between its blocks (every ~50-150 ms on a CPU)."""
+    if should_stop is None:
+        yield
+        return
+
+    def check(module, args):
+        if should_stop():
+            raise OperationCancelled("The image encoding was cancelled.")
+
+    blocks = [m for m in encoder.modules() if type(m).__name__ in ("Block", "MBConv", "TinyViTBlock", "PatchMerging")]
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class Predictor:
@@ -63,9 +85,10 @@ class Predictor:
         return self._embedding
 
     def set_image(
-        self, image: np.ndarray, normalization: Normalization | None = None
+        self, image: np.ndarray, normalization: Normalization | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Embedding:
-        """Encode a 2D image (the slow step, about a second on a CPU).
+        """Encode a 2D image (the slow step, about a second on a CPU) and make it current.
 
         Parameters
         ----------
@@ -74,28 +97,38 @@ class Predictor:
         normalization : Normalization, optional
             Reuse one mapping for all tiles or slices of the same data; computed from
             this image when omitted (see :func:`compute_normalization`).
+        should_stop : callable, optional
+            Polled between encoder blocks; returning True raises
+            :class:`~napari_sam.errors.OperationCancelled`.
 
         Returns
         -------
         Embedding
         """
+        embedding = self.encode(image, normalization, should_stop)
+        self.set_embedding(embedding)
+        return embedding
+
+    def encode(
+        self, image: np.ndarray, normalization: Normalization | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Embedding:
+        """Like :meth:`set_image` but leaves the current embedding alone (thread-safe)."""
         image = np.asarray(image)
         normalization = normalization or compute_normalization(image)
         rgb = normalization.apply(image)
         size = self.model.input_size
         resized = resize_longest_side(rgb, size)
         pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()
-        with torch.inference_mode():
+        with torch.inference_mode(), stop_points(self.model.module.image_encoder, should_stop):
             features = self.model.module(pixels.to(self.model.device))
-        embedding = Embedding(
+        return Embedding(
             features=features,
             input_size=resized.shape[:2],
             original_size=image.shape[:2],
             model_id=self.model.model_id,
             normalization=normalization,
         )
-        self.set_embedding(embedding)
-        return embedding
 
     def set_embedding(self, embedding: Embedding) -> None:
         """Make a stored embedding current (no encoder call).
