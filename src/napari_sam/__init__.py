@@ -22,6 +22,8 @@ _LAZY = {
     "compute_normalization": "napari_sam.engine.preprocess",
     "load_model": "napari_sam.engine.loading",
     "MODELS": "napari_sam.engine.registry",
+    "AnnotationSession": "napari_sam.engine.annotation",
+    "open_annotator": "napari_sam._widgets",
 }
 
 __all__ = ["__version__", *_LAZY]

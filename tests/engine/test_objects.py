@@ -74,3 +74,21 @@ def test_mask_to_logits_marks_the_object_region():
     assert logits.shape == (256, 256)
     assert logits[60:90, 160:190].min() == pytest.approx(8.0)
     assert logits[:40, :40].max() == pytest.approx(-8.0)
+
+
+def test_on_plane_rounds_leading_coordinates():
+    from napari_sam.engine.objects import on_plane
+
+    coords = np.array([(2.2, 10, 10), (1.6, 5, 5), (3.0, 1, 1)])
+    assert on_plane(coords, (2,)).tolist() == [True, True, False]
+    assert on_plane(coords[:, 1:], ()).tolist() == [True, True, True]
+
+
+def test_boxes_on_plane_from_rectangles():
+    from napari_sam.engine.objects import boxes_on_plane
+
+    on = np.array([(4, 10, 20), (4, 10, 60), (4, 30, 60), (4, 30, 20)])
+    off = on + [1, 0, 0]
+    boxes = boxes_on_plane([on, off], (4,))
+    assert boxes.tolist() == [[10, 20, 30, 60]]
+    assert boxes_on_plane([], (4,)).shape == (0, 4)

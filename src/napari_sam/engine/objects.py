@@ -171,3 +171,33 @@ def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int], frame: int, lo
     factor = frame // low
     fraction = padded.reshape(low, factor, low, factor).mean(axis=(1, 3))
     return (fraction * 2.0 - 1.0) * 8.0
+
+
+def on_plane(coords: np.ndarray, key: tuple[int, ...]) -> np.ndarray:
+    """(N, ndim) data coordinates -> (N,) bool: which lie on plane ``key``.
+
+    The leading ``len(key)`` coordinates select the plane (rounded, as napari displays
+    them); the last two are (row, col).
+    """
+    coords = np.asarray(coords, float)
+    if coords.ndim != 2:
+        coords = coords.reshape(len(coords), -1) if coords.size else np.zeros((0, len(key) + 2))
+    if not key:
+        return np.ones(len(coords), bool)
+    leading = np.rint(coords[:, : len(key)]).astype(int)
+    return (leading == np.asarray(key)[None]).all(axis=1)
+
+
+def boxes_on_plane(rectangles: list[np.ndarray], key: tuple[int, ...]) -> np.ndarray:
+    """Rectangles given as (4, ndim) vertex arrays -> (B, 4) boxes on plane ``key``.
+
+    Boxes are (row0, col0, row1, col1) from each rectangle's extent in the last two
+    axes; rectangles whose vertices are not all on the plane are skipped.
+    """
+    boxes = []
+    for vertices in rectangles:
+        vertices = np.asarray(vertices, float)
+        if len(vertices) and on_plane(vertices, key).all():
+            spatial = vertices[:, -2:]
+            boxes.append([*spatial.min(axis=0), *spatial.max(axis=0)])
+    return np.array(boxes, float).reshape(-1, 4)
