@@ -1,6 +1,7 @@
 # The two README commands, each complete on a fresh machine:
 #   make demo   set up .venv, fetch the default weights, run the demo into out/demo
-#   make test   the same set-up plus an X server's Debian packages, then the test suite
+#   make test   the same set-up plus an X server's Debian packages and the 3D sample data,
+#               then the test suite
 # and `make bench` for benchmarks/. Re-runs skip the set-up: a stamp in .venv records
 # the install and is renewed when pyproject.toml changes.
 
@@ -25,14 +26,14 @@ APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image
 	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 \
 	libxkbcommon-x11-0 libgl1 libegl1 libglib2.0-0 libdbus-1-3 libfontconfig1
 
-.PHONY: demo test bench install system-deps weights clean
+.PHONY: demo test bench install system-deps weights samples clean
 
 demo: install weights
 	$(VENV)/bin/napari-sam demo --out out/demo
 
 # QT_QPA_PLATFORM is dropped because "offscreen" (set by some CI images) breaks the napari
 # tests that add layers; pytest-xvfb provides the display instead.
-test: install system-deps weights
+test: install system-deps weights samples
 	env -u QT_QPA_PLATFORM $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install weights
@@ -75,6 +76,11 @@ system-deps:
 # Instant when the cache (~/.cache/napari-sam/weights) already holds verified weights.
 weights: install
 	$(VENV)/bin/napari-sam weights fetch vit_t
+
+# The 3D sample (cells3d nuclei) is downloaded on first use, not bundled; fetched here so
+# that the tests find it in the cache (~/.cache/napari-sam/samples). Instant when cached.
+samples: install
+	$(PY) -c "from napari_sam.samples import load_cells3d_nuclei; load_cells3d_nuclei()"
 
 # Keeps .venv (delete it by hand for a from-scratch install); forgets the install stamp.
 clean:
