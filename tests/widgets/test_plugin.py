@@ -52,3 +52,13 @@ def test_open_3d_sample_adds_volume_and_labels(make_napari_viewer):
     assert labels.data.shape == (60, 256, 256)
     assert len(np.unique(labels.data)) == 21  # background + 20 nuclei
     assert tuple(image.scale) == (1, 1, 1) == tuple(labels.scale)  # the TIFFs give no voxel size
+
+
+def test_annotator_is_in_the_plugins_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-microscopy", "SAM annotator")
+    from napari_sam._widgets.annotator import AnnotatorWidget
+
+    assert isinstance(widget, AnnotatorWidget)
+    assert widget.image_box.count() == 0  # no image layer yet
+    widget.close_session()

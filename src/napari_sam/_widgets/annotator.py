@@ -209,7 +209,6 @@ class AnnotatorWidget(QWidget):
             self.worker.quit()
         worker = self._embedding_worker(key, {"desc": "SAM: encoding the image plane"})
         worker.returned.connect(lambda _: self._encoded(key))
-        worker.errored.connect(self._worker_failed)
         worker.finished.connect(lambda: self.cancel_button.setEnabled(False))
         self.worker = worker
         self.cancel_button.setEnabled(True)
@@ -223,7 +222,10 @@ class AnnotatorWidget(QWidget):
         def job():
             return session.embed(key, should_stop=lambda: holder[0].abort_requested)
 
-        worker = create_worker(job, _progress=progress)
+        # Our handler replaces superqt's default, which would re-raise a cancellation.
+        worker = create_worker(
+            job, _progress=progress, _connect={"errored": self._worker_failed}, _start_thread=False
+        )
         holder.append(worker)
         return worker
 
@@ -242,7 +244,6 @@ class AnnotatorWidget(QWidget):
         if missing:
             worker = self._embedding_worker(missing[0], False)
             worker.returned.connect(lambda _: self._prefetched(key))
-            worker.errored.connect(self._worker_failed)
             self.worker = worker
             worker.start()
 

@@ -1,0 +1,156 @@
+"""The SAM annotator widget driven in a real napari viewer with the real default weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam.demo import mask_iou, prompts_from_labels
+from napari_sam.samples import load_dsb2018
+
+
+@pytest.fixture(scope="module")
+def dsb():
+    image, truth = load_dsb2018()
+    ids, boxes, points = prompts_from_labels(truth)
+    return image, truth, ids, boxes, points
+
+
+@pytest.fixture(scope="module")
+def shared_predictor():
+    from napari_sam.engine.predictor import Predictor
+
+    return Predictor("vit_t", device="cpu")
+
+
+def open_widget(viewer, qtbot, predictor, image, name="nuclei", labels=None):
+    from napari_sam._widgets import open_annotator
+
+    viewer.add_image(image, name=name)
+    if labels is not None:
+        viewer.add_labels(labels, name="existing")
+    widget = open_annotator(viewer, image=name, start=False)
+    widget._shared_model = lambda: predictor  # one model for the whole module
+    if labels is not None:
+        widget.labels_box.setCurrentText("existing")
+    widget.start()
+    wait_for_embedding(widget, qtbot)
+    return widget
+
+
+def wait_for_embedding(widget, qtbot):
+    qtbot.waitUntil(
+        lambda: widget.worker is None and widget.session.has_embedding(widget.plane_key()),
+        timeout=120_000,
+    )
+
+
+def test_point_preview_equals_the_engine_and_commit_undo(make_napari_viewer, qtbot, dsb, shared_predictor):
+    image, truth, ids, boxes, points = dsb
+    existing = np.zeros_like(truth, dtype=np.int32)
+    existing[truth == ids[5]] = 50  # an object the user made earlier
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, qtbot, shared_predictor, image, labels=existing)
+
+    widget.points_layer.add(points[0])
+    preview = widget.preview_layer.data == 1
+    shared_predictor.set_image(image, widget.session.normalization)
+    engine = shared_predictor.predict(points=points[:1]).best_mask
+    assert mask_iou(preview, engine) == 1.0
+    quality = mask_iou(preview, truth == ids[0])
+    print(f"click on nucleus {ids[0]}: IoU with the human label {quality:.3f}")
+    assert quality > 0.6
+
+    widget.toggle_polarity()
+    widget.points_layer.add(points[1])  # a background point on another nucleus
+    assert widget.points_layer.features["positive"].tolist() == [True, False]
+    changed = widget.preview_layer.data == 1
+    assert not np.array_equal(changed, preview) or len(widget.preview_result.objects[0].prediction.scores) == 1
+
+    before = widget.objects_layer.data.copy()
+    widget.id_box.setValue(1)
+    widget.commit()
+    after = widget.objects_layer.data
+    assert set(np.unique(after)) == {0, 1, 50}
+    assert (after[before == 50] == 50).all()  # the earlier object is untouched
+    assert len(widget.points_layer.data) == 0 and widget.preview_layer.data.max() == 0
+    assert widget.objects_layer.metadata["napari_sam"]["objects"][0]["id"] == 1
+
+    widget.objects_layer.undo()
+    np.testing.assert_array_equal(widget.objects_layer.data, before)
+    widget.close_session()
+
+
+def test_boxes_give_separate_objects(make_napari_viewer, qtbot, dsb, shared_predictor):
+    image, truth, ids, boxes, _ = dsb
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, qtbot, shared_predictor, image)
+    for box in boxes[10:13]:
+        widget.boxes_layer.add_rectangles(np.array([box[:2], box[2:]]))
+    assert len(widget.preview_result.objects) == 3
+    widget.commit()
+    labels = widget.objects_layer.data
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    for label, nucleus in zip((1, 2, 3), ids[10:13]):
+        assert mask_iou(labels == label, truth == nucleus) > 0.6
+    widget.close_session()
+
+
+def test_stack_planes_are_segmented_separately(make_napari_viewer, qtbot, dsb, shared_predictor):
+    image, truth, ids, _, points = dsb
+    stack = np.stack([image[:256, :256], image[256:, 256:]])
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, qtbot, shared_predictor, stack, name="stack")
+    assert widget.plane_key() == (0,)
+    inside = [p for p in points if p[0] < 256 and p[1] < 256][0]
+    widget.points_layer.add([0, *inside])
+    first = widget.preview_layer.data[0].copy()
+    assert first[int(inside[0]), int(inside[1])] == 1
+
+    viewer.dims.set_current_step(0, 1)
+    wait_for_embedding(widget, qtbot)
+    assert widget.plane_key() == (1,)
+    assert widget.preview_result is None or widget.preview_layer.data[1].max() == 0
+    other = [p - 256 for p in points if p[0] >= 256 and p[1] >= 256][0]
+    widget.points_layer.add([1, *other])
+    assert widget.preview_layer.data[1][int(other[0]), int(other[1])] == 1
+    np.testing.assert_array_equal(widget.preview_layer.data[0], first)  # plane 0 kept
+    assert widget.session.has_embedding((0,)) and widget.session.has_embedding((1,))
+    widget.close_session()
+
+
+def test_cancel_stops_the_encoding(make_napari_viewer, qtbot, dsb, shared_predictor):
+    image = dsb[0]
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    from napari_sam._widgets import open_annotator
+
+    widget = open_annotator(viewer, image="nuclei", start=False)
+    widget._shared_model = lambda: shared_predictor
+    widget.start()
+    assert widget.worker is not None
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert not widget.session.has_embedding(())
+    assert "cancelled" in widget.status.text()
+    widget.close_session()
+
+
+def test_keys_are_bound_and_removed(make_napari_viewer, qtbot, dsb, shared_predictor):
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, qtbot, shared_predictor, dsb[0])
+    assert "Shift+C" in {str(k) for k in viewer.keymap}
+    widget.close_session()
+    assert "Shift+C" not in {str(k) for k in viewer.keymap}
+
+
+def test_a_labels_layer_is_not_an_image(make_napari_viewer, qtbot, dsb):
+    viewer = make_napari_viewer()
+    viewer.add_labels(dsb[1], name="labels only")
+    from napari_sam._widgets.annotator import AnnotatorWidget
+
+    widget = AnnotatorWidget(viewer)
+    assert widget.image_box.count() == 0
+    widget.start()  # shows a notification instead of crashing
+    assert widget.session is None
+    widget.close_session()
