@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -74,7 +76,8 @@ def test_point_preview_equals_the_engine_and_commit_undo(make_napari_viewer, qtb
     assert set(np.unique(after)) == {0, 1, 50}
     assert (after[before == 50] == 50).all()  # the earlier object is untouched
     assert len(widget.points_layer.data) == 0 and widget.preview_layer.data.max() == 0
-    assert widget.objects_layer.metadata["napari_sam"]["objects"][0]["id"] == 1
+    record = json.loads(widget.objects_layer.metadata["napari_sam"])
+    assert record["objects"][0]["id"] == 1 and record["objects"][0]["point_labels"] == [1, 0]
 
     widget.objects_layer.undo()
     np.testing.assert_array_equal(widget.objects_layer.data, before)
@@ -153,4 +156,41 @@ def test_a_labels_layer_is_not_an_image(make_napari_viewer, qtbot, dsb):
     assert widget.image_box.count() == 0
     widget.start()  # shows a notification instead of crashing
     assert widget.session is None
+    widget.close_session()
+
+
+def test_refine_an_existing_label_in_place(make_napari_viewer, qtbot, dsb, shared_predictor):
+    image, truth, ids, _, _ = dsb
+    rough = np.zeros_like(truth, dtype=np.int32)
+    rough[truth == ids[20]] = 7
+    rows, cols = np.nonzero(rough == 7)
+    rough[rows.min() : rows.min() + 4, :] = 0  # a cruder outline: the top rows missing
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, qtbot, shared_predictor, image, labels=rough)
+    widget.objects_layer.selected_label = 7
+    widget.refine_box.setChecked(True)
+    assert widget.preview_result is not None and len(widget.preview_result.objects) == 1
+    widget.commit()
+    refined = widget.objects_layer.data == 7
+    assert set(np.unique(widget.objects_layer.data)) == {0, 7}
+    assert mask_iou(refined, truth == ids[20]) > mask_iou(rough == 7, truth == ids[20]) - 0.05
+    assert mask_iou(refined, truth == ids[20]) > 0.7
+    widget.close_session()
+
+
+def test_record_replays_the_same_objects(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
+    image, _, _, boxes, points = dsb
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, qtbot, shared_predictor, image)
+    widget.points_layer.add(points[30])
+    widget.commit()
+    for box in boxes[40:42]:
+        widget.boxes_layer.add_rectangles(np.array([box[:2], box[2:]]))
+    widget.commit()
+    path = tmp_path / "record.json"
+    widget.save_record(str(path))
+    widget.load_record(str(path))
+    replayed = viewer.layers["SAM objects (replayed)"].data
+    np.testing.assert_array_equal(replayed, widget.objects_layer.data)
+    assert set(np.unique(replayed)) == {0, 1, 2, 3}
     widget.close_session()

@@ -10,29 +10,18 @@ layer's own undo history. Key bindings live on the viewer and are removed on clo
 from __future__ import annotations
 
 import numpy as np
-from napari.layers import Image, Labels, Points, Shapes
+from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox,
-    QVBoxLayout, QWidget,
-)
+from qtpy.QtWidgets import QFileDialog
 
+from napari_sam._widgets._annotator_form import NEW_LAYER, AnnotatorForm
 from napari_sam.engine.objects import boxes_on_plane, on_plane, plan_commit
 from napari_sam.errors import NapariSamError, OperationCancelled
 
-KEYS = {
-    "Shift-C": ("commit", "commit the preview as new objects"),
-    "Shift-X": ("clear_prompts", "clear the prompts of this plane"),
-    "Shift-N": ("toggle_polarity", "switch new points between object and background"),
-    "Shift-M": ("cycle_candidate", "show SAM's next candidate mask"),
-    "Shift-Up": ("next_id", "next object id"),
-    "Shift-Down": ("previous_id", "previous object id"),
-}
-NEW_LAYER = "<new labels layer>"
 
 
-class AnnotatorWidget(QWidget):
+class AnnotatorWidget(AnnotatorForm):
     """Dock widget for interactive SAM segmentation of an image layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
@@ -45,90 +34,13 @@ class AnnotatorWidget(QWidget):
         self.image_layer = None
         self.worker = None
         self.positive = True
-        self.record: list[dict] = []
+        self.record = None  # AnnotationRecord of the committed objects
         self._build_ui()
         self._bind_keys()
         self.reset_choices()
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
         self.viewer.dims.events.current_step.connect(self._on_step)
-
-    # ---------------------------------------------------------------- user interface
-    def _build_ui(self) -> None:
-        self.image_box, self.labels_box, self.mode_box = QComboBox(), QComboBox(), QComboBox()
-        self.mode_box.addItems(["one object", "one object per point"])
-        self.channel_box = QSpinBox()
-        self.channel_box.setRange(-1, 64)
-        self.channel_box.setValue(-1)
-        self.channel_box.setSpecialValueText("all (grey or RGB)")
-        self.id_box = QSpinBox()
-        self.id_box.setRange(1, 2**31 - 1)
-        self.overwrite_box = QCheckBox("may overwrite other objects")
-        self.start_button = QPushButton("Start on this image")
-        self.cancel_button = QPushButton("Cancel encoding")
-        self.cancel_button.setEnabled(False)
-        self.commit_button, self.clear_button = QPushButton("Commit [Shift-C]"), QPushButton("Clear [Shift-X]")
-        self.cycle_button = QPushButton("Next candidate [Shift-M]")
-        self.polarity_label, self.status = QLabel(), QLabel("Pick an image and press Start.")
-        self.status.setWordWrap(True)
-        form = QFormLayout()
-        form.addRow("image", self.image_box)
-        form.addRow("channel", self.channel_box)
-        form.addRow("objects into", self.labels_box)
-        form.addRow("prompts make", self.mode_box)
-        form.addRow("next object id", self.id_box)
-        form.addRow("", self.overwrite_box)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        row = QHBoxLayout()
-        row.addWidget(self.start_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        for button in (self.commit_button, self.clear_button, self.cycle_button):
-            layout.addWidget(button)
-        layout.addWidget(self.polarity_label)
-        layout.addWidget(self.status)
-        layout.addWidget(QLabel("<br>".join(f"<b>{k}</b>: {v[1]}" for k, v in KEYS.items())))
-        layout.addStretch()
-        self.start_button.clicked.connect(self.start)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.commit_button.clicked.connect(self.commit)
-        self.clear_button.clicked.connect(self.clear_prompts)
-        self.cycle_button.clicked.connect(self.cycle_candidate)
-        self._show_polarity()
-
-    def reset_choices(self, *_: object) -> None:
-        """Refresh the layer lists (napari calls this when layers change)."""
-        ours = {self.points_layer, self.boxes_layer, self.preview_layer}
-        for box, kind, extra in ((self.image_box, Image, []), (self.labels_box, Labels, [NEW_LAYER])):
-            current = box.currentText()
-            box.clear()
-            box.addItems(extra + [l.name for l in self.viewer.layers if isinstance(l, kind) and l not in ours])
-            if current and box.findText(current) >= 0:
-                box.setCurrentText(current)
-
-    def _bind_keys(self) -> None:
-        for key, (method, _) in KEYS.items():
-            self.viewer.bind_key(key, self._key_handler(method), overwrite=True)
-
-    def _key_handler(self, method: str):
-        def handler(viewer):
-            getattr(self, method)()
-
-        return handler
-
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
-        self.close_session()
-        super().closeEvent(event)
-
-    def close_session(self) -> None:
-        """Unbind keys and disconnect from the viewer."""
-        for key in KEYS:
-            self.viewer.bind_key(key, None, overwrite=True)
-        self.viewer.dims.events.current_step.disconnect(self._on_step)
-        self.viewer.layers.events.inserted.disconnect(self.reset_choices)
-        self.viewer.layers.events.removed.disconnect(self.reset_choices)
-        self.cancel()
 
     # ---------------------------------------------------------------- session
     def start(self) -> None:
@@ -300,12 +212,20 @@ class AnnotatorWidget(QWidget):
             return
         points, labels, boxes = self.current_prompts()
         mode = "per_point" if self.mode_box.currentIndex() == 1 else "single"
+        refined = self._refined_mask(key)
         try:
-            self.preview_result = self.session.preview(key, points, labels, boxes, mode=mode)
+            self.preview_result = self.session.preview(key, points, labels, boxes, mode=mode, mask_input=refined)
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
         self._show_preview()
+
+    def _refined_mask(self, key):
+        """The selected label of the objects layer on this plane, when refining."""
+        if not self.refine_box.isChecked():
+            return None
+        mask = np.asarray(self.objects_layer.data[key]) == self.objects_layer.selected_label
+        return mask if mask.any() else None
 
     def _show_preview(self) -> None:
         key = self.plane_key()
@@ -354,31 +274,62 @@ class AnnotatorWidget(QWidget):
         key = self.preview_result.key
         layer = self.objects_layer
         plane = np.asarray(layer.data[key])
-        plan = plan_commit(plane, self.preview_result.masks(), self.id_box.value(), self.overwrite_box.isChecked())
+        refined = self._refined_mask(key)
+        ids = None if refined is None else [int(layer.selected_label)]
+        plan = plan_commit(plane, self.preview_result.masks()[:1] if ids else self.preview_result.masks(),
+                           self.id_box.value(), self.overwrite_box.isChecked(), ids=ids)
         with layer.block_history():
+            if refined is not None:  # pixels the corrected object no longer covers
+                rows, cols = np.nonzero(refined & ~self.preview_result.masks()[0])
+                layer.data_setitem(tuple(np.full(len(rows), k) for k in key) + (rows, cols), 0)
             for label in set(plan.ids) - {0}:
                 chosen = plan.values == label
                 index = tuple(np.full(int(chosen.sum()), k) for k in key) + (plan.rows[chosen], plan.cols[chosen])
                 layer.data_setitem(index, label)
         self._remember(plan)
-        self.id_box.setValue(max(plan.ids + (self.id_box.value() - 1,)) + 1)
+        if ids is None:
+            self.id_box.setValue(max(plan.ids + (self.id_box.value() - 1,)) + 1)
         note = f"; {plan.blocked_pixels} pixels of other objects kept" if plan.blocked_pixels else ""
         self.clear_prompts()
         self.status.setText(f"Committed object(s) {', '.join(map(str, plan.ids))}{note}. Undo: select the layer, Ctrl-Z.")
 
     def _remember(self, plan) -> None:
+        from napari_sam.engine.records import AnnotationRecord, object_record
+
+        if self.record is None or self.record.model_id != self.session.model_id:
+            self.record = AnnotationRecord(self.session.model_id, self.session.normalization, self.session.layout.shape)
         for item, label in zip(self.preview_result.objects, plan.ids):
-            self.record.append({
-                "id": label, "plane": list(self.preview_result.key),
-                "points": item.prompt.points.tolist(), "point_labels": item.prompt.labels.tolist(),
-                "box": None if item.prompt.box is None else item.prompt.box.tolist(),
-                "candidate": item.chosen, "predicted_iou": round(item.score, 4),
-            })
-        self.objects_layer.metadata["napari_sam"] = {
-            "model_id": self.session.model_id,
-            "normalization": vars(self.session.normalization),
-            "objects": self.record,
-        }
+            if label:
+                self.record = self.record.with_object(object_record(item, self.preview_result.key, label))
+        self.objects_layer.metadata["napari_sam"] = self.record.to_json()
+
+    def save_record(self, path: str | None = None) -> None:
+        """Write the prompts and settings of the committed objects as JSON."""
+        if self.record is None:
+            show_info("napari-sam: nothing committed yet.")
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save the annotation record", "sam_record.json", "JSON (*.json)")
+        if path:
+            self.record.save(path)
+            self.status.setText(f"Record saved to {path}.")
+
+    def load_record(self, path: str | None = None) -> None:
+        """Replay a saved record on the current image into a new labels layer."""
+        from napari_sam.engine.records import AnnotationRecord, replay
+
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Replay an annotation record", "", "JSON (*.json)")
+        if not path or self.session is None:
+            return
+        try:
+            record = AnnotationRecord.load(path)
+            labels = replay(self.session, record)
+        except NapariSamError as error:
+            show_error(f"napari-sam: {error}")
+            return
+        geometry = dict(scale=self.preview_layer.scale, translate=self.preview_layer.translate)
+        self.viewer.add_labels(labels, name="SAM objects (replayed)", **geometry)
 
     def clear_prompts(self) -> None:
         """Remove the points and boxes of the visible plane and the preview."""

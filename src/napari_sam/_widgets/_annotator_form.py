@@ -1,0 +1,112 @@
+"""The form of the SAM annotator: its Qt controls, layer lists and key bindings.
+
+Only layout lives here; :mod:`napari_sam._widgets.annotator` holds the behaviour.
+"""
+
+from __future__ import annotations
+
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox,
+    QVBoxLayout, QWidget,
+)
+
+KEYS = {
+    "Shift-C": ("commit", "commit the preview as new objects"),
+    "Shift-X": ("clear_prompts", "clear the prompts of this plane"),
+    "Shift-N": ("toggle_polarity", "switch new points between object and background"),
+    "Shift-M": ("cycle_candidate", "show SAM's next candidate mask"),
+    "Shift-Up": ("next_id", "next object id"),
+    "Shift-Down": ("previous_id", "previous object id"),
+}
+NEW_LAYER = "<new labels layer>"
+
+
+class AnnotatorForm(QWidget):
+    """Controls of the annotator; subclasses provide the actions named in :data:`KEYS`."""
+
+    def _build_ui(self) -> None:
+        self.image_box, self.labels_box, self.mode_box = QComboBox(), QComboBox(), QComboBox()
+        self.mode_box.addItems(["one object", "one object per point"])
+        self.channel_box = QSpinBox()
+        self.channel_box.setRange(-1, 64)
+        self.channel_box.setValue(-1)
+        self.channel_box.setSpecialValueText("all (grey or RGB)")
+        self.id_box = QSpinBox()
+        self.id_box.setRange(1, 2**31 - 1)
+        self.overwrite_box = QCheckBox("may overwrite other objects")
+        self.start_button = QPushButton("Start on this image")
+        self.cancel_button = QPushButton("Cancel encoding")
+        self.cancel_button.setEnabled(False)
+        self.commit_button, self.clear_button = QPushButton("Commit [Shift-C]"), QPushButton("Clear [Shift-X]")
+        self.cycle_button = QPushButton("Next candidate [Shift-M]")
+        self.refine_box = QCheckBox("refine the selected label of the objects layer")
+        self.save_button, self.load_button = QPushButton("Save record..."), QPushButton("Replay record...")
+        self.polarity_label, self.status = QLabel(), QLabel("Pick an image and press Start.")
+        self.status.setWordWrap(True)
+        form = QFormLayout()
+        form.addRow("image", self.image_box)
+        form.addRow("channel", self.channel_box)
+        form.addRow("objects into", self.labels_box)
+        form.addRow("prompts make", self.mode_box)
+        form.addRow("next object id", self.id_box)
+        form.addRow("", self.overwrite_box)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.start_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        for button in (self.commit_button, self.clear_button, self.cycle_button, self.refine_box):
+            layout.addWidget(button)
+        files = QHBoxLayout()
+        files.addWidget(self.save_button)
+        files.addWidget(self.load_button)
+        layout.addLayout(files)
+        layout.addWidget(self.polarity_label)
+        layout.addWidget(self.status)
+        layout.addWidget(QLabel("<br>".join(f"<b>{k}</b>: {v[1]}" for k, v in KEYS.items())))
+        layout.addStretch()
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.commit_button.clicked.connect(self.commit)
+        self.clear_button.clicked.connect(self.clear_prompts)
+        self.cycle_button.clicked.connect(self.cycle_candidate)
+        self.refine_box.toggled.connect(lambda _: self.update_preview())
+        self.save_button.clicked.connect(lambda: self.save_record())
+        self.load_button.clicked.connect(lambda: self.load_record())
+        self._show_polarity()
+
+    def reset_choices(self, *_: object) -> None:
+        """Refresh the layer lists (napari calls this when layers change)."""
+        ours = {self.points_layer, self.boxes_layer, self.preview_layer}
+        for box, kind, extra in ((self.image_box, Image, []), (self.labels_box, Labels, [NEW_LAYER])):
+            current = box.currentText()
+            box.clear()
+            box.addItems(extra + [l.name for l in self.viewer.layers if isinstance(l, kind) and l not in ours])
+            if current and box.findText(current) >= 0:
+                box.setCurrentText(current)
+
+    def _bind_keys(self) -> None:
+        for key, (method, _) in KEYS.items():
+            self.viewer.bind_key(key, self._key_handler(method), overwrite=True)
+
+    def _key_handler(self, method: str):
+        def handler(viewer):
+            getattr(self, method)()
+
+        return handler
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self.close_session()
+        super().closeEvent(event)
+
+    def close_session(self) -> None:
+        """Unbind keys and disconnect from the viewer."""
+        for key in KEYS:
+            self.viewer.bind_key(key, None, overwrite=True)
+        self.viewer.dims.events.current_step.disconnect(self._on_step)
+        self.viewer.layers.events.inserted.disconnect(self.reset_choices)
+        self.viewer.layers.events.removed.disconnect(self.reset_choices)
+        self.cancel()
+
