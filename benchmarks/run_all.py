@@ -7,7 +7,9 @@ Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Results go to
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,11 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def run(*args: str) -> dict:
-    output = subprocess.run(
-        [sys.executable, *args], cwd=HERE, check=True, capture_output=True, text=True
-    ).stdout
+def run(*args: str, display: bool = False) -> dict:
+    command = [sys.executable, *args]
+    if display and not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):
+        command = ["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", *command]
+    output = subprocess.run(command, cwd=HERE, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -26,11 +29,13 @@ def main() -> None:
     encoder_eager = run("bench_encoder.py", "eager")
     encoder_ours = run("bench_encoder.py", "ours")
     click = run("bench_click.py")
+    annotator = run("bench_annotator.py", display=True)
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
         "encoder_eager": encoder_eager,
         "encoder_ours": encoder_ours,
         "click": click,
+        "annotator": annotator,
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -44,6 +49,8 @@ def main() -> None:
         f"| click to 3 masks at 512x512, ms (median of {click['calls']}) | "
         f"{click['ours_ms_median']:.1f} | {click['reference_style_ms_median']:.1f} | {click['speedup']:.2f}x |",
         f"| pixel agreement of the click masks | {click['pixel_agreement']:.6f} | | |",
+        f"| napari: point added -> preview shown, ms (median of {annotator['clicks']}) | "
+        f"{annotator['widget_ms_median']:.1f} | {annotator['reference_style_ms_median']:.1f} (decoder only) | |",
     ])
     (HERE / "results" / "latest.md").write_text(table + "\n")
     print(table)
