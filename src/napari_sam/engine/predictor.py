@@ -22,7 +22,6 @@ from napari_sam.engine.preprocess import (
     Normalization,
     compute_normalization,
     resize_longest_side,
-    resized_shape,
 )
 from napari_sam.engine.results import BatchPrediction, Embedding, Prediction
 from napari_sam.engine.upsampling import LogitUpsampler
