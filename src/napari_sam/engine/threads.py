@@ -1,22 +1,24 @@
 """A background thread for torch work that runs as fast as the main thread.
 
-On Linux, glibc gives every new thread its own malloc arena. Such an arena grows in
-64 MiB heaps, so any block larger than that (MobileSAM's encoder frees and re-allocates
-sixteen 64 MiB feature maps per image) is ``mmap``-ed on allocation and ``munmap``-ed on
-free, whatever ``mallopt`` says; only the main arena can keep it (see
+On Linux, glibc gives each new thread its own malloc arena, which grows in heaps of at
+most 64 MiB. A larger block (MobileSAM's encoder allocates and frees sixteen 64 MiB
+feature maps per 1024x1024 image) cannot fit in such a heap, so glibc ``mmap``-s it and
+``munmap``-s it on free whatever ``mallopt`` says, and the kernel zero-fills every page
+again on the next call. Only the main arena keeps those blocks (see
 :mod:`napari_sam.engine.runtime`). Measured in a shown napari viewer on 2 cores
 (``benchmarks/bench_worker.py``, ``docs/threading.md``): the encoder took 1.2 s on the
-main thread but about 2.1 s in napari's ``thread_worker`` or a plain ``threading.Thread``,
-with about 265,000 page faults per image against none, and the same 2.1 s with no event
-loop at all. :class:`TorchThread` runs work on a thread that allocates from the main
-arena, which brings the background encoder back to the main thread's time.
+main thread and 1.7-1.9 s in napari's ``thread_worker`` or a ``threading.Thread``, with
+about 262,000 page faults per image against none; with or without a Qt event loop, and
+whatever ``OMP_WAIT_POLICY`` says. :class:`TorchThread` runs work on a thread that
+allocates from the main arena: 1.1-1.2 s, no page faults.
 
-glibc has no call to choose a thread's arena. We limit the number of arenas to one
-(``mallopt(M_ARENA_MAX, 1)``, so later threads share existing arenas instead of making
-new ones), then start candidate threads until one finds itself in the main arena (the
-``NON_MAIN_ARENA`` bit of a chunk it allocates is clear); earlier candidates stay parked
-meanwhile, so that each new candidate is handed a different arena. On other platforms and
-other C libraries one plain thread is used.
+glibc cannot assign an arena to a thread. We cap the number of arenas at one
+(``mallopt(M_ARENA_MAX, 1)``: from then on, new threads share existing arenas instead of
+making new ones, as with ``MALLOC_ARENA_MAX=1``), then start candidate threads until one
+finds itself in the main arena (the ``NON_MAIN_ARENA`` bit of a chunk it allocates is
+clear). Earlier candidates stay parked meanwhile, so that each new one is handed another
+arena; they exit once a thread is found. Other platforms and C libraries get one plain
+thread. Meant for GUI processes; batch code should run torch on its main thread.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # mallopt parameter from glibc's malloc.h
 _NON_MAIN_ARENA = 0x4  # bit of a chunk's size field: chunk belongs to a thread arena
-_MAX_CANDIDATES = 64  # threads tried before settling for a thread arena
+_MAX_CANDIDATES = 256  # bounds the arenas to cycle through: far more than a GUI makes
 _STOP = object()
 
 
@@ -69,8 +71,14 @@ class TorchThread:
     Parameters
     ----------
     num_threads : int, optional
-        Intra-op threads for torch inside this thread (``torch.set_num_threads``);
-        by default the process setting, which new threads inherit.
+        Intra-op threads for torch inside this thread only; by default the process
+        setting, which new threads inherit. (1 was slower than 2 on 2 cores in every
+        case we measured, GUI idle or busy.)
+
+    Attributes
+    ----------
+    in_main_arena : bool
+        Whether the thread allocates from glibc's main arena (False off glibc).
     name : str
         Thread name, shown in debuggers and profilers.
 
@@ -89,7 +97,18 @@ class TorchThread:
         self._thread, self.in_main_arena = self._start(name)
 
     def submit(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        """Queue ``function(*args, **kwargs)``; its result or exception comes in the Future."""
+        """Queue ``function(*args, **kwargs)``; calls run one at a time, in order.
+
+        Returns
+        -------
+        concurrent.futures.Future
+            Holds the call's result, or the exception it raised.
+
+        Raises
+        ------
+        RuntimeError
+            After :meth:`shutdown`.
+        """
         if not self._thread.is_alive():
             raise RuntimeError("This TorchThread was shut down; create a new one.")
         future: Future = Future()
@@ -106,7 +125,7 @@ class TorchThread:
         if wait and self._thread is not threading.current_thread():
             self._thread.join()
 
-    def __enter__(self) -> TorchThread:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -118,9 +137,10 @@ class TorchThread:
             libc.mallopt(_M_ARENA_MAX, 1)
         release = threading.Event()  # lets parked candidates exit
         try:
-            for _ in range(_MAX_CANDIDATES if libc is not None else 1):
+            for candidate in range(_MAX_CANDIDATES if libc is not None else 1):
                 thread, in_main_arena = self._launch(name, libc, release)
                 if in_main_arena is not None:
+                    log.debug("torch thread found after %d candidates", candidate + 1)
                     return thread, in_main_arena
             log.warning("no thread in glibc's main arena: torch work may run slower")
             return self._launch(name, None, release)
@@ -164,5 +184,5 @@ class TorchThread:
                 continue
             try:
                 future.set_result(function(*args, **kwargs))
-            except BaseException as error:  # handed to the caller, who re-raises it
+            except BaseException as error:  # noqa: BLE001 -- the caller re-raises it
                 future.set_exception(error)
