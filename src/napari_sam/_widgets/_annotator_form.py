@@ -109,4 +109,7 @@ class AnnotatorForm(QWidget):
         self.viewer.layers.events.inserted.disconnect(self.reset_choices)
         self.viewer.layers.events.removed.disconnect(self.reset_choices)
         self.cancel()
+        if getattr(self, "_torch", None) is not None:
+            self._torch.shutdown(wait=False)
+            self._torch = None
 

@@ -33,6 +33,7 @@ class AnnotatorWidget(AnnotatorForm):
         self.points_layer = self.boxes_layer = self.preview_layer = self.objects_layer = None
         self.image_layer = None
         self.worker = None
+        self._torch = None  # TorchThread, created with the first encoding
         self.positive = True
         self.record = None  # AnnotationRecord of the committed objects
         self._build_ui()
@@ -130,9 +131,13 @@ class AnnotatorWidget(AnnotatorForm):
     def _embedding_worker(self, key, progress):
         """A worker that encodes one plane and polls its own abort flag."""
         session, holder = self.session, []
+        if self._torch is None:
+            from napari_sam.engine.threads import TorchThread
 
-        def job():
-            return session.embed(key, should_stop=lambda: holder[0].abort_requested)
+            self._torch = TorchThread()  # allocates from the main arena: see docs/threading.md
+
+        def job():  # the napari worker only waits; the encoder runs on the torch thread
+            return self._torch.run(session.embed, key, should_stop=lambda: holder[0].abort_requested)
 
         # Our handler replaces superqt's default, which would re-raise a cancellation.
         worker = create_worker(
