@@ -194,3 +194,30 @@ def test_record_replays_the_same_objects(make_napari_viewer, qtbot, dsb, shared_
     np.testing.assert_array_equal(replayed, widget.objects_layer.data)
     assert set(np.unique(replayed)) == {0, 1, 2, 3}
     widget.close_session()
+
+
+def test_a_cached_volume_is_never_encoded_again(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
+    from napari_sam.io.embed_volume import embed_volume, open_cached_session
+
+    stack = np.stack([dsb[0][:256, :256], dsb[0][256:, 256:]])
+    embed_volume(open_cached_session(stack, tmp_path / "c.zarr", shared_predictor))
+    calls = []
+    original = shared_predictor.encode
+    shared_predictor.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        viewer = make_napari_viewer()
+        viewer.add_image(stack, name="stack")
+        from napari_sam._widgets import open_annotator
+
+        widget = open_annotator(viewer, image="stack", start=False)
+        widget._shared_model = lambda: shared_predictor
+        widget.cache_edit.setText(str(tmp_path / "c.zarr"))
+        widget.start()
+        wait_for_embedding(widget, qtbot)
+        widget.points_layer.add([0, 100, 100])
+        viewer.dims.set_current_step(0, 1)
+        wait_for_embedding(widget, qtbot)
+        assert calls == []
+        widget.close_session()
+    finally:
+        shared_predictor.encode = original

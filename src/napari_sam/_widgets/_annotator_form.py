@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox,
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
     QVBoxLayout, QWidget,
 )
 
@@ -47,6 +47,13 @@ class AnnotatorForm(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_box)
         form.addRow("channel", self.channel_box)
+        self.cache_edit = QLineEdit()
+        self.cache_edit.setPlaceholderText("optional: folder.zarr to keep embeddings")
+        self.cache_edit.setToolTip(
+            "Embeddings are stored here and reused next time (napari-sam embed makes the same "
+            "cache from the command line)."
+        )
+        form.addRow("embedding cache", self.cache_edit)
         form.addRow("objects into", self.labels_box)
         form.addRow("prompts make", self.mode_box)
         form.addRow("next object id", self.id_box)

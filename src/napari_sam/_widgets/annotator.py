@@ -54,11 +54,19 @@ class AnnotatorWidget(AnnotatorForm):
             return
         layer = self.viewer.layers[name]
         channel = None if self.channel_box.value() < 0 else self.channel_box.value()
+        channel_axis = bool(layer.rgb) or channel is not None
+        cache = self.cache_edit.text().strip()
         try:
-            self.session = AnnotationSession(
-                self._shared_model(), layer.data, channel_axis=bool(layer.rgb) or channel is not None,
-                channel=channel,
-            )
+            if cache:
+                from napari_sam.io.embed_volume import open_cached_session
+
+                self.session = open_cached_session(
+                    layer.data, cache, self._shared_model(), channel_axis=channel_axis, channel=channel
+                )
+            else:
+                self.session = AnnotationSession(
+                    self._shared_model(), layer.data, channel_axis=channel_axis, channel=channel
+                )
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
