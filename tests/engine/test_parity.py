@@ -126,3 +126,26 @@ def test_batched_points_equal_single_calls(predictor, reference, ours):
         for batched, alone in zip(batch.masks[i], single.masks):
             assert np.count_nonzero(batched != alone) <= 3
         np.testing.assert_allclose(batch.scores[i], single.scores, atol=1e-5)
+
+
+def test_float16_cached_embeddings_keep_masks(predictor, reference, tmp_path):
+    """The cache's optional float16 storage keeps every reference mask within IoU 0.99."""
+    from napari_sam.engine.results import Embedding
+
+    full = predictor.embedding
+    half = Embedding(
+        features=full.features.half().float(), input_size=full.input_size,
+        original_size=full.original_size, model_id=full.model_id, normalization=full.normalization,
+    )
+    ious = []
+    try:
+        for box, point in zip(reference["boxes_rc"], reference["points_rc"]):
+            predictor.set_embedding(full)
+            a = [predictor.predict(box=box).masks[0], predictor.predict(points=point[None]).best_mask]
+            predictor.set_embedding(half)
+            b = [predictor.predict(box=box).masks[0], predictor.predict(points=point[None]).best_mask]
+            ious += [mask_iou(x, y) for x, y in zip(a, b)]
+    finally:
+        predictor.set_embedding(full)
+    print(f"float16 embeddings: mask IoU to float32 mean {np.mean(ious):.4f}, min {np.min(ious):.4f}")
+    assert np.mean(ious) >= 0.99 and np.min(ious) >= 0.95
