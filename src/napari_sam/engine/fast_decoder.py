@@ -253,6 +253,8 @@ class FastDecoder:
         pixels stay in (i, j, di, dj, ei, ej) order until the small final masks.
         """
         b, n_tokens, _ = keys.shape
+        if b > 1:  # one object at a time keeps the 8 MB activations in cache (2x faster)
+            return torch.cat([self._upscale_and_project(keys[i : i + 1], hyper[i : i + 1]) for i in range(b)])
         side = int(round(n_tokens**0.5))
         x = F.linear(keys, self._up1_weight, self._up1_bias)  # (B, N, 4 * c1)
         x = x.view(b, n_tokens * 4, -1)
