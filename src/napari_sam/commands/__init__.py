@@ -1,0 +1,1 @@
+"""Subcommands of ``napari-sam`` that are large enough for a module of their own."""

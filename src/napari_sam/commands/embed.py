@@ -1,0 +1,69 @@
+"""``napari-sam embed``: encode the planes of an image or volume into a resumable cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(commands) -> None:
+    """Add the ``embed`` subcommand to the ``napari-sam`` parser."""
+    embed = commands.add_parser(
+        "embed", help="encode every plane of an image or volume into an embedding cache",
+        description="Encode planes once into a zarr embedding cache; rerun to resume.",
+    )
+    embed.add_argument("input", help="TIFF, zarr or OME-Zarr (folder), or .npy")
+    embed.add_argument("--cache", required=True, help="output embedding cache (a .zarr folder)")
+    embed.add_argument("--model", default="vit_t", help="model name or checkpoint file (default vit_t)")
+    embed.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
+    embed.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
+    embed.add_argument("--axes", help="axis names of the input, e.g. zyx, tczyx (default: from the file)")
+    embed.add_argument("--channel", type=int, help="channel to segment in multichannel data")
+    embed.add_argument("--z-range", metavar="START:STOP", help="only these planes of the first stack axis")
+    embed.add_argument("--float16", action="store_true", help="store features as float16 (half the disk)")
+    embed.add_argument("--overwrite", action="store_true", help="replace a cache made for other data/settings")
+    embed.set_defaults(handler=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """``napari-sam embed``: planes of a volume into a resumable embedding cache."""
+    from tqdm import tqdm
+
+    from napari_sam.io.embed_volume import embed_volume, open_cached_session
+    from napari_sam.io.volumes import open_volume
+
+    volume = open_volume(args.input, key=args.key, level=args.level, axes=args.axes)
+    data, channel_axis = volume.planes_view(), "c" in volume.axes
+    session = open_cached_session(
+        data, args.cache, model=args.model, channel_axis=channel_axis, channel=args.channel,
+        feature_dtype="float16" if args.float16 else "float32", overwrite=args.overwrite, capacity=1,
+    )
+    planes = _plane_keys(session.layout, args.z_range)
+    with tqdm(total=len(planes), unit="plane", desc="embedding", file=sys.stderr) as bar:
+        summary = embed_volume(session, planes, progress=lambda done, total: bar.update(done - bar.n))
+    print(
+        f"{args.cache}: {summary.planes} planes, {summary.encoded} encoded now, {summary.reused} "
+        f"already cached, {summary.seconds:.1f} s ({session.model_id}, axes {volume.axes})"
+    )
+    return 0
+
+
+def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
+    import numpy as np
+
+    from napari_sam.errors import InvalidInputError
+
+    keys = [tuple(int(i) for i in k) for k in np.ndindex(*layout.stack_shape)] if layout.stack_ndim else [()]
+    if z_range is None:
+        return keys
+    try:
+        start, stop = (int(v) for v in z_range.split(":"))
+    except ValueError:
+        raise InvalidInputError(f"--z-range must be START:STOP (two integers); got {z_range!r}.") from None
+    if not layout.stack_ndim or not 0 <= start < stop <= layout.stack_shape[0]:
+        raise InvalidInputError(
+            f"--z-range {z_range} does not fit planes 0..{layout.stack_shape[0] if layout.stack_ndim else 0}."
+        )
+    return [k for k in keys if start <= k[0] < stop]
+
+
