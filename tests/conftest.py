@@ -8,6 +8,9 @@ models while every test stays fast on a CPU.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -52,6 +55,21 @@ def predictor_300x500(tiny_model, image_300x500):
     predictor = Predictor(tiny_model)
     predictor.set_image(image_300x500)
     return predictor
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """``../shared/reference`` (or ``$NAPARI_SAM_REFERENCE``): Meta's reference outputs.
+
+    Tests that need it skip when it is absent, except under CI, where it must be present.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    folder = Path(os.environ.get("NAPARI_SAM_REFERENCE", repo.parent / "shared" / "reference"))
+    if not (folder / "dsb2018_vit_t.npz").is_file():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI needs the reference outputs in {folder}")
+        pytest.skip(f"reference outputs not found in {folder}")
+    return folder
 
 
 @pytest.fixture
