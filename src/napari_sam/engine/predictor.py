@@ -23,7 +23,7 @@ from napari_sam.engine.preprocess import (
     compute_normalization,
     resize_longest_side,
 )
-from napari_sam.engine.results import BatchPrediction, Embedding, Prediction
+from napari_sam.engine.results import BatchPrediction, Embedding, LowResBatch, Prediction
 from napari_sam.engine.upsampling import LogitUpsampler
 from napari_sam.errors import CacheMismatchError, InvalidInputError, OperationCancelled
 
@@ -309,8 +309,53 @@ class Predictor:
             raise InvalidInputError(f"The prompts describe different numbers of objects: {sizes}.")
         return coords, labels, corners, logits
 
+    def predict_low_res(
+        self, points: np.ndarray, point_labels: np.ndarray | None = None, multimask: bool = True
+    ) -> LowResBatch:
+        """Decode B point prompts to low-resolution logits only (no upsampling).
+
+        The fast path of segment-everything: candidates are filtered at 256x256 and only
+        the survivors are upsampled with :meth:`upsample_logits`.
+
+        Parameters
+        ----------
+        points : array-like, shape (B, K, 2) or (B, 2)
+            (row, col) points per object.
+        point_labels : array-like, shape (B, K) or (B,), optional
+        multimask : bool
+            Three candidates per object instead of one.
+
+        Returns
+        -------
+        LowResBatch
+            ``logits`` (B, N, 256, 256) and ``scores`` (B, N) as torch tensors.
+        """
+        coords, labels, _, _ = self._check_batch(points, point_labels, None, None)
+        logits, scores = self._decode_low_res(coords, labels, None, None, multimask)
+        return LowResBatch(logits=logits, scores=scores)
+
+    def upsample_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, 256, 256) low-res logits of the current image -> (N, rows, cols) float logits."""
+        if self._upsampler is None:
+            raise InvalidInputError("No image is set: call set_image(image) first.")
+        with torch.inference_mode():
+            return self._upsampler(logits.float())
+
     def _decode(self, coords, labels, corners, logits, multimask: bool) -> BatchPrediction:
         """Run prompt encoder, decoder and upsampling on validated numpy prompts."""
+        low_res, iou = self._decode_low_res(coords, labels, corners, logits, multimask)
+        b, n = iou.shape
+        with torch.inference_mode():
+            full = self._upsampler(low_res.reshape(b * n, *low_res.shape[-2:]).float().cpu())
+            masks = (full > MASK_THRESHOLD).reshape(b, n, *self.embedding.original_size)
+        return BatchPrediction(
+            masks=masks.numpy(),
+            scores=iou.float().cpu().numpy(),
+            logits=low_res.float().cpu().numpy(),
+        )
+
+    def _decode_low_res(self, coords, labels, corners, logits, multimask: bool):
+        """Prompt encoder and decoder: (B, n, 256, 256) logits and (B, n) IoU, torch."""
         embedding = self.embedding
         device = self.model.device
         sam = self.model.module
@@ -335,12 +380,4 @@ class Predictor:
             if mask_arg is not None:  # a dense prompt per object: no shared image work
                 context = self._decoder.prepare(embedding.features, self._image_pe, dense)
             chosen = slice(1, None) if multimask else slice(0, 1)
-            low_res, iou = self._decoder(context, sparse, chosen)
-            b, n = iou.shape
-            full = self._upsampler(low_res.reshape(b * n, *low_res.shape[-2:]).float().cpu())
-            masks = (full > MASK_THRESHOLD).reshape(b, n, *original)
-        return BatchPrediction(
-            masks=masks.numpy(),
-            scores=iou.float().cpu().numpy(),
-            logits=low_res.float().cpu().numpy(),
-        )
+            return self._decoder(context, sparse, chosen)

@@ -60,3 +60,11 @@ class BatchPrediction:
 
     def __getitem__(self, index: int) -> Prediction:
         return Prediction(self.masks[index], self.scores[index], self.logits[index])
+
+
+@dataclass(frozen=True, eq=False)
+class LowResBatch:
+    """Low-resolution decoder output for B objects, kept as torch tensors for filtering."""
+
+    logits: "torch.Tensor"  # (B, N, 256, 256) float32 logits in the padded encoder frame
+    scores: "torch.Tensor"  # (B, N) float32 predicted IoU
