@@ -136,8 +136,8 @@ def link_slices(
         ``should_stop`` returned True.
     """
     out = _check_arrays(slices, out)
-    tracks = track_sections(slices, settings, _shifted(progress, 0, 2 * len(slices)), should_stop)
-    return write_tracks(slices, tracks, settings.min_extent, out, _shifted(progress, len(slices), 2 * len(slices)),
+    tracks = track_sections(slices, settings, _shifted(progress, 0, 2 * slices.shape[0]), should_stop)
+    return write_tracks(slices, tracks, settings.min_extent, out, _shifted(progress, slices.shape[0], 2 * slices.shape[0]),
                         should_stop)
 
 
@@ -148,7 +148,7 @@ def label_sections(slices, out=None, progress: Progress | None = None) -> Linked
     """
     out = _check_arrays(slices, out)
     ids, tracks, count = [], [], 0
-    for z in range(len(slices)):
+    for z in range(slices.shape[0]):
         section_ids = _section_ids(np.asarray(slices[z]), z)
         ids.append(section_ids)
         tracks.append(np.arange(count, count + len(section_ids), dtype=np.int64))
@@ -178,7 +178,7 @@ def track_sections(
     ids, tracks, first, last = [], [], [], []
     window: list[tuple[np.ndarray, np.ndarray]] = []  # last two (labels, continued) of slices z-2, z-1
     links = gap_links = 0
-    for z in range(len(slices)):
+    for z in range(slices.shape[0]):
         _check_stop(should_stop)
         labels = np.asarray(slices[z])
         section_ids = _section_ids(labels, z)
@@ -201,7 +201,7 @@ def track_sections(
         tracks.append(section_tracks)
         window = (window + [(labels, np.zeros(len(section_ids), bool))])[-2:]
         if progress is not None:
-            progress(z + 1, len(slices))
+            progress(z + 1, slices.shape[0])
     return SectionTracks(tuple(ids), tuple(tracks), np.asarray(first, np.int64), np.asarray(last, np.int64),
                          links, gap_links)
 
@@ -232,11 +232,11 @@ def write_tracks(
     kept = (plan.last - plan.first + 1) >= min_extent
     final = np.zeros(len(kept), np.int32)
     final[kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.int32)
-    for z in range(len(slices)):
+    for z in range(slices.shape[0]):
         _check_stop(should_stop)
         out[z] = _relabel(np.asarray(slices[z]), plan.ids[z], final[plan.tracks[z]])
         if progress is not None:
-            progress(z + 1, len(slices))
+            progress(z + 1, slices.shape[0])
     return LinkedLabels(
         labels=out, objects=int(kept.sum()), removed=int((~kept).sum()),
         sections=sum(len(i) for i in plan.ids), links=plan.links, gap_links=plan.gap_links,

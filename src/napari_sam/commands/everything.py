@@ -1,0 +1,129 @@
+"""``napari-sam segment-everything``: every object of every slice, on a dask cluster, into zarr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Flags that override one EverythingSettings field each; omitted flags keep the engine's
+# defaults (documented with their evaluation in docs/everything.md).
+SETTING_FLAGS = {
+    "points_per_side": (int, "grid points along each side of a plane or tile"),
+    "points_per_batch": (int, "prompts per decoder call"),
+    "pred_iou_thresh": (float, "keep masks whose predicted IoU is at least this"),
+    "stability_score_thresh": (float, "keep masks whose stability score is at least this"),
+    "box_nms_thresh": (float, "drop a mask whose box overlaps a better one's by more (IoU)"),
+    "min_area": (int, "drop masks smaller than this many pixels"),
+    "min_region_area": (int, "remove islands and fill holes smaller than this (pixels)"),
+    "crop_layers": (int, "zoomed crop layers (each re-encodes 4^k crops)"),
+}
+
+
+def register(commands) -> None:
+    """Add the ``segment-everything`` subcommand to the ``napari-sam`` parser."""
+    parser = commands.add_parser(
+        "segment-everything", help="segment every object of an image or stack into zarr labels",
+        description="Segment everything in each slice (in parallel on dask.distributed), then link "
+        "slices into 3D objects. Rerun the same command to resume an interrupted run.",
+    )
+    parser.add_argument("input", help="TIFF, zarr or OME-Zarr (folder), or .npy: a 2D image or a z stack")
+    parser.add_argument("--out", required=True, help="output labels store (a .zarr folder)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=2,
+                       help="local worker processes (default 2; 0 runs in this process)")
+    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    parser.add_argument("--model", default="vit_t", help="model name or checkpoint file (default vit_t)")
+    parser.add_argument("--tile", type=int, help="segment planes in tiles of this side (pixels)")
+    parser.add_argument("--halo", type=int, default=0, help="overlap of neighbouring tiles (pixels)")
+    parser.add_argument("--z-range", metavar="START:STOP", help="only these slices of the stack")
+    parser.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
+    parser.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
+    parser.add_argument("--axes", help="axis names of the input, e.g. zyx, czyx (default: from the file)")
+    parser.add_argument("--channel", type=int, help="channel to segment in multichannel data")
+    for name, (kind, text) in SETTING_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    parser.add_argument("--keep-background", action="store_true",
+                        help="keep large masks touching three edges (dropped as background by default)")
+    parser.add_argument("--link", action=argparse.BooleanOptionalAction, default=True,
+                        help="link slices into 3D objects (default); --no-link numbers each 2D object apart")
+    parser.add_argument("--link-iou", type=float, help="least IoU between an object's neighbouring sections")
+    parser.add_argument("--min-extent", type=int, help="slices a 3D object must span to be kept")
+    parser.add_argument("--no-gap-closing", action="store_true", help="do not link over one missed slice")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output made for other data/settings")
+    parser.set_defaults(handler=run_segment_everything)
+
+
+def run_segment_everything(args: argparse.Namespace) -> int:
+    """``napari-sam segment-everything``: a stack into linked 3D labels, resumably."""
+    from napari_sam.engine.automatic import EverythingSettings
+    from napari_sam.io.batch_everything import Execution, StackSettings, segment_stack
+    from napari_sam.io.stack_tasks import StackSource
+
+    overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
+    if args.keep_background:
+        overrides["drop_background"] = False
+    stack_settings = StackSettings(
+        model=args.model, settings=EverythingSettings(**overrides), tile=args.tile, halo=args.halo,
+        linking=_linking(args),
+    )
+    source = StackSource(args.input, key=args.key, level=args.level, axes=args.axes, channel=args.channel)
+    execution = Execution(workers=0 if args.scheduler else args.workers, scheduler=args.scheduler,
+                          threads=args.threads)
+    with _Bars() as bars:
+        summary = segment_stack(source, args.out, stack_settings, execution, z_range=_z_range(args.z_range),
+                                overwrite=args.overwrite, progress=bars.update)
+    print(
+        f"{args.out}: {summary.objects} objects in {summary.slices} slices ({summary.segmented} segmented now, "
+        f"{summary.reused} already done), {summary.seconds:.1f} s, {summary.slices_per_minute:.1f} slices/min "
+        f"({summary.execution}, {summary.model_id})"
+    )
+    return 0
+
+
+def _linking(args: argparse.Namespace):
+    from napari_sam.engine.linking import LinkingSettings
+
+    if not args.link:
+        return None
+    values = {"gap_closing": not args.no_gap_closing}
+    if args.link_iou is not None:
+        values["iou_threshold"] = args.link_iou
+    if args.min_extent is not None:
+        values["min_extent"] = args.min_extent
+    return LinkingSettings(**values)
+
+
+def _z_range(text: str | None) -> tuple[int, int] | None:
+    from napari_sam.errors import InvalidInputError
+
+    if text is None:
+        return None
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise InvalidInputError(f"--z-range must be START:STOP (two integers); got {text!r}.") from None
+    return start, stop
+
+
+class _Bars:
+    """One tqdm bar on stderr per stage ("segment", then "link")."""
+
+    def __init__(self) -> None:
+        self.bars: dict = {}
+
+    def __enter__(self):
+        return self
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage not in self.bars:
+            names = {"segment": "segmenting", "link": "linking"}
+            self.bars[stage] = tqdm(total=total, unit="slice", desc=names.get(stage, stage), file=sys.stderr)
+        bar = self.bars[stage]
+        bar.update(done - bar.n)
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self.bars.values():
+            bar.close()
