@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_sam.engine.tiling import default_tiling, most_central_tile, tile_grid
+from napari_sam.engine.tiling import default_tiling, most_central_tile, resolve_tiling, tile_grid
 from napari_sam.errors import InvalidInputError
 
 
@@ -42,6 +42,27 @@ def test_most_central_tile_is_the_one_with_the_largest_margin():
 def test_default_tiling():
     assert default_tiling((1024, 1500)) == (None, 0)
     assert default_tiling((4000, 3000)) == (768, 128)
+    assert default_tiling((512, 512), upscale=2) == (None, 0)  # the encoder enlarges it 2x whole
+    assert default_tiling((600, 400), upscale=2) == (384, 64)  # windows of 512 = 1024 / 2
+    assert default_tiling((4000, 4000), upscale=0.5) == (1536, 256)  # windows of 2048, shrunk 2x
+
+
+def test_resolve_tiling_follows_the_user():
+    assert resolve_tiling((4000, 3000)) == (768, 128)
+    assert resolve_tiling((4000, 3000), tile=0) == (None, 0)
+    assert resolve_tiling((4000, 3000), tile=500, halo=20) == (500, 20)
+    assert resolve_tiling((4000, 3000), tile=200) == (200, 50)  # halo at most a quarter tile
+    assert resolve_tiling((4000, 3000), tile=384, upscale=2) == (384, 64)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"upscale": 0}, "upscale must be a positive"), ({"upscale": "big"}, "upscale must be a positive"),
+    ({"tile": -1}, "must be >= 0"), ({"tile": 64, "halo": -2}, "must be >= 0"),
+    ({"tile": 768, "halo": 128, "upscale": 2}, "would be shrunk back"),
+])
+def test_bad_tiling_choices(settings, message):
+    with pytest.raises(InvalidInputError, match=message):
+        resolve_tiling((4000, 3000), **settings)
 
 
 @pytest.mark.parametrize("tile, halo, shape", [(0, 0, (10, 10)), (8, -1, (10, 10)), (8, 0, (0, 10))])

@@ -92,6 +92,25 @@ def read_plane(data, layout: PlaneLayout, key: PlaneKey) -> np.ndarray:
     return np.asarray(plane)
 
 
+class PlaneView:
+    """One plane of an array that reads only the window it is indexed with.
+
+    ``view[rows, cols]`` is ``data[key + (rows, cols)]`` as numpy, so a tile of a zarr
+    or dask plane costs that tile's chunks, not the plane.
+    """
+
+    def __init__(self, data, layout: PlaneLayout, key: PlaneKey) -> None:
+        self.data, self.key = data, layout.check_key(key)
+        self.shape = tuple(layout.plane_shape) + ((layout.shape[-1],) if layout.channel_axis else ())
+        self.dtype = np.dtype(data.dtype)
+
+    def __getitem__(self, window: tuple[slice, slice]) -> np.ndarray:
+        return np.asarray(self.data[self.key + tuple(window)])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[slice(None), slice(None)], dtype=dtype)
+
+
 def stack_normalization(
     data, layout: PlaneLayout, channel: int | None = None,
     channel_weights: tuple[float, ...] | None = None, planes: int = SAMPLE_PLANES,

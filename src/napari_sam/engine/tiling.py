@@ -10,6 +10,12 @@ Choosing the sizes: the window should be the encoder's native 1024 pixels (no re
 the halo at least the radius of the largest object you expect (so an object centred in an
 interior fits in that tile's window), and tiles are used only when the plane is larger
 than about 1.5x the window.
+
+Upscaling: SAM's encoder always resizes its input so the longest side is 1024 pixels.
+A window of ``1024 / upscale`` plane pixels is therefore enlarged ``upscale`` times before
+encoding (bilinear, inside :func:`~napari_sam.engine.preprocess.resize_longest_side`), and
+every prompt and mask is mapped between plane pixels and encoder pixels by the predictor.
+``upscale=2`` gives small cells four times as many encoder pixels, at four times the tiles.
 """
 
 from __future__ import annotations
@@ -41,11 +47,80 @@ class Tile:
         return min(row - rows.start, rows.stop - 1 - row, col - cols.start, cols.stop - 1 - col)
 
 
-def default_tiling(shape: tuple[int, int], window: int = DEFAULT_WINDOW) -> tuple[int | None, int]:
-    """(interior side, halo) for a plane: (None, 0) when it fits the encoder as a whole."""
-    if max(shape) <= window * 3 // 2:
+def default_tiling(
+    shape: tuple[int, int], window: int = DEFAULT_WINDOW, upscale: float = 1.0,
+) -> tuple[int | None, int]:
+    """(interior side, halo) in plane pixels; (None, 0) when the plane is encoded whole.
+
+    Windows cover ``window / upscale`` plane pixels. Without upscaling a plane up to 1.5x
+    the window is shrunk a little rather than cut into four tiles; with ``upscale > 1`` the
+    enlargement was asked for, so any plane larger than one window is tiled.
+
+    Raises
+    ------
+    InvalidInputError
+        ``upscale`` is not a positive finite number.
+    """
+    check_upscale(upscale)
+    side = window / upscale
+    limit = side * 3 / 2 if upscale <= 1 else side
+    if max(shape) <= limit:
         return None, 0
-    return window - 2 * DEFAULT_HALO, DEFAULT_HALO
+    halo = int(round(DEFAULT_HALO / upscale))
+    return int(side) - 2 * halo, halo
+
+
+def resolve_tiling(
+    shape: tuple[int, int], tile: int | None = None, halo: int | None = None,
+    upscale: float = 1.0, window: int = DEFAULT_WINDOW,
+) -> tuple[int | None, int]:
+    """(interior side, halo) from a user's choice: ``tile=None`` automatic, ``0`` no tiles.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (rows, cols) of one plane.
+    tile : int, optional
+        Interior side in plane pixels; None picks :func:`default_tiling`, 0 disables tiling.
+    halo : int, optional
+        Overlap in plane pixels; None picks ``128 / upscale`` (at most a quarter tile).
+    upscale : float
+        Encoder pixels per plane pixel, at least (see the module notes).
+
+    Raises
+    ------
+    InvalidInputError
+        A negative tile or halo, a bad upscale, or a window that upscaled exceeds the
+        encoder's input (the encoder would shrink it back and the upscale would be lost).
+    """
+    check_upscale(upscale)
+    if tile is None:
+        return default_tiling(shape, window, upscale)
+    if tile < 0 or (halo is not None and halo < 0):
+        raise InvalidInputError(f"tile and halo must be >= 0 (0 = no tiling); got tile={tile}, halo={halo}.")
+    if tile == 0:
+        return None, 0
+    if halo is None:
+        halo = min(int(round(DEFAULT_HALO / upscale)), tile // 4)
+    side = tile + 2 * halo
+    if upscale > 1 and side * upscale > window + 1:
+        raise InvalidInputError(
+            f"A window of {side} pixels (tile {tile} + 2 x halo {halo}) upscaled {upscale:g}x is "
+            f"{side * upscale:.0f} pixels, more than the encoder's {window}: it would be shrunk back. "
+            f"Choose tile <= {int(window / upscale) - 2 * halo}, or leave tile automatic."
+        )
+    return tile, halo
+
+
+def check_upscale(upscale: float) -> float:
+    """The upscale factor as a float; raises InvalidInputError unless positive and finite."""
+    try:
+        value = float(upscale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise InvalidInputError(f"upscale must be a positive number such as 1 or 2; got {upscale!r}.")
+    return value
 
 
 def tile_grid(shape: tuple[int, int], tile: int, halo: int) -> list[Tile]:

@@ -1,21 +1,26 @@
 """A persistent, verified store of image embeddings: one zarr v3 group per volume.
 
 The encoder is the expensive step (about a second per 1024x1024 input on a CPU), so each
-plane is encoded once and kept on disk. Layout of ``NAME.zarr``:
+plane, or each tile of a large plane, is encoded once and kept on disk. Layout of
+``NAME.zarr`` (``*stack`` are the plane-selecting axes, e.g. (z,) or (t, z); ``grid`` is
+(tile rows, tile cols) of :func:`~napari_sam.engine.tiling.tile_grid`, present only when
+the signature has a tile size):
 
-``features``  (*stack, 256, 64, 64), float32 or float16, one chunk per plane
-``input_size``  (*stack, 2) int32, the resized (rows, cols) inside the encoder frame
-``checksum``  (*stack,) uint32, crc32 of each plane's feature bytes
-``complete``  (*stack,) uint8, 1 once a plane's features and checksum are written
+``features``  (*stack, [*grid,] 256, 64, 64), float32 or float16, one chunk per plane or tile
+``input_size``  (*stack, [*grid,] 2) int32, the resized (rows, cols) inside the encoder frame
+``checksum``  (*stack, [*grid]) uint32, crc32 of each plane's or tile's feature bytes
+``complete``  (*stack, [*grid]) uint8, 1 once the features and checksum are written
 
 The group's ``napari_sam`` attribute is the :class:`CacheSignature`: data shape and dtype,
 a content fingerprint from a few sampled planes (never the whole volume), the model and
-its weights, the intensity normalisation, tiling, feature dtype and package version.
-Opening a cache with another signature raises :class:`~napari_sam.errors.CacheMismatchError`
-(or starts afresh when asked). Chunks are written atomically by zarr's local store; a plane
-counts only once its ``complete`` flag is set after its data, and a plane whose checksum
-no longer matches (a damaged or deleted chunk) is treated as missing, so an interrupted or
-corrupted run resumes by recomputing exactly what is missing.
+its weights, the intensity normalisation, tile, halo and upscale factor, feature dtype and
+package version. A tile's window (and so its embedding's original size) follows from the
+plane shape, tile and halo. Opening a cache with another signature raises
+:class:`~napari_sam.errors.CacheMismatchError` (or starts afresh when asked). Chunks are
+written atomically by zarr's local store; a plane or tile counts only once its
+``complete`` flag is set after its data and checksum, and one whose checksum no longer
+matches (a damaged or deleted chunk) is treated as missing, so an interrupted or
+corrupted run resumes by recomputing exactly what is missing. See docs/large_data.md.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 from napari_sam.engine.planes import PlaneLayout, read_plane
 from napari_sam.engine.preprocess import Normalization
 from napari_sam.engine.results import Embedding
+from napari_sam.engine.tiling import check_upscale, tile_grid
 from napari_sam.errors import CacheMismatchError, InvalidInputError
 
 FORMAT = "napari-sam embedding cache"
@@ -53,6 +59,7 @@ class CacheSignature:
     halo: int  # overlap between tiles in pixels
     feature_dtype: str  # "float32" or "float16"
     package_version: str
+    upscale: float = 1.0  # encoder pixels per plane pixel, at least (caches before tiles: 1)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -60,6 +67,7 @@ class CacheSignature:
     @classmethod
     def from_dict(cls, payload: dict) -> "CacheSignature":
         fields = {k: v for k, v in payload.items() if k not in ("format", "version")}
+        fields.setdefault("upscale", 1.0)  # caches written before tiles were stored
         fields["data_shape"] = tuple(fields["data_shape"])
         norm = list(fields["normalization"])
         norm[3] = None if norm[3] is None else tuple(norm[3])
@@ -84,11 +92,17 @@ def data_fingerprint(data, layout: PlaneLayout, planes: int = FINGERPRINT_PLANES
 
 def cache_signature(
     data, layout: PlaneLayout, model_id: str, normalization: Normalization,
-    feature_dtype: str = "float32", tile: int | None = None, halo: int = 0,
+    feature_dtype: str = "float32", tile: int | None = None, halo: int = 0, upscale: float = 1.0,
 ) -> CacheSignature:
-    """The signature a cache for this data and these settings must carry."""
+    """The signature a cache for this data and these settings must carry.
+
+    ``tile`` None (whole planes) or the interior side in pixels, with ``halo`` and
+    ``upscale`` as resolved by :func:`~napari_sam.engine.tiling.resolve_tiling`.
+    """
     from napari_sam import __version__
 
+    if tile is not None:
+        tile_grid(layout.plane_shape, tile, halo)  # validates tile and halo
     if feature_dtype not in ("float32", "float16"):
         raise InvalidInputError(f"feature_dtype must be 'float32' or 'float16'; got {feature_dtype!r}.")
     n = normalization
@@ -96,18 +110,29 @@ def cache_signature(
         data_shape=tuple(layout.shape), data_dtype=str(np.dtype(data.dtype)),
         channel_axis=layout.channel_axis, fingerprint=data_fingerprint(data, layout),
         model_id=model_id, normalization=(n.low, n.high, n.channel, n.channel_weights),
-        tile=tile, halo=halo, feature_dtype=feature_dtype, package_version=__version__,
+        tile=None if tile is None else int(tile), halo=int(halo), feature_dtype=feature_dtype,
+        package_version=__version__, upscale=check_upscale(upscale),
     )
 
 
 class EmbeddingCache:
-    """Plane embeddings on disk; an :class:`~napari_sam.engine.embedding_store.EmbeddingBackend`."""
+    """Plane (or tile) embeddings on disk.
+
+    Untiled, it is an :class:`~napari_sam.engine.embedding_store.EmbeddingBackend` keyed
+    by plane; tiled, ``load``/``save`` take the tile's (row, col) grid index too and
+    :meth:`tiles` gives one plane's tiles as a backend for
+    :class:`~napari_sam.engine.tiled_prompting.TiledPlane`.
+    """
 
     def __init__(self, group, signature: CacheSignature, layout: PlaneLayout) -> None:
         self.group = group
         self.signature = signature
         self.layout = layout
         self.normalization = Normalization(*signature.normalization)
+        self.grid = None  # list of Tile when tiled
+        if signature.tile is not None:
+            self.grid = tile_grid(layout.plane_shape, signature.tile, signature.halo)
+        self.grid_shape = () if self.grid is None else tuple(int(i) + 1 for i in self.grid[-1].index)
 
     @classmethod
     def open(
@@ -136,70 +161,128 @@ class EmbeddingCache:
                     raise CacheMismatchError(
                         f"The embedding cache {path} was made for other data or settings:\n  - "
                         + "\n  - ".join(signature.differences(existing))
-                        + "\nUse another cache path, or overwrite=True (--overwrite) to start afresh."
+                        + "\nUse another cache path, the cache's own settings (e.g. --tile/--halo/"
+                        "--upscale), or overwrite=True (--overwrite) to start afresh."
                     )
                 shutil.rmtree(path)
             elif existing is not None:
                 return cls(zarr.open_group(path, mode="r+"), signature, layout)
             else:
                 shutil.rmtree(path)
-        group = zarr.open_group(path, mode="w")
-        stack = layout.stack_shape
-        ones = (1,) * len(stack)
-        group.create_array("features", shape=stack + (256, 64, 64), chunks=ones + (256, 64, 64),
-                           dtype=signature.feature_dtype, fill_value=0)
-        group.create_array("input_size", shape=stack + (2,), chunks=ones + (2,), dtype="int32", fill_value=0)
-        group.create_array("checksum", shape=stack or (1,), chunks=ones or (1,), dtype="uint32", fill_value=0)
-        group.create_array("complete", shape=stack or (1,), chunks=ones or (1,), dtype="uint8", fill_value=0)
-        group.attrs["napari_sam"] = signature.to_dict()  # last: a half-made cache has no signature
-        return cls(group, signature, layout)
+        cache = cls(zarr.open_group(path, mode="w"), signature, layout)
+        cache._create_arrays()
+        cache.group.attrs["napari_sam"] = signature.to_dict()  # last: a half-made cache has no signature
+        return cache
 
-    def _index(self, key: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(key) if key else (0,)
+    def _create_arrays(self) -> None:
+        units = self.layout.stack_shape + self.grid_shape  # one chunk per plane or tile
+        ones = (1,) * len(units)
+        dtype = self.signature.feature_dtype
+        self.group.create_array("features", shape=units + (256, 64, 64), chunks=ones + (256, 64, 64),
+                                dtype=dtype, fill_value=0)
+        self.group.create_array("input_size", shape=units + (2,), chunks=ones + (2,), dtype="int32", fill_value=0)
+        for name, kind in (("checksum", "uint32"), ("complete", "uint8")):
+            self.group.create_array(name, shape=units or (1,), chunks=ones or (1,), dtype=kind, fill_value=0)
 
-    def is_complete(self, key: tuple[int, ...]) -> bool:
-        """True when the plane's features are written (checksum not verified here)."""
-        return bool(self.group["complete"][self._index(key)])
+    @property
+    def tiled(self) -> bool:
+        """True when features are stored per tile."""
+        return self.grid is not None
+
+    def _index(self, key: tuple[int, ...], tile: tuple[int, int] | None) -> tuple[int, ...]:
+        """Index of one plane or tile in the checksum and completion arrays."""
+        if self.tiled != (tile is not None):
+            raise InvalidInputError(
+                f"This cache stores {'tiles' if self.tiled else 'whole planes'}: "
+                + ("give the tile's (row, col) grid index." if self.tiled else "give no tile index.")
+            )
+        if tile is not None and not all(0 <= t < n for t, n in zip(tile, self.grid_shape)):
+            raise InvalidInputError(f"Tile {tuple(tile)} is outside the cache's {self.grid_shape} grid.")
+        index = tuple(key) + (tuple(int(t) for t in tile) if tile is not None else ())
+        return index if index else (0,)
+
+    def is_complete(self, key: tuple[int, ...], tile: tuple[int, int] | None = None) -> bool:
+        """True when the plane's (or tile's) features are written (checksum not verified here)."""
+        return bool(self.group["complete"][self._index(key, tile)])
 
     def completed(self) -> list[tuple[int, ...]]:
-        """Keys of planes marked complete."""
+        """Keys of planes (tiled: plane key + tile row, col) marked complete."""
         flags = np.asarray(self.group["complete"][...])
-        if not self.layout.stack_ndim:
+        if not self.layout.stack_ndim and not self.tiled:
             return [()] if flags[0] else []
         return [tuple(int(i) for i in k) for k in np.argwhere(flags)]
 
-    def load(self, key: tuple[int, ...]) -> Embedding | None:
-        """The stored embedding of a plane, or None if missing, incomplete or damaged."""
+    def load(self, key: tuple[int, ...], tile: tuple[int, int] | None = None) -> Embedding | None:
+        """The stored embedding of a plane or tile, or None if missing, incomplete or damaged."""
         import torch
 
-        index = self._index(key)
+        index = self._index(key, tile)
+        where = index if (key or tile is not None) else ()
         if not self.group["complete"][index]:
             return None
         try:
-            features = np.asarray(self.group["features"][tuple(key)])
+            features = np.asarray(self.group["features"][where])
         except Exception:  # a damaged chunk fails to decode
             return None
         if zlib.crc32(np.ascontiguousarray(features).tobytes()) != int(self.group["checksum"][index]):
             return None
-        size = tuple(int(v) for v in self.group["input_size"][tuple(key)])
+        size = tuple(int(v) for v in self.group["input_size"][where])
         return Embedding(
             features=torch.from_numpy(features.astype(np.float32))[None],
-            input_size=size, original_size=self.layout.plane_shape,
+            input_size=size, original_size=self._original_size(tile),
             model_id=self.signature.model_id, normalization=self.normalization,
         )
 
-    def save(self, key: tuple[int, ...], embedding: Embedding) -> None:
-        """Write a plane's features, then its checksum, then its completion flag."""
+    def save(self, key: tuple[int, ...], embedding: Embedding, tile: tuple[int, int] | None = None) -> None:
+        """Write features, then their checksum, then the completion flag."""
         if embedding.model_id != self.signature.model_id:
             raise CacheMismatchError(
                 f"Embedding by {embedding.model_id} cannot go into a cache for {self.signature.model_id}."
             )
-        index = self._index(key)
+        index = self._index(key, tile)
+        if tuple(embedding.original_size) != self._original_size(tile):
+            raise InvalidInputError(
+                f"An embedding of a {tuple(embedding.original_size)} image cannot be stored for "
+                f"{'tile ' + str(tuple(tile)) if tile is not None else 'a plane'} of {self._original_size(tile)} pixels."
+            )
+        where = index if (key or tile is not None) else ()
         features = embedding.features[0].cpu().numpy().astype(self.signature.feature_dtype)
-        self.group["features"][tuple(key)] = features
-        self.group["input_size"][tuple(key)] = np.asarray(embedding.input_size, np.int32)
+        self.group["features"][where] = features
+        self.group["input_size"][where] = np.asarray(embedding.input_size, np.int32)
         self.group["checksum"][index] = zlib.crc32(np.ascontiguousarray(features).tobytes())
         self.group["complete"][index] = 1
+
+    def tiles(self, key: tuple[int, ...]) -> "PlaneTiles":
+        """The tiles of one plane as a backend keyed by (tile row, tile col)."""
+        if not self.tiled:
+            raise InvalidInputError("This cache stores whole planes, not tiles: open it with a tile size.")
+        return PlaneTiles(self, self.layout.check_key(key))
+
+    def _original_size(self, tile: tuple[int, int] | None) -> tuple[int, int]:
+        if tile is None:
+            return tuple(self.layout.plane_shape)
+        rows, cols = self.grid[tile[0] * self.grid_shape[1] + tile[1]].window
+        return rows.stop - rows.start, cols.stop - cols.start
+
+
+class PlaneTiles:
+    """The tiles of one plane of an :class:`EmbeddingCache`, keyed by grid (row, col)."""
+
+    def __init__(self, cache: EmbeddingCache, key: tuple[int, ...]) -> None:
+        self.cache, self.key = cache, key
+
+    def load(self, index: tuple[int, int]) -> Embedding | None:
+        """The tile's stored embedding, or None if missing, incomplete or damaged."""
+        return self.cache.load(self.key, tile=index)
+
+    def save(self, index: tuple[int, int], embedding: Embedding) -> None:
+        """Store the tile's embedding durably (data, checksum, then the flag)."""
+        self.cache.save(self.key, embedding, tile=index)
+
+    def completed(self) -> set[tuple[int, int]]:
+        """Grid indices of the tiles marked complete (one read of this plane's flags)."""
+        flags = np.asarray(self.cache.group["complete"][self.key] if self.key else self.cache.group["complete"][...])
+        return {(int(r), int(c)) for r, c in np.argwhere(flags)}
 
 
 def _read_signature(path: Path) -> CacheSignature | None:
