@@ -33,30 +33,56 @@ def complete(cache) -> int:
         return 0
 
 
-def test_killed_run_resumes_to_the_same_cache(stack_file, tmp_path, capsys):
-    killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
+def kill_mid_run(cache, extra=(), at_least=2) -> int:
+    """Start ``napari-sam embed`` in a subprocess, SIGKILL it once ``at_least`` units are done."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "napari_sam.cli", "embed", str(stack_file), "--cache", str(killed)],
+        [sys.executable, "-m", "napari_sam.cli", "embed", *extra, "--cache", str(cache)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + 300
-    while complete(killed) < 2 and process.poll() is None and time.monotonic() < deadline:
+    while complete(cache) < at_least and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done_before = complete(killed)
+    return complete(cache)
+
+
+def assert_same_cache(first, second):
+    a, b = zarr.open_group(first, mode="r"), zarr.open_group(second, mode="r")
+    for name in ("features", "input_size", "checksum", "complete"):
+        np.testing.assert_array_equal(np.asarray(a[name][...]), np.asarray(b[name][...]))
+
+
+def test_killed_run_resumes_to_the_same_cache(stack_file, tmp_path, capsys):
+    killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
+    done_before = kill_mid_run(killed, [str(stack_file)])
     assert 2 <= done_before < PLANES, "the kill should land mid-run"
 
     assert main(["embed", str(stack_file), "--cache", str(killed)]) == 0
     report = capsys.readouterr().out
     assert f"{PLANES - done_before} encoded now, {done_before} already cached" in report
     assert main(["embed", str(stack_file), "--cache", str(clean)]) == 0
-    a, b = zarr.open_group(killed, mode="r"), zarr.open_group(clean, mode="r")
-    for name in ("features", "input_size", "checksum", "complete"):
-        np.testing.assert_array_equal(np.asarray(a[name][...]), np.asarray(b[name][...]))
+    assert_same_cache(killed, clean)
 
     assert main(["embed", str(stack_file), "--cache", str(clean)]) == 0
     assert f"0 encoded now, {PLANES} already cached" in capsys.readouterr().out
+
+
+def test_killed_tiled_run_resumes_to_the_same_cache(stack_file, tmp_path, capsys):
+    args = [str(stack_file), "--tile", "128", "--halo", "16", "--z-range", "0:3"]  # 2 x 2 tiles, 3 planes
+    killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
+    done_before = kill_mid_run(killed, args, at_least=3)
+    assert 3 <= done_before < 12, "the kill should land mid-run"
+    assert zarr.open_group(killed, mode="r")["complete"].shape == (PLANES, 2, 2)
+
+    assert main(["embed", *args, "--cache", str(killed)]) == 0
+    report = capsys.readouterr().out
+    assert "4 tiles per plane (tile 128, halo 16, upscale 1)" in report
+    assert f"{12 - done_before} tiles encoded now, {done_before} tiles already cached" in report
+    assert main(["embed", *args, "--cache", str(clean)]) == 0
+    assert_same_cache(killed, clean)
+    assert main(["embed", str(stack_file), "--cache", str(clean), "--tile", "0"]) == 1
+    assert "tile: cache has 128, expected None" in capsys.readouterr().err
 
 
 def test_z_range_and_mismatch_errors(stack_file, tmp_path, capsys):

@@ -21,6 +21,13 @@ def register(commands) -> None:
     embed.add_argument("--channel", type=int, help="channel to segment in multichannel data")
     embed.add_argument("--z-range", metavar="START:STOP", help="only these planes of the first stack axis")
     embed.add_argument("--float16", action="store_true", help="store features as float16 (half the disk)")
+    embed.add_argument("--tile", type=int, metavar="N",
+                       help="tile interior side in pixels; 0 = whole planes (default: tiles only for planes "
+                            "too large for the encoder, 768 + halo 128)")
+    embed.add_argument("--halo", type=int, metavar="N",
+                       help="overlap around each tile in pixels (default 128 / upscale, at most tile / 4)")
+    embed.add_argument("--upscale", type=float, default=1.0, metavar="F",
+                       help="encoder pixels per image pixel, e.g. 2 for small cells (default 1)")
     embed.add_argument("--overwrite", action="store_true", help="replace a cache made for other data/settings")
     embed.set_defaults(handler=run_embed)
 
@@ -37,13 +44,21 @@ def run_embed(args: argparse.Namespace) -> int:
     session = open_cached_session(
         data, args.cache, model=args.model, channel_axis=channel_axis, channel=args.channel,
         feature_dtype="float16" if args.float16 else "float32", overwrite=args.overwrite, capacity=1,
+        tile=args.tile, halo=args.halo, upscale=args.upscale,
     )
     planes = _plane_keys(session.layout, args.z_range)
-    with tqdm(total=len(planes), unit="plane", desc="embedding", file=sys.stderr) as bar:
+    grid = session.cache.grid
+    unit = "plane" if grid is None else "tile"
+    with tqdm(total=len(planes) * len(grid or [0]), unit=unit, desc="embedding", file=sys.stderr) as bar:
         summary = embed_volume(session, planes, progress=lambda done, total: bar.update(done - bar.n))
+    tiling = "whole planes" if grid is None else (
+        f"{summary.tiles_per_plane} tiles per plane (tile {session.tile}, halo {session.halo}, "
+        f"upscale {session.upscale:g})"
+    )
+    counted = "" if grid is None else " tiles"
     print(
-        f"{args.cache}: {summary.planes} planes, {summary.encoded} encoded now, {summary.reused} "
-        f"already cached, {summary.seconds:.1f} s ({session.model_id}, axes {volume.axes})"
+        f"{args.cache}: {summary.planes} planes, {tiling}, {summary.encoded}{counted} encoded now, "
+        f"{summary.reused}{counted} already cached, {summary.seconds:.1f} s ({session.model_id}, axes {volume.axes})"
     )
     return 0
 
