@@ -1,0 +1,95 @@
+"""Resumable training state: the loop's counters and randomness, saved with the weights.
+
+``checkpoint.pt`` holds the full state dict, the optimizer state, the step, the random
+generators, the history and the best weights so far; it loads with
+``torch.load(weights_only=True)`` (plain tensors, numbers, strings, lists and dicts).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_sam.errors import CheckpointError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = 1
+
+
+@dataclass
+class LoopState:
+    """The mutable state of a training run (owned by the loop)."""
+
+    step: int  # steps done
+    rng: np.random.Generator  # draws images, objects and prompts
+    history: list[dict] = field(default_factory=list)  # one record per step
+    best_score: float | None = None  # best validation mean IoU
+    best_step: int = 0  # step of best_score
+    best_state: dict | None = None  # trainable tensors at best_step
+    stale: int = 0  # validations since the last improvement
+
+    @classmethod
+    def fresh(cls, seed: int) -> "LoopState":
+        return cls(step=0, rng=np.random.default_rng(seed))
+
+    def observe(self, score: float, module: torch.nn.Module, min_improvement: float) -> None:
+        """Record a validation score; keep a copy of the trainable weights when it is the best."""
+        if self.best_score is None or score > self.best_score + min_improvement:
+            self.best_score, self.best_step, self.stale = score, self.step, 0
+            self.best_state = {
+                name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad
+            }
+        else:
+            self.stale += 1
+
+
+def save_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: LoopState, config) -> Path:
+    """Write everything needed to resume, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT, "step": state.step, "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(), "rng": state.rng.bit_generator.state,
+        "history": state.history, "best_score": state.best_score, "best_step": state.best_step,
+        "best_state": state.best_state, "stale": state.stale, "config": config.to_dict(),
+    }
+    temporary = path.with_name(f".{path.name}.part")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
+    """Restore weights and optimizer in place; return the loop state to continue from.
+
+    Raises
+    ------
+    CheckpointError
+        The file is unreadable or not a napari-sam training checkpoint, or it was made
+        with other trainable parts (its optimizer state does not fit).
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise CheckpointError(f"Cannot read training checkpoint {path}: {error}.") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a napari-sam training checkpoint (format {FORMAT}).")
+    module.load_state_dict(payload["module"])
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except ValueError as error:
+        raise CheckpointError(
+            f"{path} was saved while training other parts of the model "
+            f"({payload['config'].get('trainable')}): resume with the same --trainable. ({error})"
+        ) from error
+    rng = np.random.default_rng()
+    rng.bit_generator.state = payload["rng"]
+    return LoopState(
+        step=payload["step"], rng=rng, history=list(payload["history"]),
+        best_score=payload["best_score"], best_step=payload["best_step"],
+        best_state=payload["best_state"], stale=payload["stale"],
+    )

@@ -1,0 +1,204 @@
+"""The training loop: steps, validation, early stopping, resumable checkpoints.
+
+:func:`train` draws one image per step, samples its objects, runs the simulated
+interactive prompting of :mod:`~napari_sam.training.steps` and takes an AdamW step.
+Every ``validate_every`` steps it measures the validation images (fixed objects and
+prompts, so numbers compare across steps), keeps the best weights, and stops after
+``patience`` validations without improvement. ``checkpoint.pt`` in the output folder
+(weights, optimizer, step, random states, history) lets an interrupted run resume where
+it stopped; the final weights are the best ones, in the official state-dict format, with
+a JSON model card beside them (:mod:`~napari_sam.training.records`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_sam.errors import InvalidInputError, OperationCancelled
+from napari_sam.training.checkpoints import CHECKPOINT_NAME, LoopState, load_checkpoint, save_checkpoint
+from napari_sam.training.config import TrainingConfig
+from napari_sam.training.datasets import LabelledImage
+from napari_sam.training.embeddings import EmbeddingStore
+from napari_sam.training.network import TrainableSam, inference_model, save_weights
+from napari_sam.training.optimization import (
+    install_drop_path,
+    learning_rate_factor,
+    make_optimizer,
+    parameter_groups,
+    set_learning_rate,
+)
+from napari_sam.training.records import write_training_card
+from napari_sam.training.sampling import prepare_image, sample_objects
+from napari_sam.training.steps import run_prompting
+from napari_sam.training.validation import ValidationSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Reported after every step."""
+
+    step: int  # steps done so far (1-based after the first)
+    total_steps: int  # the configured number of steps
+    loss: float  # this step's loss
+    validation: float | None  # validation score measured at this step, if any
+    best_validation: float | None  # best validation score so far
+    seconds: float  # wall time of this step
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What :func:`train` produced."""
+
+    weights: Path  # final (best) weights, official state-dict format
+    card: Path  # JSON model card beside them
+    steps: int  # steps done in total (including those before a resume)
+    best_step: int  # step of the best validation (the final weights), or the last step
+    best_validation: float | None  # its validation score (mean IoU), None without validation
+    stopped: str  # "completed" or "early stopping"
+    history: tuple[dict, ...]  # per-step records: step, loss, first_iou, last_iou, validation
+
+
+def train(
+    trainable: TrainableSam, train_images: list[LabelledImage], validation_images: list[LabelledImage],
+    output: str | Path, config: TrainingConfig = TrainingConfig(),
+    progress: Callable[[TrainingProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None, resume: bool = False,
+    store: EmbeddingStore | None = None,
+) -> TrainingResult:
+    """Fine-tune (or train) ``trainable`` in place and save the best weights.
+
+    Parameters
+    ----------
+    trainable : TrainableSam
+        From :func:`~napari_sam.training.network.load_trainable`.
+    train_images, validation_images : list of LabelledImage
+        Disjoint sets of whole images (see :func:`~napari_sam.training.datasets.split_images`);
+        without validation images there is no early stopping and the last weights are kept.
+    output : str or pathlib.Path
+        Folder for ``checkpoint.pt``, the final weights and the model card.
+    config : TrainingConfig
+    progress : callable, optional
+        Called with a :class:`TrainingProgress` after every step.
+    should_stop : callable, optional
+        Polled before every step; True saves a checkpoint and raises
+        :class:`~napari_sam.errors.OperationCancelled` (resume later with ``resume=True``).
+    resume : bool
+        Continue from ``output/checkpoint.pt`` (weights, optimizer, step, random state).
+    store : EmbeddingStore, optional
+        Embedding cache to use (and fill) while the encoder is frozen.
+
+    Returns
+    -------
+    TrainingResult
+
+    Raises
+    ------
+    InvalidInputError
+        No training image, or ``output`` holds a checkpoint and ``resume`` is False.
+    """
+    output = Path(output).expanduser()
+    _check_inputs(train_images, output, resume)
+    sam = trainable.module
+    groups = parameter_groups(sam, config.trainable, config.encoder_blocks, config.layer_decay, config.weight_decay)
+    optimizer = make_optimizer(groups, config.learning_rate)
+    state = LoopState.fresh(config.seed)
+    if resume and (output / CHECKPOINT_NAME).is_file():
+        state = load_checkpoint(output / CHECKPOINT_NAME, sam, optimizer)
+        log.info("resuming at step %d", state.step)
+    store = store or EmbeddingStore()
+    frozen = inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
+    validation = ValidationSet.build(validation_images, config, sam.input_size) if validation_images else None
+    generator = torch.Generator().manual_seed(config.seed)
+    stopped = "completed"
+    with install_drop_path(sam.image_encoder, config.drop_path, generator):
+        while state.step < config.steps:
+            if should_stop is not None and should_stop():
+                save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
+                raise OperationCancelled(f"Training stopped at step {state.step}; resume it from {output}.")
+            started = time.perf_counter()
+            record = _one_step(sam, frozen, train_images, store, optimizer, state, config)
+            score = None
+            if validation is not None and (state.step % config.validate_every == 0 or state.step == config.steps):
+                score = validation.score(sam, frozen, store)
+                state.observe(score, sam, config.min_improvement)
+            record["validation"] = score
+            state.history.append(record)
+            if state.step % config.checkpoint_every == 0:
+                save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
+            if progress is not None:
+                progress(TrainingProgress(state.step, config.steps, record["loss"], score,
+                                          state.best_score, time.perf_counter() - started))
+            if validation is not None and state.stale >= config.patience:
+                stopped = "early stopping"
+                break
+    save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
+    return _finish(trainable, output, config, state, stopped, train_images, validation_images)
+
+
+def _check_inputs(train_images: list[LabelledImage], output: Path, resume: bool) -> None:
+    if not train_images:
+        raise InvalidInputError("No training image: give at least one image with labels.")
+    if not resume and (output / CHECKPOINT_NAME).is_file():
+        raise InvalidInputError(
+            f"{output} already holds a training checkpoint: pass resume=True (--resume) to "
+            "continue it, or choose an empty output folder."
+        )
+
+
+def _one_step(sam, frozen, images, store, optimizer, state: LoopState, config: TrainingConfig) -> dict:
+    """Draw an image and its objects, run the prompting iterations, update the weights."""
+    rng = state.rng
+    set_learning_rate(optimizer, config.learning_rate,
+                      learning_rate_factor(state.step, config.steps, config.warmup_steps, config.decay_at))
+    while True:  # an image whose objects all vanish after cropping is drawn again
+        image = images[int(rng.integers(len(images)))]
+        prepared = prepare_image(image, sam.input_size, rng, config.crop_size, config.flips, config.min_area)
+        batch = sample_objects(prepared, config.objects_per_step, rng) if len(prepared.object_ids) else None
+        if batch is not None:
+            break
+    _set_modes(sam, config.trainable)
+    if frozen is not None and not prepared.augmented:
+        embedding = store.features(frozen, image)
+    elif frozen is not None:
+        with torch.no_grad():
+            embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
+    else:
+        embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
+    result = run_prompting(sam, embedding, batch, config.prompts, rng, prepared.input_size, config.losses)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    return {"step": state.step, "image": image.name, "loss": result.loss, "first_iou": result.first_iou,
+            "last_iou": result.last_iou, "objects": result.objects}
+
+
+def _set_modes(sam, trainable: str) -> None:
+    """Train mode for what trains; batch norms always use their running statistics."""
+    sam.train()
+    if trainable in ("decoder", "decoder+prompt"):
+        sam.image_encoder.eval()
+    for module in sam.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def _finish(trainable, output, config, state: LoopState, stopped, train_images, validation_images) -> TrainingResult:
+    if state.best_state is not None:
+        trainable.module.load_state_dict(state.best_state, strict=False)
+    name = f"{config.name}_{trainable.architecture_name}"
+    weights = save_weights(trainable.module, output / f"{name}.pt")
+    best_step = state.best_step if state.best_state is not None else state.step
+    card = write_training_card(
+        output / f"{name}.json", weights, trainable, config, state, stopped, best_step,
+        train_images, validation_images,
+    )
+    return TrainingResult(weights, card, state.step, best_step, state.best_score, stopped, tuple(state.history))

@@ -1,0 +1,109 @@
+"""The SAM training losses: focal + dice on the best mask, MSE on the IoU head.
+
+Kirillov et al., "Segment Anything" (ICCV 2023), section 3 and appendix A: masks are
+supervised with a linear combination of focal loss (Lin et al., ICCV 2017) and dice loss
+(Milletari et al., 3DV 2016) in a 20:1 ratio; when the decoder returns several candidate
+masks, only the one with the lowest loss is back-propagated; the IoU head regresses the
+true IoU of each mask with a mean-squared error. All work on SAM's low-resolution
+(256 x 256) logits against targets in the same frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+FOCAL_ALPHA = 0.25  # weight of the positive class (Lin et al.'s default)
+FOCAL_GAMMA = 2.0  # focusing exponent (Lin et al.'s default)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the three terms (the paper's 20:1 focal:dice, IoU MSE at 1)."""
+
+    focal: float = 20.0  # focal loss weight
+    dice: float = 1.0  # dice loss weight
+    iou: float = 1.0  # weight of the IoU-head MSE
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean sigmoid focal loss per mask.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (B, K, H, W)
+    targets : torch.Tensor, shape (B, 1, H, W), values 0 or 1
+
+    Returns
+    -------
+    torch.Tensor, shape (B, K)
+    """
+    targets = targets.expand_as(logits)
+    probability = torch.sigmoid(logits)
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_true = probability * targets + (1 - probability) * (1 - targets)
+    alpha = FOCAL_ALPHA * targets + (1 - FOCAL_ALPHA) * (1 - targets)
+    return (alpha * cross_entropy * (1 - p_true) ** FOCAL_GAMMA).mean(dim=(2, 3))
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft dice loss per mask, ``1 - (2|P.T| + s) / (|P| + |T| + s)``; shapes as :func:`focal_loss`."""
+    probability = torch.sigmoid(logits)
+    targets = targets.expand_as(logits)
+    overlap = (probability * targets).sum(dim=(2, 3))
+    total = probability.sum(dim=(2, 3)) + targets.sum(dim=(2, 3))
+    return 1 - (2 * overlap + smooth) / (total + smooth)
+
+
+@torch.no_grad()
+def true_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of each thresholded mask (logit > 0) with its target, (B, K) -> (B, K)."""
+    predicted = logits > 0
+    truth = targets.expand_as(logits) > 0.5
+    intersection = (predicted & truth).sum(dim=(2, 3)).float()
+    union = (predicted | truth).sum(dim=(2, 3)).float()
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+
+
+@dataclass(frozen=True)
+class PromptLoss:
+    """The loss of one prompting iteration and its parts (parts detached, as floats)."""
+
+    total: torch.Tensor  # scalar with grad: weighted mask loss + IoU loss
+    mask: float  # focal*w + dice*w of the best masks, batch mean
+    iou: float  # MSE of the IoU head
+    best: torch.Tensor  # (B,) int64 index of the lowest-loss candidate per object
+    best_iou: float  # mean true IoU of the chosen masks
+
+
+def prompt_loss(
+    logits: torch.Tensor, predicted_iou: torch.Tensor, targets: torch.Tensor,
+    weights: LossWeights = LossWeights(),
+) -> PromptLoss:
+    """Loss of the decoder's candidates for a batch of objects.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, shape (B, K, 256, 256)
+        K = 3 candidates for one ambiguous point, else 1.
+    predicted_iou : torch.Tensor, shape (B, K)
+    targets : torch.Tensor, shape (B, 1, 256, 256)
+    weights : LossWeights
+
+    Returns
+    -------
+    PromptLoss
+    """
+    per_mask = weights.focal * focal_loss(logits, targets) + weights.dice * dice_loss(logits, targets)
+    best = per_mask.detach().argmin(dim=1)
+    rows = torch.arange(len(best), device=best.device)
+    mask_term = per_mask[rows, best].mean()
+    actual = true_iou(logits.detach(), targets)
+    iou_term = F.mse_loss(predicted_iou, actual)
+    total = mask_term + weights.iou * iou_term
+    return PromptLoss(
+        total=total, mask=float(mask_term.detach()), iou=float(iou_term.detach()),
+        best=best, best_iou=float(actual[rows, best].mean()),
+    )

@@ -1,0 +1,122 @@
+"""One training (or validation) step: simulated interactive prompting on a batch of objects.
+
+For every iteration of :mod:`~napari_sam.training.prompting` the prompt encoder and the
+mask decoder run as plain autograd modules (the inference-only fast decoder is never
+used here), the loss of :mod:`~napari_sam.training.losses` is back-propagated at once
+(so the graph of one iteration is freed before the next), and the previous logits are
+fed back detached, as in the paper. When the image encoder trains, its output is a leaf
+that collects the gradients of all iterations, which then flow through the encoder in
+one backward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_sam.training.losses import LossWeights, prompt_loss, true_iou
+from napari_sam.training.prompting import (
+    PromptState,
+    add_point,
+    error_points,
+    feed_back,
+    first_prompts,
+    iteration_plan,
+)
+from napari_sam.training.sampling import ObjectBatch
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """How prompts are simulated in one step."""
+
+    iterations: int = 11  # all iterations, the first prompt included (the paper's 11)
+    quiet_iterations: int = 2  # iterations without a new point (the paper's 2)
+    box_probability: float = 0.5  # chance that a step starts from boxes, else points
+    box_noise: float = 0.1  # box corner noise, fraction of the side (the paper's 10%)
+    max_box_noise: float = 20.0  # ... at most this many encoder pixels (the paper's 20)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step measured (all floats, batch means)."""
+
+    loss: float  # total loss averaged over iterations
+    mask_loss: float  # focal + dice part
+    iou_loss: float  # IoU-head MSE part
+    first_iou: float  # IoU of the mask a user would get after the first prompt
+    last_iou: float  # ... after the last iteration
+    objects: int  # objects in the batch
+
+
+def run_prompting(
+    sam: torch.nn.Module, embedding: torch.Tensor, batch: ObjectBatch, settings: PromptSettings,
+    rng: np.random.Generator, input_size: tuple[int, int], weights: LossWeights = LossWeights(),
+    use_box: bool | None = None, backward: bool = True,
+) -> StepResult:
+    """Run every prompting iteration on one image's objects.
+
+    Parameters
+    ----------
+    sam : Sam
+    embedding : torch.Tensor, shape (1, 256, 64, 64)
+        Requires grad when the encoder trains.
+    batch : ObjectBatch
+    settings : PromptSettings
+    rng : numpy.random.Generator
+    input_size : (int, int)
+        (h, w) of the resized image in the encoder frame.
+    weights : LossWeights
+    use_box : bool, optional
+        Force the first prompt type; drawn with ``settings.box_probability`` when None.
+    backward : bool
+        Back-propagate (training) or only measure (validation, under ``no_grad``).
+
+    Returns
+    -------
+    StepResult
+    """
+    leaf = embedding.detach().requires_grad_(backward and embedding.requires_grad)
+    image_pe = sam.prompt_encoder.dense_positional_encoding()
+    if use_box is None:
+        use_box = bool(rng.random() < settings.box_probability)
+    state = first_prompts(batch.targets, batch.boxes, use_box, rng, settings.box_noise,
+                          settings.max_box_noise, input_size)
+    plan = iteration_plan(settings.iterations, settings.quiet_iterations, rng) + [False]
+    totals = np.zeros(3)
+    chosen_iou = []
+    for adds_point in plan:
+        logits, predicted_iou = _decode(sam, leaf, image_pe, state)
+        loss = prompt_loss(logits, predicted_iou, batch.targets, weights)
+        if backward:
+            (loss.total / settings.iterations).backward()
+        totals += (float(loss.total.detach()), loss.mask, loss.iou)
+        rows = torch.arange(len(batch))
+        picked = predicted_iou.detach().argmax(dim=1)  # what a user would be shown
+        fed = logits.detach()[rows, picked][:, None]
+        chosen_iou.append(float(true_iou(fed, batch.targets).mean()))
+        state = _next_state(state, fed, batch, adds_point, rng)
+    if backward and embedding.requires_grad:
+        embedding.backward(leaf.grad)
+    totals /= len(plan)
+    return StepResult(float(totals[0]), float(totals[1]), float(totals[2]),
+                      chosen_iou[0], chosen_iou[-1], len(batch))
+
+
+def _decode(sam, embedding: torch.Tensor, image_pe: torch.Tensor, state: PromptState):
+    """Candidates of one iteration: three masks for a lone point, else the single mask."""
+    points = None if state.points is None else (state.points, state.labels)
+    sparse, dense = sam.prompt_encoder(points, state.boxes, state.mask_logits)
+    logits, predicted_iou = sam.mask_decoder(embedding, image_pe, sparse, dense)
+    chosen = slice(1, None) if state.single_point else slice(0, 1)
+    return logits[:, chosen], predicted_iou[:, chosen]
+
+
+def _next_state(state: PromptState, fed: torch.Tensor, batch: ObjectBatch, adds_point: bool,
+                rng: np.random.Generator) -> PromptState:
+    if not adds_point:
+        return feed_back(state, fed)
+    points, labels = error_points(fed[:, 0] > 0, batch.targets[:, 0] > 0.5, batch.valid, rng)
+    return add_point(state, points, labels, fed)
