@@ -111,6 +111,7 @@ def test_store_holds_sections_flags_and_linked_labels(reference):
     np.testing.assert_array_equal(labels, link_slices(sections).labels)
     assert labels.dtype == np.int32 and summary.objects == int(labels.max()) > 0
     assert (summary.slices, summary.segmented, summary.reused) == (SLICES, SLICES, 0)
+    assert 0 < summary.slice_seconds <= summary.segment_seconds
     attrs = zarr.open_group(out, mode="r").attrs
     assert attrs["napari_sam"]["model_id"] == "random-seed0"
     assert attrs["napari_sam"]["settings"]["points_per_side"] == 4

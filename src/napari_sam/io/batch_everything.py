@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_sam.engine.linking import LinkedLabels, LinkingSettings, label_sections, link_slices
 from napari_sam.engine.planes import stack_normalization
 from napari_sam.errors import InvalidInputError
@@ -80,7 +82,8 @@ class StackSummary:
     sections: int  # 2D objects over the z-range
     objects: int  # 3D objects in the labels
     removed: int  # linked objects dropped as shorter than the minimum extent
-    segment_seconds: float  # wall time of the slice tasks
+    segment_seconds: float  # wall time from the start to the last slice stored (start-up included)
+    slice_seconds: float  # median wall time of one slice's task (0 when none ran)
     link_seconds: float  # wall time of linking and writing the labels
     seconds: float  # wall time of the whole run
     model_id: str
@@ -143,14 +146,17 @@ def segment_stack(
         SliceJob(source, str(out), z, normalization, settings, stack_settings.tile, stack_settings.halo, segmenter)
         for z in range(first, stop) if not done[z]
     ]
-    report = _counter(progress, "segment", stop - first, (stop - first) - len(jobs))
+    results: list[SliceResult] = []
+    report = _counter(progress, "segment", stop - first, (stop - first) - len(jobs), results)
     _run_jobs(jobs, stack, stack_settings.model, execution, report)
     segmented_at = time.perf_counter()
     linked = link_range(store, first, stop, stack_settings.linking, progress)
     summary = StackSummary(
         out=str(out), slices=stop - first, segmented=len(jobs), reused=(stop - first) - len(jobs),
         sections=linked.sections, objects=linked.objects, removed=linked.removed,
-        segment_seconds=round(segmented_at - start, 3), link_seconds=round(time.perf_counter() - segmented_at, 3),
+        segment_seconds=round(segmented_at - start, 3),
+        slice_seconds=round(float(np.median([r.seconds for r in results])) if results else 0.0, 3),
+        link_seconds=round(time.perf_counter() - segmented_at, 3),
         seconds=round(time.perf_counter() - start, 3), model_id=model_id, execution=execution.describe(),
     )
     store.record_run(_run_record(summary, z_range=(first, stop), linking=stack_settings.linking,
@@ -211,15 +217,17 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _counter(progress: Progress | None, stage: str, total: int, already: int) -> Callable[[SliceResult], None]:
-    count = [already]
+def _counter(
+    progress: Progress | None, stage: str, total: int, already: int, results: list[SliceResult],
+) -> Callable[[SliceResult], None]:
+    """A callback that collects each finished slice's result and reports progress."""
     if progress is not None:
         progress(stage, already, total)
 
     def done(result: SliceResult) -> None:
-        count[0] += 1
+        results.append(result)
         if progress is not None:
-            progress(stage, count[0], total)
+            progress(stage, already + len(results), total)
 
     return done
 
