@@ -20,7 +20,7 @@ log = logging.getLogger("napari_sam")
 
 # Larger subcommands live in their own modules under napari_sam.commands; each exposes
 # ``register(commands)``, which adds its parser and sets ``handler`` to its run function.
-COMMAND_MODULES = ("napari_sam.commands.embed", "napari_sam.commands.everything")
+COMMAND_MODULES = ("napari_sam.commands.embed", "napari_sam.commands.everything", "napari_sam.commands.training")
 
 
 def coordinate_pair(text: str) -> tuple[float, float]:

@@ -1,0 +1,255 @@
+"""``napari-sam train`` and ``napari-sam evaluate``: fine-tuning and measuring, with progress bars.
+
+Data come as folders of images with ``STEM_labels.EXT`` beside them (``--train-folder``
+and friends), as explicit pairs (``--train-pair IMAGE LABELS [START:STOP]``), or as the
+fixed development splits of ``docs/training.md`` (``--development``). ``train`` measures
+the test set (the held-out images of the user's own domain) and the reference set (the
+regression check) before and after training, prints tables, writes a CSV (and a plot
+when matplotlib is installed) and warns when the reference set got worse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SETS = ("train", "validation", "test", "reference")
+
+
+def register(commands) -> None:
+    """Add the ``train`` and ``evaluate`` subcommands."""
+    train = commands.add_parser(
+        "train", help="fine-tune SAM on images with instance labels",
+        description="Fine-tune (or train) SAM with simulated interactive prompting; "
+                    "measure held-out and reference images before and after.",
+    )
+    _add_data_arguments(train, SETS)
+    train.add_argument("--out", required=True, help="output folder (weights, model card, checkpoint, tables)")
+    train.add_argument("--model", default="vit_t", help="starting model name or checkpoint (default vit_t)")
+    train.add_argument("--architecture", help="registry name of a checkpoint file's architecture")
+    train.add_argument("--from-scratch", action="store_true", help="random initial weights (no MAE init)")
+    train.add_argument("--trainable", default="decoder",
+                       choices=("decoder", "decoder+prompt", "encoder-last", "full"), help="what trains")
+    train.add_argument("--encoder-blocks", type=int, default=2, help="encoder blocks trained with encoder-last")
+    train.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    train.add_argument("--objects", type=int, default=16, help="objects per step (default 16)")
+    train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    train.add_argument("--iterations", type=int, default=11, help="prompting iterations per step (default 11)")
+    train.add_argument("--quiet-iterations", type=int, default=2, help="iterations without a new point (default 2)")
+    train.add_argument("--warmup", type=int, default=20, help="warm-up steps (default 20)")
+    train.add_argument("--layer-decay", type=float, default=0.8, help="layer-wise lr decay of encoder blocks")
+    train.add_argument("--drop-path", type=float, default=0.0, help="drop path rate when the encoder trains")
+    train.add_argument("--crop", type=int, help="random square crops of this side")
+    train.add_argument("--flips", action="store_true", help="random flips")
+    train.add_argument("--validate-every", type=int, default=25, help="steps between validations")
+    train.add_argument("--patience", type=int, default=4, help="validations without gain before stopping")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--name", default="finetuned", help="weights are NAME_ARCH.pt (default finetuned)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--tolerance", type=float, default=0.01, help="allowed drop on the reference set")
+    _add_common_arguments(train)
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="mean IoU of models on labelled images (point, box, clicks)",
+        description="Measure one or more models on labelled images; prints a table, writes CSV/plot.",
+    )
+    _add_data_arguments(evaluate, ("test", "reference"))
+    evaluate.add_argument("--model", action="append", help="model name or checkpoint (repeatable; default vit_t)")
+    evaluate.add_argument("--architecture", help="registry name of checkpoint files' architecture")
+    evaluate.add_argument("--out", help="folder for evaluation.csv (and evaluation.png with matplotlib)")
+    _add_common_arguments(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, sets: tuple[str, ...]) -> None:
+    for name in sets:
+        parser.add_argument(f"--{name}-folder", action="append", default=[], metavar="DIR",
+                            help=f"{name} images: a folder of images with STEM_labels.EXT beside them")
+        parser.add_argument(f"--{name}-pair", action="append", default=[], nargs="+",
+                            metavar="PATH", help=f"{name} images: IMAGE LABELS [START:STOP] (repeatable)")
+    if "validation" in sets:
+        parser.add_argument("--validation-fraction", type=float, default=0.2,
+                            help="hold out this fraction of training images for early stopping "
+                                 "when no validation set is given (0: none)")
+    parser.add_argument("--pattern", default="*.tif", help="image glob inside folders (default *.tif)")
+    parser.add_argument("--label-suffix", default="_labels", help="labels file = STEM + this (default _labels)")
+    parser.add_argument("--channel", type=int, help="channel of multichannel images")
+    parser.add_argument("--development", action="store_true",
+                        help="use the development splits of docs/training.md (BBBC007, cells3d, DSB2018)")
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clicks", type=int, default=4, help="iterative prompting: up to this many prompts")
+    parser.add_argument("--max-objects", type=int, default=30, help="objects evaluated per image")
+    parser.add_argument("--embedding-cache", help="folder keeping image embeddings between runs")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def load_sets(args: argparse.Namespace, sets: tuple[str, ...]) -> dict[str, list]:
+    """The images of each named set from folders, pairs or the development splits."""
+    from napari_sam.errors import InvalidInputError
+    from napari_sam.training.datasets import images_from_files, images_from_folder
+
+    if args.development:
+        from napari_sam.training.development_data import development_splits
+
+        splits = development_splits()
+        found = {"train": splits.train, "validation": splits.validation,
+                 "test": splits.held_out, "reference": splits.reference}
+        return {name: found[name] for name in sets}
+    loaded: dict[str, list] = {}
+    for name in sets:
+        images = []
+        for folder in getattr(args, f"{name}_folder"):
+            images += images_from_folder(folder, args.pattern, args.label_suffix, args.channel)
+        for pair in getattr(args, f"{name}_pair"):
+            if len(pair) not in (2, 3):
+                raise InvalidInputError(f"--{name}-pair takes IMAGE LABELS [START:STOP]; got {pair}.")
+            z_range = _z_range(pair[2]) if len(pair) == 3 else None
+            images += images_from_files(pair[0], pair[1], z_range, args.channel)
+        loaded[name] = images
+    return loaded
+
+
+def _z_range(text: str) -> tuple[int, int]:
+    from napari_sam.errors import InvalidInputError
+
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise InvalidInputError(f"A z-range is START:STOP (two integers); got {text!r}.") from None
+    return start, stop
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``napari-sam train``."""
+    from napari_sam.training.evaluation import check_regression
+    from napari_sam.training.network import inference_model, load_trainable
+    from napari_sam.training.records import add_metrics
+
+    _set_threads(args.threads)
+    sets = _training_sets(args)
+    trainable = load_trainable(args.model, args.architecture, args.from_scratch, args.seed)
+    store = _store(args)
+    measured = {name: sets[name] for name in ("test", "reference") if sets[name]}
+    before = _evaluate_sets(inference_model(trainable), measured, args, store, "before")
+    result = _train_with_bar(trainable, sets, args, store)
+    after = _evaluate_sets(inference_model(trainable, args.name), measured, args, store, "after")
+    rows = [(name, f"{label} {report.model_id}", report)
+            for name in measured for label, report in (("before", before[name]), ("after", after[name]))]
+    print(f"{result.weights}: {result.steps} steps ({result.stopped}), best step {result.best_step}, "
+          f"validation mean IoU {_number(result.best_validation)}")
+    _report(rows, Path(args.out), "evaluation")
+    for name in measured:
+        add_metrics(result.card, name, {"before": before[name].to_dict(), "after": after[name].to_dict()})
+    if "reference" in measured:
+        check = check_regression(before["reference"], after["reference"], args.tolerance)
+        add_metrics(result.card, "regression_check", {"passed": check.passed, "worse": list(check.worse)})
+        if not check.passed:
+            print("WARNING: the new model is worse on the reference set:\n  " + "\n  ".join(check.worse),
+                  file=sys.stderr)
+    return 0
+
+
+def _training_sets(args: argparse.Namespace) -> dict[str, list]:
+    from napari_sam.errors import InvalidInputError
+    from napari_sam.training.datasets import split_images
+
+    sets = load_sets(args, SETS)
+    if not sets["train"]:
+        raise InvalidInputError("No training images: give --train-folder, --train-pair or --development.")
+    if not sets["validation"] and args.validation_fraction > 0:
+        sets["train"], sets["validation"] = split_images(sets["train"], args.validation_fraction, args.seed)
+    return sets
+
+
+def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, store):
+    from tqdm import tqdm
+
+    from napari_sam.training.config import TrainingConfig
+    from napari_sam.training.loop import train
+    from napari_sam.training.steps import PromptSettings
+
+    config = TrainingConfig(
+        trainable=args.trainable, encoder_blocks=args.encoder_blocks, steps=args.steps,
+        objects_per_step=args.objects, learning_rate=args.lr, warmup_steps=args.warmup,
+        layer_decay=args.layer_decay, drop_path=args.drop_path, crop_size=args.crop, flips=args.flips,
+        validate_every=args.validate_every, patience=args.patience, seed=args.seed, name=args.name,
+        prompts=PromptSettings(iterations=args.iterations, quiet_iterations=args.quiet_iterations),
+    )
+    with tqdm(total=args.steps, unit="step", desc="training", file=sys.stderr) as bar:
+        def progress(update):
+            bar.update(update.step - bar.n)
+            bar.set_postfix(loss=f"{update.loss:.3f}", val=_number(update.best_validation))
+
+        return train(trainable, sets["train"], sets["validation"], args.out, config,
+                     progress=progress, resume=args.resume, store=store)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``napari-sam evaluate``."""
+    from napari_sam.engine.loading import load_model
+    from napari_sam.errors import InvalidInputError
+
+    _set_threads(args.threads)
+    sets = {name: images for name, images in load_sets(args, ("test", "reference")).items() if images}
+    if not sets:
+        raise InvalidInputError("No images: give --test-folder, --test-pair (or reference) or --development.")
+    store = _store(args)
+    rows = []
+    for name in args.model or ["vit_t"]:
+        model = load_model(name, architecture=args.architecture)
+        reports = _evaluate_sets(model, sets, args, store, Path(name).stem)
+        rows += [(data, Path(name).stem, report) for data, report in reports.items()]
+    _report(rows, Path(args.out) if args.out else None, "evaluation")
+    return 0
+
+
+def _evaluate_sets(model, sets: dict[str, list], args, store, label: str) -> dict:
+    from tqdm import tqdm
+
+    from napari_sam.training.evaluation import EvaluationSettings, evaluate
+
+    settings = EvaluationSettings(clicks=args.clicks, max_objects=args.max_objects)
+    reports = {}
+    for name, images in sets.items():
+        with tqdm(total=len(images), unit="image", desc=f"evaluating {name} ({label})", file=sys.stderr) as bar:
+            reports[name] = evaluate(model, images, settings, store,
+                                     progress=lambda done, total: bar.update(done - bar.n))
+    return reports
+
+
+def _report(rows, folder: Path | None, stem: str) -> None:
+    from napari_sam.training.reports import format_table, save_plot, write_csv
+
+    if not rows:
+        return
+    print(format_table(rows))
+    if folder is None:
+        return
+    written = [write_csv(folder / f"{stem}.csv", rows)]
+    plot = save_plot(folder / f"{stem}.png", rows)
+    written += [plot] if plot else []
+    print("wrote " + ", ".join(str(p) for p in written) + ("" if plot else " (no plot: matplotlib is not installed)"))
+
+
+def _store(args):
+    from napari_sam.training.embeddings import EmbeddingStore
+
+    return EmbeddingStore(args.embedding_cache)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

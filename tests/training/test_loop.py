@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.engine.weights import read_state_dict
+from napari_sam.errors import CheckpointError, InvalidInputError, OperationCancelled
+from napari_sam.training.config import TrainingConfig
+from napari_sam.training.embeddings import EmbeddingStore
+from napari_sam.training.loop import train
+from napari_sam.training.network import inference_model
+from napari_sam.training.optimization import make_optimizer, parameter_groups
+from napari_sam.training.sampling import prepare_image, sample_objects
+from napari_sam.training.steps import PromptSettings, run_prompting
+
+# Small on purpose: the decoder is full size even in the tiny SAM (seconds per pass on 2 cores).
+FAST = dict(steps=2, objects_per_step=2, prompts=PromptSettings(iterations=1, quiet_iterations=0),
+            validate_every=2, validation_objects=1, checkpoint_every=1, warmup_steps=1)
+
+
+def test_a_few_steps_lower_the_loss(trainable, labelled_images):
+    torch.manual_seed(0)
+    sam = trainable.module
+    image = labelled_images[0]
+    prepared = prepare_image(image, sam.input_size, np.random.default_rng(0))
+    batch = sample_objects(prepared, 2, np.random.default_rng(0))
+    embedding = EmbeddingStore().features(inference_model(trainable), image)
+    optimizer = make_optimizer(parameter_groups(sam, "decoder", 2, 0.8, 0.0), 1e-3)
+    settings = PromptSettings(iterations=1, quiet_iterations=0)
+
+    def loss(backward):
+        rng = np.random.default_rng(5)  # the same prompts every time
+        return run_prompting(sam, embedding, batch, settings, rng, prepared.input_size,
+                             use_box=True, backward=backward).loss
+
+    with torch.no_grad():
+        before = loss(False)
+    for _ in range(4):
+        loss(True)
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        after = loss(False)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_only_the_chosen_parts_train(trainable):
+    sam = trainable.module
+    parameter_groups(sam, "decoder", 2, 0.8, 0.1)
+    assert all(p.requires_grad for p in sam.mask_decoder.parameters())
+    assert not any(p.requires_grad for p in sam.prompt_encoder.parameters())
+    assert not any(p.requires_grad for p in sam.image_encoder.parameters())
+    groups = parameter_groups(sam, "encoder-last", 1, 0.5, 0.1)
+    blocks = sam.image_encoder.blocks
+    assert all(p.requires_grad for p in blocks[1].parameters())
+    assert not any(p.requires_grad for p in blocks[0].parameters())
+    assert sorted({g["lr_scale"] for g in groups}) == [0.5, 1.0]  # last block one step below the neck
+    with pytest.raises(InvalidInputError, match="encoder_blocks must be 1..2"):
+        parameter_groups(sam, "encoder-last", 5, 0.5, 0.1)
+    with pytest.raises(InvalidInputError, match="Unknown trainable parts"):
+        parameter_groups(sam, "everything", 1, 0.5, 0.1)
+
+
+def test_saved_weights_reload_bit_identical(trainable, labelled_images, tmp_path):
+    result = train(trainable, labelled_images[:2], labelled_images[2:], tmp_path, TrainingConfig(**FAST))
+    assert result.weights.name == "finetuned_random.pt" and result.card.is_file()
+    saved = read_state_dict(result.weights)
+    live = trainable.module.state_dict()
+    assert saved.keys() == live.keys()
+    assert all(torch.equal(saved[k], live[k]) for k in live)
+    assert result.steps == 2 and len(result.history) == 2
+    assert result.best_validation is not None and 0.0 <= result.best_validation <= 1.0
+
+
+def test_resume_continues_the_step_count(trainable, labelled_images, tmp_path):
+    config = TrainingConfig(**FAST)
+    calls = []
+
+    def stop_after_two():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(OperationCancelled, match="stopped at step 1"):
+        train(trainable, labelled_images[:2], [], tmp_path, config, should_stop=stop_after_two)
+    with pytest.raises(InvalidInputError, match="already holds a training checkpoint"):
+        train(trainable, labelled_images[:2], [], tmp_path, config)
+    steps = []
+    result = train(trainable, labelled_images[:2], [], tmp_path, config, resume=True,
+                   progress=lambda update: steps.append(update.step))
+    assert steps == [2] and result.steps == 2
+    assert [h["step"] for h in result.history] == [1, 2]
+    with pytest.raises(CheckpointError, match="other parts of the model"):
+        train(trainable, labelled_images[:2], [], tmp_path,
+              TrainingConfig(**{**FAST, "trainable": "decoder+prompt", "steps": 3}), resume=True)
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(InvalidInputError, match="trainable must be one of"):
+        TrainingConfig(trainable="encoder")
+    with pytest.raises(InvalidInputError, match="steps must be at least 1"):
+        TrainingConfig(steps=0)
+    with pytest.raises(InvalidInputError, match=r"drop_path must be in \[0, 1\)"):
+        TrainingConfig(drop_path=1.5)
+    with pytest.raises(InvalidInputError, match="No training image"):
+        train(None, [], [], "unused")
