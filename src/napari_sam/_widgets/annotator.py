@@ -359,3 +359,15 @@ class AnnotatorWidget(AnnotatorForm):
             self.boxes_layer.remove_selected()
         self.preview_result = None
         self._show_preview()
+
+    def use_model(self, model: str) -> None:
+        """Segment with another model from now on (a registry name or a checkpoint file).
+
+        Called by the fine-tuning widget when training ends; a running session restarts on
+        the same image and keeps writing into the same objects layer.
+        """
+        self.model_name = str(model)
+        if self.session is not None:
+            if self.objects_layer is not None and self.objects_layer in self.viewer.layers:
+                self.labels_box.setCurrentText(self.objects_layer.name)
+            self.start()
