@@ -221,3 +221,42 @@ def test_a_cached_volume_is_never_encoded_again(make_napari_viewer, qtbot, dsb, 
         widget.close_session()
     finally:
         shared_predictor.encode = original
+
+
+def test_large_planes_are_tiled_and_their_tiles_cached(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
+    from napari_sam._widgets import open_annotator
+    from napari_sam.engine.tiled_prompting import TiledPlane
+    from napari_sam.engine.tiled_session import TiledSession
+
+    image, truth, ids, boxes, points = dsb
+    across = next(i for i, b in enumerate(boxes) if b[0] < 192 <= b[2] and b[3] < 160)  # crosses a tile border
+    calls, original = [], shared_predictor.encode
+    shared_predictor.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        encoded = []
+        for _ in range(2):  # the second time, every tile comes from the cache
+            viewer = make_napari_viewer()
+            viewer.add_image(image, name="nuclei")
+            widget = open_annotator(viewer, image="nuclei", start=False)
+            assert widget.tiling() == {"tile": None, "halo": None, "upscale": 1.0}
+            widget._shared_model = lambda: shared_predictor
+            widget.tile_box.setValue(192)
+            widget.halo_box.setValue(32)
+            widget.cache_edit.setText(str(tmp_path / "tiles.zarr"))
+            before = len(calls)
+            widget.start()
+            wait_for_embedding(widget, qtbot)
+            encoded.append(len(calls) - before)
+            assert isinstance(widget.session, TiledSession) and len(widget.session.plane(()).tiles) == 9
+            widget.points_layer.add(points[across])
+            preview = widget.preview_layer.data == 1
+            widget.close_session()
+        assert encoded == [9, 0]
+        engine = TiledPlane(shared_predictor, image, widget.session.normalization, 192, 32,
+                            backend=widget.session.cache.tiles(()))
+        assert mask_iou(preview, engine.predict(points=points[across : across + 1]).masks[0]) == 1.0
+        quality = mask_iou(preview, truth == ids[across])
+        print(f"click on nucleus {ids[across]} across a tile border: IoU with the human label {quality:.3f}")
+        assert quality > 0.6
+    finally:
+        shared_predictor.encode = original

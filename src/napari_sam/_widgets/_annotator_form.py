@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
-    QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+    QSpinBox, QVBoxLayout, QWidget,
 )
 
 KEYS = {
@@ -54,6 +54,7 @@ class AnnotatorForm(QWidget):
             "cache from the command line)."
         )
         form.addRow("embedding cache", self.cache_edit)
+        form.addRow("tiles", self._build_tiling())
         form.addRow("objects into", self.labels_box)
         form.addRow("prompts make", self.mode_box)
         form.addRow("next object id", self.id_box)
@@ -83,6 +84,34 @@ class AnnotatorForm(QWidget):
         self.save_button.clicked.connect(lambda: self.save_record())
         self.load_button.clicked.connect(lambda: self.load_record())
         self._show_polarity()
+
+    def _build_tiling(self) -> QHBoxLayout:
+        """Tile, halo and upscale controls; -1 means automatic, tile 0 means whole planes."""
+        self.tile_box, self.halo_box = QSpinBox(), QSpinBox()
+        for box, auto in ((self.tile_box, "auto"), (self.halo_box, "auto halo")):
+            box.setRange(-1, 8192)
+            box.setValue(-1)
+            box.setSpecialValueText(auto)
+        self.tile_box.setToolTip("Tile side in pixels for large planes (auto: 768 when a plane is larger "
+                                 "than 1.5x the encoder's 1024 pixels; 0: never tile).")
+        self.halo_box.setToolTip("Overlap around each tile: about the radius of the largest object.")
+        self.upscale_box = QDoubleSpinBox()
+        self.upscale_box.setRange(0.25, 8.0)
+        self.upscale_box.setSingleStep(0.5)
+        self.upscale_box.setValue(1.0)
+        self.upscale_box.setPrefix("upscale ")
+        self.upscale_box.setToolTip("Encoder pixels per image pixel: 2 gives small cells 4x the pixels "
+                                    "(and 4x the tiles).")
+        row = QHBoxLayout()
+        for box in (self.tile_box, self.halo_box, self.upscale_box):
+            row.addWidget(box)
+        return row
+
+    def tiling(self) -> dict:
+        """The tiling chosen in the form, as keyword arguments of the session factories."""
+        tile, halo = self.tile_box.value(), self.halo_box.value()
+        return {"tile": None if tile < 0 else tile, "halo": None if halo < 0 else halo,
+                "upscale": self.upscale_box.value()}
 
     def reset_choices(self, *_: object) -> None:
         """Refresh the layer lists (napari calls this when layers change)."""

@@ -45,8 +45,8 @@ class AnnotatorWidget(AnnotatorForm):
 
     # ---------------------------------------------------------------- session
     def start(self) -> None:
-        """Create the session and prompt layers for the chosen image."""
-        from napari_sam.engine.annotation import AnnotationSession
+        """Create the session (tiled for large planes) and prompt layers for the chosen image."""
+        from napari_sam.engine.tiled_session import open_session
 
         name = self.image_box.currentText()
         if not name:
@@ -61,18 +61,20 @@ class AnnotatorWidget(AnnotatorForm):
                 from napari_sam.io.embed_volume import open_cached_session
 
                 self.session = open_cached_session(
-                    layer.data, cache, self._shared_model(), channel_axis=channel_axis, channel=channel
+                    layer.data, cache, self._shared_model(), channel_axis=channel_axis, channel=channel,
+                    **self.tiling(),
                 )
             else:
-                self.session = AnnotationSession(
-                    self._shared_model(), layer.data, channel_axis=channel_axis, channel=channel
+                self.session = open_session(
+                    self._shared_model(), layer.data, channel_axis=channel_axis, channel=channel, **self.tiling()
                 )
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
         self.image_layer = layer
         self._make_layers(layer)
-        self.status.setText(f"{self.session.model_id} on {name!r}: add points or boxes.")
+        tiles = f", tiles of {self.session.tile} + halo {self.session.halo}" if getattr(self.session, "tile", None) else ""
+        self.status.setText(f"{self.session.model_id} on {name!r}{tiles}: add points or boxes.")
         self._ensure_embedding()
 
     def _shared_model(self):
