@@ -86,6 +86,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, sets: tuple[str, ...]) 
 def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clicks", type=int, default=4, help="iterative prompting: up to this many prompts")
     parser.add_argument("--max-objects", type=int, default=30, help="objects evaluated per image")
+    parser.add_argument("--automatic", action="store_true",
+                        help="also score segment-everything by AP at IoU 0.5..0.95 (slow: a point grid per image)")
     parser.add_argument("--embedding-cache", help="folder keeping image embeddings between runs")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
@@ -215,7 +217,7 @@ def _evaluate_sets(model, sets: dict[str, list], args, store, label: str) -> dic
 
     from napari_sam.training.evaluation import EvaluationSettings, evaluate
 
-    settings = EvaluationSettings(clicks=args.clicks, max_objects=args.max_objects)
+    settings = EvaluationSettings(clicks=args.clicks, max_objects=args.max_objects, automatic=args.automatic)
     reports = {}
     for name, images in sets.items():
         with tqdm(total=len(images), unit="image", desc=f"evaluating {name} ({label})", file=sys.stderr) as bar:

@@ -8,8 +8,10 @@ other object; iterative prompting starts from the point (or the box) and adds on
 per round at the most interior pixel of the largest error, positive on a miss and
 negative on a false positive, feeding the previous logits back. Masks are those the
 user would see (highest predicted IoU) at full resolution, scored against the labels
-with :func:`~napari_sam.engine.metrics.mask_iou`. :func:`check_regression` compares two
-reports of the same images.
+with :func:`~napari_sam.engine.metrics.mask_iou`. On request, the automatic mode
+(:func:`napari_sam.engine.automatic.segment_plane`, default settings) is scored by average
+precision at IoU 0.5, 0.55, ..., 0.95, averaged over images. :func:`check_regression`
+compares two reports of the same images.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class EvaluationSettings:
     min_area: int = 20  # smaller objects are skipped
     seed: int = 0  # seeds the draw of objects
     batch_size: int = 16  # objects per decoder call
+    automatic: bool = False  # also segment everything and score AP at IoU 0.5..0.95 (slow)
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,13 @@ def evaluate(
     store = store or EmbeddingStore()
     predictor = Predictor(model)
     scores = _Scores()
+    precisions = []
     for done, image in enumerate(images, 1):
-        predictor.set_embedding(store.embedding(model, image))
+        embedding = store.embedding(model, image)
+        predictor.set_embedding(embedding)
         _evaluate_image(predictor, image, settings, scores)
+        if settings.automatic:
+            precisions.append(automatic_precisions(predictor, image, embedding))
         if progress is not None:
             progress(done, len(images))
     if not scores.values["point"]:
@@ -121,7 +128,20 @@ def evaluate(
         point_negative=_mean(scores.values["point_negative"]),
         iterative_point=tuple(float(v) for v in np.mean(scores.point_clicks, axis=0)),
         iterative_box=tuple(float(v) for v in np.mean(scores.box_clicks, axis=0)),
+        automatic_ap={t: float(np.mean([p[t] for p in precisions])) for t in AP_THRESHOLDS} if precisions else None,
     )
+
+
+AP_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
+
+
+def automatic_precisions(predictor, image: LabelledImage, embedding) -> dict[float, float]:
+    """AP of segment-everything (default settings) on one image at :data:`AP_THRESHOLDS`."""
+    from napari_sam.engine.automatic import segment_plane
+    from napari_sam.engine.metrics import average_precisions
+
+    result = segment_plane(predictor, image.image, image.normalization, embed=lambda window: embedding)
+    return average_precisions(result.labels, image.labels, AP_THRESHOLDS)
 
 
 def _mean(values: list[float]) -> float:

@@ -34,6 +34,14 @@ def format_table(rows: list[Row]) -> str:
             + " | " + " ".join(f"{v:>5.3f}" for v in report.iterative_box)
         )
     lines.append("p1..pN: point, then N-1 corrective clicks; b1..bN: box, then N-1 clicks (mean IoU).")
+    automatic = [(data, label, r) for data, label, r in rows if r.automatic_ap]
+    if automatic:
+        lines.append("")
+        lines.append(f"{'data':<12} {'model':<28} {'AP50':>6} {'AP75':>6} {'AP90':>6} {'mAP':>6}  (segment everything)")
+        for data, label, r in automatic:
+            ap = r.automatic_ap
+            lines.append(f"{data[:12]:<12} {label[:28]:<28} {ap[0.5]:>6.3f} {ap[0.75]:>6.3f} {ap[0.9]:>6.3f} "
+                         f"{sum(ap.values()) / len(ap):>6.3f}")
     return "\n".join(lines)
 
 
@@ -50,6 +58,8 @@ def write_csv(path: str | Path, rows: list[Row]) -> Path:
             for measure, values in (("iterative_point", r.iterative_point), ("iterative_box", r.iterative_box)):
                 for k, value in enumerate(values, 1):
                     writer.writerow([data, label, r.model_id, r.objects, measure, k, f"{value:.4f}"])
+            for threshold, value in (r.automatic_ap or {}).items():
+                writer.writerow([data, label, r.model_id, r.objects, f"automatic_ap@{threshold}", "", f"{value:.4f}"])
     return path
 
 

@@ -1,0 +1,83 @@
+"""The fine-tuning widget in a real napari viewer, on the tiny random SAM (fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _discs(shape=(96, 96), centres=((24, 24), (24, 70), (70, 40), (66, 76)), radius=11):
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for index, (r, c) in enumerate(centres, 1):
+        labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = index
+    image = (200 + 2000 * (labels > 0) + np.random.default_rng(0).normal(0, 60, shape)).astype(np.uint16)
+    return image, labels
+
+
+@pytest.fixture
+def tiny_training(monkeypatch, tiny_architecture):
+    """Fine-tuning starts from the tiny random SAM instead of downloading vit_t."""
+    import torch
+
+    from napari_sam.engine.loading import random_model
+    from napari_sam.training import annotations
+    from napari_sam.training.network import load_trainable
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(annotations, "load_trainable",
+                        lambda model, architecture=None: load_trainable(random_model(tiny_architecture)))
+    yield
+    torch.set_num_threads(threads)
+
+
+def _widget(make_napari_viewer, tmp_path, labels=None):
+    from napari_sam._widgets.finetune import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    image, truth = _discs()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(truth if labels is None else labels, name="committed")
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="SAM fine-tuning")
+    widget.image_box.setCurrentText("cells")
+    widget.labels_box.setCurrentText("committed")
+    widget.output_edit.setText(str(tmp_path))
+    widget.steps_box.setValue(2)
+    widget.objects_box.setValue(2)
+    widget.iterations_box.setValue(1)
+    return viewer, widget
+
+
+def test_fine_tunes_and_switches_the_annotator(make_napari_viewer, qtbot, tmp_path, tiny_training):
+    from napari_sam._widgets import open_annotator
+
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    annotator = open_annotator(viewer, image="cells", start=False)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    result = widget.result
+    assert result is not None and result.steps == 2 and result.weights.is_file()
+    assert result.weights.parent.parent == tmp_path
+    assert annotator.model_name == str(result.weights)
+    assert widget.progress_bar.value() == 2 and "Saved" in widget.status.text()
+
+
+def test_cancel_keeps_a_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_training):
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.result is None and "Cancelled" in widget.status.text()
+    assert len(list(tmp_path.glob("*/checkpoint.pt"))) == 1
+
+
+def test_empty_labels_are_refused(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_sam._widgets import finetune
+
+    shown = []
+    monkeypatch.setattr(finetune, "show_error", shown.append)
+    viewer, widget = _widget(make_napari_viewer, tmp_path, labels=np.zeros((96, 96), np.int32))
+    widget.run()
+    assert widget.worker is None and "holds no object" in shown[0]
