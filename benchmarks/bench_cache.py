@@ -43,7 +43,7 @@ def step(mode: str, planes: int, folder: Path) -> dict:
 
     volume = make_volume(folder / f"volume{planes}.zarr", planes)
     start = time.perf_counter()
-    session = open_cached_session(volume, folder / f"cache{planes}.zarr", capacity=1)
+    session = open_cached_session(volume, folder / f"cache{planes}.zarr", capacity=1, tile=0)  # whole planes
     calls = []
     original = session.predictor.encode
     session.predictor.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
