@@ -52,3 +52,15 @@ def trainable(tiny_architecture):
     from napari_sam.training.network import load_trainable
 
     return load_trainable(random_model(tiny_architecture, seed=0))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on our shared 2-core machines it was faster than two for the
+    full-size decoder of the tiny SAM, and it leaves a core to the rest of the suite."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
