@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_cache import make_volume  # noqa: E402  (the same volumes as the untiled benchmark)
+from bench_cache import make_volume
 
 
 def step(mode: str, planes: int, folder: Path) -> dict:

@@ -30,7 +30,7 @@ MIN_FRONTIER = 4  # frontier pixels in a tile worth a decode
 INNER_POINTS = 3  # positive points given per tile
 
 
-def grow_across_tiles(plane: "TiledPlane", mask: np.ndarray, explored: np.ndarray,
+def grow_across_tiles(plane: TiledPlane, mask: np.ndarray, explored: np.ndarray,
                       points: np.ndarray | None, labels: np.ndarray | None,
                       box: np.ndarray | None) -> np.ndarray:
     """Extend an object's mask over the grid tiles it continues into.
@@ -63,8 +63,8 @@ def grow_across_tiles(plane: "TiledPlane", mask: np.ndarray, explored: np.ndarra
     return mask
 
 
-def _next_tile(tiles: list["Tile"], mask: np.ndarray, explored: np.ndarray,
-               visited: set[tuple[int, int]]) -> "Tile | None":
+def _next_tile(tiles: list[Tile], mask: np.ndarray, explored: np.ndarray,
+               visited: set[tuple[int, int]]) -> Tile | None:
     """The unvisited tile whose interior holds most frontier pixels (None below MIN_FRONTIER)."""
     frontier = mask & explored & ndimage.binary_dilation(~explored)
     best, most = None, MIN_FRONTIER - 1
@@ -77,7 +77,7 @@ def _next_tile(tiles: list["Tile"], mask: np.ndarray, explored: np.ndarray,
     return best
 
 
-def _decode_part(plane: "TiledPlane", tile: "Tile", mask: np.ndarray, points, labels, box) -> np.ndarray:
+def _decode_part(plane: TiledPlane, tile: Tile, mask: np.ndarray, points, labels, box) -> np.ndarray:
     """(window rows, window cols) bool: the object on one tile, prompted by its known part."""
     window = tile.window
     inner = inner_points(mask[window], INNER_POINTS) + [window[0].start, window[1].start]

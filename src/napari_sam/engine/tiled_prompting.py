@@ -27,7 +27,13 @@ from napari_sam.engine.predictor import Predictor
 from napari_sam.engine.preprocess import Normalization
 from napari_sam.engine.results import Embedding, Prediction
 from napari_sam.engine.tile_merging import grow_across_tiles
-from napari_sam.engine.tiling import Tile, check_upscale, most_central_tile, resolve_tiling, tile_grid
+from napari_sam.engine.tiling import (
+    Tile,
+    check_upscale,
+    most_central_tile,
+    resolve_tiling,
+    tile_grid,
+)
 
 Window = tuple[slice, slice]
 TileIndex = tuple[int, int]
