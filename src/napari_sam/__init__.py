@@ -24,6 +24,11 @@ _LAZY = {
     "MODELS": "napari_sam.engine.registry",
     "AnnotationSession": "napari_sam.engine.annotation",
     "open_annotator": "napari_sam._widgets",
+    "open_everything": "napari_sam._widgets",
+    "AutomaticSegmenter": "napari_sam.engine.automatic",
+    "EverythingSettings": "napari_sam.engine.automatic",
+    "segment_plane": "napari_sam.engine.automatic",
+    "EverythingSession": "napari_sam.engine.everything_session",
 }
 
 __all__ = ["__version__", *_LAZY]

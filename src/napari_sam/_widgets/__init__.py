@@ -27,3 +27,31 @@ def open_annotator(viewer, image=None, model: str = "vit_t", start: bool = True)
     if start:
         widget.start()
     return widget
+
+
+def open_everything(viewer, image=None, model="vit_t", preview: bool = True):
+    """Dock the segment-everything widget in ``viewer`` (one call from the napari console).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    image : str or napari.layers.Image, optional
+        The layer to segment; default the first image layer.
+    model : str, pathlib.Path or SamModel
+        Registry name, checkpoint path or a loaded model.
+    preview : bool
+        Start decoding the visible plane at once (in the background).
+
+    Returns
+    -------
+    EverythingWidget
+    """
+    from napari_sam._widgets.everything import EverythingWidget
+
+    widget = EverythingWidget(viewer, model=model)
+    viewer.window.add_dock_widget(widget, name="SAM segment everything", area="right")
+    if image is not None:
+        widget.image_box.setCurrentText(getattr(image, "name", image))
+    if preview:
+        widget.preview()
+    return widget

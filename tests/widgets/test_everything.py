@@ -1,0 +1,93 @@
+"""The segment-everything widget: preview equals the engine, live re-threshold, stack run
+into a new layer, cancel writes nothing. Tiny random SAM with loose thresholds (its scores
+mean nothing, but it must produce objects); quality is tested in tests/engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from napari_sam.engine.automatic import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.preprocess import compute_normalization
+
+LOOSE = EverythingSettings(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                           keep_iou_floor=-10.0, keep_stability_floor=0.0, skip_covered=False, skip_margin=None,
+                           drop_background=False)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model, image_300x500):
+    from napari_sam._widgets.everything import EverythingWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image_300x500, name="blobs")
+    widget = EverythingWidget(viewer, model=tiny_model)
+    widget.settings = LOOSE
+    widget.points_box.setValue(LOOSE.points_per_side)
+    for name, box in widget.threshold_boxes.items():
+        box.blockSignals(True)
+        box.setValue(getattr(LOOSE, name))
+        box.blockSignals(False)
+    widget.background_box.setChecked(False)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def wait_idle(widget, qtbot):
+    qtbot.waitUntil(lambda: widget.worker is None and not widget._timer.isActive(), timeout=120_000)
+
+
+def test_preview_equals_the_engine_and_rethresholds_live(widget, qtbot, image_300x500, tiny_model):
+    from napari_sam.engine.predictor import Predictor
+
+    viewer, widget = widget
+    widget.preview()
+    wait_idle(widget, qtbot)
+    preview = viewer.layers["SAM everything preview"].data
+    expected = AutomaticSegmenter(Predictor(tiny_model), LOOSE)
+    candidates = expected.initialise(image_300x500, compute_normalization(image_300x500))
+    assert np.array_equal(preview, expected.generate(candidates).labels)
+    assert preview.max() > 0
+    # A threshold above every score empties the preview without decoding again.
+    widget.session.predictor.predict_low_res = None
+    widget.threshold_boxes["pred_iou_thresh"].setValue(1.2)
+    wait_idle(widget, qtbot)
+    assert viewer.layers["SAM everything preview"].data.max() == 0
+    assert "0 objects" in widget.status.text()
+
+
+def test_stack_run_makes_a_new_layer_and_never_overwrites(make_napari_viewer, qtbot, tiny_model, image_300x500):
+    from napari_sam._widgets.everything import EverythingWidget
+
+    viewer = make_napari_viewer()
+    stack = np.stack([image_300x500[:, :200]] * 3)  # identical planes: every object spans z
+    viewer.add_image(stack, name="stack")
+    existing = viewer.add_labels(np.full(stack.shape, 7, np.int32), name="SAM everything")
+    widget = EverythingWidget(viewer, model=tiny_model)
+    widget.settings = replace(LOOSE, pred_iou_thresh=0.0)
+    widget.threshold_boxes["pred_iou_thresh"].setValue(0.0)
+    widget.threshold_boxes["stability_score_thresh"].setValue(0.0)
+    widget.points_box.setValue(4)
+    widget.background_box.setChecked(False)
+    widget.run_stack()
+    wait_idle(widget, qtbot)
+    assert (existing.data == 7).all()
+    result = viewer.layers["SAM everything [2]"].data
+    assert result.shape == stack.shape
+    # Same planes -> same 2D labels, linked into objects that span all three planes.
+    assert result.max() > 0
+    for label in np.unique(result[1])[1:]:
+        assert (result[0] == label).sum() == (result[2] == label).sum() == (result[1] == label).sum()
+
+
+def test_cancel_writes_nothing(widget, qtbot):
+    viewer, widget = widget
+    widget._ensure_session()
+    widget._start(lambda stop: widget.session.segment_stack(should_stop=lambda: True),
+                  lambda result: widget._add_result(result, viewer.layers["blobs"]), "running")
+    wait_idle(widget, qtbot)
+    assert "SAM everything" not in viewer.layers
+    assert "Cancelled" in widget.status.text()
