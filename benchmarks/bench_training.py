@@ -27,11 +27,11 @@ def measure(mode: str, objects: int, iterations: int, steps: int, threads: int) 
     import numpy as np
     import torch
 
+    from napari_sam.training.checkpoints import LoopState
+    from napari_sam.training.config import TrainingConfig
     from napari_sam.training.development_data import load_bbbc007
     from napari_sam.training.embeddings import EmbeddingStore
     from napari_sam.training.loop import _one_step
-    from napari_sam.training.checkpoints import LoopState
-    from napari_sam.training.config import TrainingConfig
     from napari_sam.training.network import inference_model, load_trainable
     from napari_sam.training.optimization import make_optimizer, parameter_groups
     from napari_sam.training.steps import PromptSettings

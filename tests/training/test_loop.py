@@ -13,8 +13,8 @@ from napari_sam.training.sampling import prepare_image, sample_objects
 from napari_sam.training.steps import PromptSettings, run_prompting
 
 # Small on purpose: the decoder is full size even in the tiny SAM (seconds per pass on 2 cores).
-FAST = dict(steps=2, objects_per_step=2, prompts=PromptSettings(iterations=1, quiet_iterations=0),
-            validate_every=2, validation_objects=1, checkpoint_every=1, warmup_steps=1)
+FAST = {"steps": 2, "objects_per_step": 2, "prompts": PromptSettings(iterations=1, quiet_iterations=0),
+        "validate_every": 2, "validation_objects": 1, "checkpoint_every": 1, "warmup_steps": 1}
 
 
 def test_a_few_steps_lower_the_loss(trainable, labelled_images):

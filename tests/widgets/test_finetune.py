@@ -65,7 +65,7 @@ def test_fine_tunes_and_switches_the_annotator(make_napari_viewer, qtbot, tmp_pa
 
 
 def test_cancel_keeps_a_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_training):
-    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    _, widget = _widget(make_napari_viewer, tmp_path)
     widget.run()
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
@@ -78,6 +78,6 @@ def test_empty_labels_are_refused(make_napari_viewer, tmp_path, monkeypatch):
 
     shown = []
     monkeypatch.setattr(finetune, "show_error", shown.append)
-    viewer, widget = _widget(make_napari_viewer, tmp_path, labels=np.zeros((96, 96), np.int32))
+    _, widget = _widget(make_napari_viewer, tmp_path, labels=np.zeros((96, 96), np.int32))
     widget.run()
     assert widget.worker is None and "holds no object" in shown[0]

@@ -49,8 +49,8 @@ def annotated_images(image: np.ndarray, labels: np.ndarray, name: str = "annotat
 
 
 def fine_tune_annotations(
-    images: list[LabelledImage], model: "str | Path | SamModel", output: str | Path,
-    config: TrainingConfig = TrainingConfig(steps=100, objects_per_step=8, validate_every=20),
+    images: list[LabelledImage], model: str | Path | SamModel, output: str | Path,
+    config: TrainingConfig | None = None,
     progress: Callable[[TrainingProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None, architecture: str | None = None,
 ) -> TrainingResult:
@@ -71,6 +71,7 @@ def fine_tune_annotations(
     architecture : str, optional
         Architecture of a checkpoint file whose name does not say it.
     """
+    config = config or TrainingConfig(steps=100, objects_per_step=8, validate_every=20)
     groups = {image.group for image in images}
     if len(groups) >= MIN_GROUPS_FOR_VALIDATION:
         training, validation = split_images(images, 0.2, config.seed)

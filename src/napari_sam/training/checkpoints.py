@@ -33,7 +33,7 @@ class LoopState:
     stale: int = 0  # validations since the last improvement
 
     @classmethod
-    def fresh(cls, seed: int) -> "LoopState":
+    def fresh(cls, seed: int) -> LoopState:
         return cls(step=0, rng=np.random.default_rng(seed))
 
     def observe(self, score: float, module: torch.nn.Module, min_improvement: float) -> None:

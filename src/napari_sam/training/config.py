@@ -64,7 +64,7 @@ class TrainingConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainingConfig":
+    def from_dict(cls, values: dict) -> TrainingConfig:
         """Inverse of :meth:`to_dict`."""
         values = dict(values)
         values["prompts"] = PromptSettings(**values["prompts"])

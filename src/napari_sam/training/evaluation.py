@@ -210,7 +210,7 @@ def corrective_click(predicted: np.ndarray, truth: np.ndarray, previous: np.ndar
         if previous is None:
             return interior_point(truth), 1
         return previous, int(truth[int(previous[0]), int(previous[1])])
-    components, count = ndimage.label(error)
+    components, _ = ndimage.label(error)
     sizes = np.bincount(components.ravel())[1:]
     largest = components == (int(np.argmax(sizes)) + 1)
     point = interior_point(largest)

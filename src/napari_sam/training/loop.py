@@ -18,11 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from napari_sam.errors import InvalidInputError, OperationCancelled
-from napari_sam.training.checkpoints import CHECKPOINT_NAME, LoopState, load_checkpoint, save_checkpoint
+from napari_sam.training.checkpoints import (
+    CHECKPOINT_NAME,
+    LoopState,
+    load_checkpoint,
+    save_checkpoint,
+)
 from napari_sam.training.config import TrainingConfig
 from napari_sam.training.datasets import LabelledImage
 from napari_sam.training.embeddings import EmbeddingStore
@@ -69,7 +73,7 @@ class TrainingResult:
 
 def train(
     trainable: TrainableSam, train_images: list[LabelledImage], validation_images: list[LabelledImage],
-    output: str | Path, config: TrainingConfig = TrainingConfig(),
+    output: str | Path, config: TrainingConfig | None = None,
     progress: Callable[[TrainingProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None, resume: bool = False,
     store: EmbeddingStore | None = None,
@@ -85,7 +89,8 @@ def train(
         without validation images there is no early stopping and the last weights are kept.
     output : str or pathlib.Path
         Folder for ``checkpoint.pt``, the final weights and the model card.
-    config : TrainingConfig
+    config : TrainingConfig, optional
+        The SAM recipe's defaults when omitted.
     progress : callable, optional
         Called with a :class:`TrainingProgress` after every step.
     should_stop : callable, optional
@@ -105,7 +110,7 @@ def train(
     InvalidInputError
         No training image, or ``output`` holds a checkpoint and ``resume`` is False.
     """
-    output = Path(output).expanduser()
+    output, config = Path(output).expanduser(), config or TrainingConfig()
     _check_inputs(train_images, output, resume)
     sam = trainable.module
     groups = parameter_groups(sam, config.trainable, config.encoder_blocks, config.layer_decay, config.weight_decay)
@@ -118,30 +123,36 @@ def train(
     frozen = inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
     validation = ValidationSet.build(validation_images, config, sam.input_size) if validation_images else None
     generator = torch.Generator().manual_seed(config.seed)
-    stopped = "completed"
     with install_drop_path(sam.image_encoder, config.drop_path, generator):
-        while state.step < config.steps:
-            if should_stop is not None and should_stop():
-                save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
-                raise OperationCancelled(f"Training stopped at step {state.step}; resume it from {output}.")
-            started = time.perf_counter()
-            record = _one_step(sam, frozen, train_images, store, optimizer, state, config)
-            score = None
-            if validation is not None and (state.step % config.validate_every == 0 or state.step == config.steps):
-                score = validation.score(sam, frozen, store)
-                state.observe(score, sam, config.min_improvement)
-            record["validation"] = score
-            state.history.append(record)
-            if state.step % config.checkpoint_every == 0:
-                save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
-            if progress is not None:
-                progress(TrainingProgress(state.step, config.steps, record["loss"], score,
-                                          state.best_score, time.perf_counter() - started))
-            if validation is not None and state.stale >= config.patience:
-                stopped = "early stopping"
-                break
+        stopped = _run_steps(sam, frozen, train_images, validation, store, optimizer, state, config,
+                             output, progress, should_stop)
     save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
     return _finish(trainable, output, config, state, stopped, train_images, validation_images)
+
+
+def _run_steps(sam, frozen, images, validation, store, optimizer, state: LoopState, config: TrainingConfig,
+               output: Path, progress, should_stop) -> str:
+    """Step until done or stopped early; returns why training ended."""
+    while state.step < config.steps:
+        if should_stop is not None and should_stop():
+            save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
+            raise OperationCancelled(f"Training stopped at step {state.step}; resume it from {output}.")
+        started = time.perf_counter()
+        record = _one_step(sam, frozen, images, store, optimizer, state, config)
+        score = None
+        if validation is not None and (state.step % config.validate_every == 0 or state.step == config.steps):
+            score = validation.score(sam, frozen, store)
+            state.observe(score, sam, config.min_improvement)
+        record["validation"] = score
+        state.history.append(record)
+        if state.step % config.checkpoint_every == 0:
+            save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
+        if progress is not None:
+            progress(TrainingProgress(state.step, config.steps, record["loss"], score,
+                                      state.best_score, time.perf_counter() - started))
+        if validation is not None and state.stale >= config.patience:
+            return "early stopping"
+    return "completed"
 
 
 def _check_inputs(train_images: list[LabelledImage], output: Path, resume: bool) -> None:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 class TrainableSam:
     """An unfolded SAM being trained, with where it came from."""
 
-    module: "Sam"  # batch norms unfolded, parameters trainable on request
+    module: Sam  # batch norms unfolded, parameters trainable on request
     spec: ModelSpec  # the base model's registry entry (architecture, name)
     base_id: str  # model_id of the starting weights (or "random-seedN")
     architecture_name: str  # registry name of the architecture, e.g. "vit_t"
@@ -41,7 +41,7 @@ class TrainableSam:
 
 
 def load_trainable(
-    model: "str | Path | SamModel" = "vit_t", architecture: str | None = None,
+    model: str | Path | SamModel = "vit_t", architecture: str | None = None,
     from_scratch: bool = False, seed: int = 0,
 ) -> TrainableSam:
     """Build a SAM for training from a released checkpoint, a file, or random weights.
@@ -84,7 +84,7 @@ def load_trainable(
     return _trainable(module, spec, spec.model_id if spec.sha256 else spec.name, arch)
 
 
-def _trainable(module: "Sam", spec: ModelSpec, base_id: str, arch: str) -> TrainableSam:
+def _trainable(module: Sam, spec: ModelSpec, base_id: str, arch: str) -> TrainableSam:
     for parameter in module.parameters():
         parameter.requires_grad_(True)
     fingerprint = state_fingerprint(module.state_dict())

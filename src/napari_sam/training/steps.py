@@ -53,7 +53,7 @@ class StepResult:
 
 def run_prompting(
     sam: torch.nn.Module, embedding: torch.Tensor, batch: ObjectBatch, settings: PromptSettings,
-    rng: np.random.Generator, input_size: tuple[int, int], weights: LossWeights = LossWeights(),
+    rng: np.random.Generator, input_size: tuple[int, int], weights: LossWeights | None = None,
     use_box: bool | None = None, backward: bool = True,
 ) -> StepResult:
     """Run every prompting iteration on one image's objects.
@@ -68,7 +68,8 @@ def run_prompting(
     rng : numpy.random.Generator
     input_size : (int, int)
         (h, w) of the resized image in the encoder frame.
-    weights : LossWeights
+    weights : LossWeights, optional
+        The paper's 20:1:1 when omitted.
     use_box : bool, optional
         Force the first prompt type; drawn with ``settings.box_probability`` when None.
     backward : bool
@@ -78,6 +79,7 @@ def run_prompting(
     -------
     StepResult
     """
+    weights = weights or LossWeights()
     leaf = embedding.detach().requires_grad_(backward and embedding.requires_grad)
     image_pe = sam.prompt_encoder.dense_positional_encoding()
     if use_box is None:

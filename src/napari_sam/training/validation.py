@@ -28,7 +28,7 @@ class ValidationSet:
     seed: int
 
     @classmethod
-    def build(cls, images: list[LabelledImage], config, input_size: int) -> "ValidationSet":
+    def build(cls, images: list[LabelledImage], config, input_size: int) -> ValidationSet:
         """Draw each image's objects once (``config.validation_objects`` per image)."""
         rng = np.random.default_rng(config.seed + 1)
         items = []
