@@ -144,8 +144,11 @@ def run_train(args: argparse.Namespace) -> int:
     after = _evaluate_sets(inference_model(trainable, args.name), measured, args, store, "after")
     rows = [(name, f"{label} {report.model_id}", report)
             for name in measured for label, report in (("before", before[name]), ("after", after[name]))]
-    print(f"{result.weights}: {result.steps} steps ({result.stopped}), best step {result.best_step}, "
-          f"validation mean IoU {_number(result.best_validation)}")
+    wall = sum(h.get("seconds", 0.0) for h in result.history)
+    cpu = sum(h.get("cpu_seconds", 0.0) for h in result.history)
+    print(f"{result.weights}: {result.steps} steps ({result.stopped}) in {wall / 60:.1f} min "
+          f"({cpu / 60:.1f} CPU-min), best step {result.best_step}, validation mean IoU "
+          f"{_number(result.best_validation)}")
     _report(rows, Path(args.out), "evaluation")
     for name in measured:
         add_metrics(result.card, name, {"before": before[name].to_dict(), "after": after[name].to_dict()})

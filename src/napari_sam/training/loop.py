@@ -68,7 +68,7 @@ class TrainingResult:
     best_step: int  # step of the best validation (the final weights), or the last step
     best_validation: float | None  # its validation score (mean IoU), None without validation
     stopped: str  # "completed" or "early stopping"
-    history: tuple[dict, ...]  # per-step records: step, loss, first_iou, last_iou, validation
+    history: tuple[dict, ...]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
 
 
 def train(
@@ -137,13 +137,14 @@ def _run_steps(sam, frozen, images, validation, store, optimizer, state: LoopSta
         if should_stop is not None and should_stop():
             save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
             raise OperationCancelled(f"Training stopped at step {state.step}; resume it from {output}.")
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         record = _one_step(sam, frozen, images, store, optimizer, state, config)
         score = None
         if validation is not None and (state.step % config.validate_every == 0 or state.step == config.steps):
             score = validation.score(sam, frozen, store)
             state.observe(score, sam, config.min_improvement)
-        record["validation"] = score
+        record.update(validation=score, seconds=time.perf_counter() - started,
+                      cpu_seconds=time.process_time() - cpu_started)
         state.history.append(record)
         if state.step % config.checkpoint_every == 0:
             save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)

@@ -39,6 +39,8 @@ def write_training_card(path: Path, weights: Path, trainable, config, state, sto
             "steps_done": state.step, "best_step": best_step, "stopped": stopped,
             "best_validation_mean_iou": state.best_score, "settings": config.to_dict(),
             "loss_first_last": _ends(state.history),
+            "wall_seconds": round(sum(h.get("seconds", 0.0) for h in state.history), 1),
+            "cpu_seconds": round(sum(h.get("cpu_seconds", 0.0) for h in state.history), 1),
         },
         "data": {"train": _describe(train_images), "validation": _describe(validation_images)},
         "metrics": {},
