@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+MAX_DEFAULT_WORKERS = 4  # each worker holds its own model (vit_t: about 0.7 GB)
 
 # Flags that override one EverythingSettings field each; omitted flags keep the engine's
 # defaults (documented with their evaluation in docs/everything.md).
@@ -29,8 +32,9 @@ def register(commands) -> None:
     parser.add_argument("input", help="TIFF, zarr or OME-Zarr (folder), or .npy: a 2D image or a z stack")
     parser.add_argument("--out", required=True, help="output labels store (a .zarr folder)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=2,
-                       help="local worker processes (default 2; 0 runs in this process)")
+    where.add_argument("--workers", type=int,
+                       help=f"local worker processes (default: one per core, at most {MAX_DEFAULT_WORKERS}; "
+                       "0 runs in this process)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://host:8786")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
     parser.add_argument("--model", default="vit_t", help="model name or checkpoint file (default vit_t)")
@@ -68,8 +72,8 @@ def run_segment_everything(args: argparse.Namespace) -> int:
         linking=_linking(args),
     )
     source = StackSource(args.input, key=args.key, level=args.level, axes=args.axes, channel=args.channel)
-    execution = Execution(workers=0 if args.scheduler else args.workers, scheduler=args.scheduler,
-                          threads=args.threads)
+    workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
+    execution = Execution(workers=0 if args.scheduler else workers, scheduler=args.scheduler, threads=args.threads)
     with _Bars() as bars:
         summary = segment_stack(source, args.out, stack_settings, execution, z_range=_z_range(args.z_range),
                                 overwrite=args.overwrite, progress=bars.update)

@@ -1,0 +1,63 @@
+"""``napari-sam segment-everything`` end to end with the real engine and default weights."""
+
+import re
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_sam.cli import main
+from napari_sam.engine.linking import LinkingSettings, link_slices
+from napari_sam.samples import load_dsb2018
+
+SLICES = 2
+
+
+@pytest.fixture(scope="module")
+def stack_file(tmp_path_factory):
+    image, _ = load_dsb2018()
+    stack = np.stack([np.roll(image[200:296, 200:328], 3 * z, axis=0) for z in range(SLICES)])
+    path = tmp_path_factory.mktemp("stack") / "stack.tif"
+    tifffile.imwrite(path, stack, photometric="minisblack", metadata={"axes": "ZYX"})
+    return path
+
+
+def test_segments_links_records_and_resumes(stack_file, tmp_path, capsys):
+    out = tmp_path / "labels.zarr"
+    command = ["segment-everything", str(stack_file), "--out", str(out), "--workers", "0",
+               "--points-per-side", "4", "--min-extent", "1"]
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    found = re.search(r"(\d+) objects in 2 slices \(2 segmented now, 0 already done\), [\d.]+ s, [\d.]+ slices/min "
+                      r"\(in-process, vit_t@", captured.out)
+    assert found, captured.out
+    assert "segmenting: 100%" in captured.err and "linking: 100%" in captured.err
+    group = zarr.open_group(out, mode="r")
+    sections, labels = np.asarray(group["sections"][...]), np.asarray(group["labels"][...])
+    assert sections.max() > 0 and int(found.group(1)) == labels.max()
+    np.testing.assert_array_equal(labels, link_slices(sections, LinkingSettings(min_extent=1)).labels)
+    assert group.attrs["napari_sam"]["settings"]["points_per_side"] == 4
+    assert group.attrs["run"]["linking"]["min_extent"] == 1
+
+    assert main(command[:-2] + ["--no-link"]) == 0
+    assert "(0 segmented now, 2 already done)" in capsys.readouterr().out
+    group = zarr.open_group(out, mode="r")
+    assert group["labels"][...].max() == group["objects"][...].sum()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--z-range", "a:b"], "--z-range must be START:STOP"),
+    (["--z-range", "2:9"], "z-range 2:9 does not fit slices 0..2"),
+    (["--link-iou", "0"], r"iou_threshold must be in \(0, 1\]"),
+    (["--points-per-side", "0"], "Invalid segment-everything settings: points_per_side=0"),
+])
+def test_errors_exit_1_with_a_message(stack_file, tmp_path, capsys, extra, message):
+    assert main(["segment-everything", str(stack_file), "--out", str(tmp_path / "x.zarr"), *extra]) == 1
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_workers_and_scheduler_exclude_each_other(stack_file, tmp_path):
+    with pytest.raises(SystemExit, match="2"):
+        main(["segment-everything", str(stack_file), "--out", str(tmp_path / "x.zarr"), "--workers", "1",
+              "--scheduler", "tcp://127.0.0.1:1"])
