@@ -7,6 +7,11 @@ seconds per tile and peak RSS. ``python bench_tiles.py reopen N FOLDER`` opens t
 volume and cache in a fresh process, counts encoder calls while the plane is made ready,
 and times the first mask (model loading included). ``python bench_tiles.py`` runs 8 and
 64 planes, each step in a fresh process, and prints one JSON line.
+
+``python bench_tiles.py stub`` runs 8 and 64 planes with the encoder's network replaced by
+a stub (windows are still read, normalised and resized, and features written, checksummed
+and flagged): it shows whether memory grows with the number of planes and tiles in our
+code, in minutes instead of the real run's hour and a half on a loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -23,16 +28,36 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_cache import make_volume
 
 
+def stub_encode(predictor):
+    """``predictor.encode`` without the network: constant features from the resized window."""
+    import numpy as np
+    import torch
+
+    from napari_sam.engine.preprocess import resize_longest_side
+    from napari_sam.engine.results import Embedding
+
+    def encode(image, normalization=None, should_stop=None):
+        resized = resize_longest_side(normalization.apply(np.asarray(image)), predictor.model.input_size)
+        features = torch.full((1, 256, 64, 64), float(resized.mean()))
+        return Embedding(features, resized.shape[:2], np.shape(image)[:2], predictor.model.model_id, normalization)
+
+    return encode
+
+
 def step(mode: str, planes: int, folder: Path) -> dict:
     from napari_sam.io.embed_volume import embed_volume, open_cached_session
 
     volume = make_volume(folder / f"volume{planes}.zarr", planes)
     start = time.perf_counter()
-    session = open_cached_session(volume, folder / f"tiles{planes}.zarr", capacity=1)
+    stub = mode == "embed-stub"
+    session = open_cached_session(volume, folder / f"tiles{planes}{'-stub' * stub}.zarr", capacity=1)
+    if stub:
+        session.predictor.encode = stub_encode(session.predictor)
+        mode = "embed"
     calls = []
     original = session.predictor.encode
     session.predictor.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
-    result = {"mode": mode, "planes": planes, "tile": session.tile, "halo": session.halo}
+    result = {"mode": mode, "planes": planes, "tile": session.tile, "halo": session.halo, "stub_encoder": stub}
     if mode == "embed":
         summary = embed_volume(session)
         result.update(seconds=summary.seconds, tiles=summary.encoded,
@@ -50,19 +75,20 @@ def step(mode: str, planes: int, folder: Path) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 2:
         print(json.dumps(step(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))))
         return
+    stub = sys.argv[1:] == ["stub"]
     results = []
     with tempfile.TemporaryDirectory(prefix="napari-sam-bench-") as folder:
         for planes in (8, 64):
-            for mode in ("embed", "reopen"):
+            for mode in ("embed-stub",) if stub else ("embed", "reopen"):
                 out = subprocess.run([sys.executable, __file__, mode, str(planes), folder],
                                      check=True, capture_output=True, text=True).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     rss = {r["planes"]: r["peak_rss_mb"] for r in results if r["mode"] == "embed"}
-    print(json.dumps({"benchmark": "tiled_embedding_cache", "runs": results,
+    print(json.dumps({"benchmark": "tiled_embedding_cache" + ("_stub_encoder" if stub else ""), "runs": results,
                       "rss_growth_8_to_64": round(rss[64] / rss[8] - 1, 3)}))
 
 
