@@ -1,5 +1,7 @@
 """EverythingSession on stacks with the tiny random SAM: plane keys, kept decodings, linking."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -48,3 +50,22 @@ def test_time_points_link_separately(tiny_model, image_300x500):
     assert np.array_equal(labels[0, 0], labels[0, 1])
     assert not set(np.unique(labels[0])[1:]) & set(np.unique(labels[1])[1:])
     assert (labels[0] > 0).sum() == (labels[1] > 0).sum() > 0
+
+
+def test_tiles_come_from_the_embedding_cache(tiny_model, make_image, tmp_path):
+    from napari_sam.io.embed_volume import open_cached_session
+
+    image = make_image((600, 640), seed=3)
+    results, encodes = [], []
+    for _ in range(2):  # the second session finds every tile in the cache
+        cached = open_cached_session(image, tmp_path / "cache.zarr", model=tiny_model, tile=256, halo=32)
+        calls = []
+        encode = cached.predictor.encode
+        cached.predictor.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+        everything = EverythingSession.from_session(cached, replace(LOOSE, points_per_side=1))
+        assert (everything.tile, everything.halo) == (256, 32)
+        everything.initialise(())
+        results.append(everything.generate(()).labels)
+        encodes.append(len(calls))
+    assert encodes == [9, 0]  # 3 x 3 tiles, then none
+    assert np.array_equal(results[0], results[1]) and results[0].max() > 0

@@ -67,7 +67,36 @@ class EverythingSession:
         self.settings = settings or EverythingSettings()
         self.tile, self.halo = tile, halo
         self.linking = linking or LinkingSettings()
+        self.embeddings = None  # an AnnotationSession whose (cached) embeddings are reused
         self._kept: OrderedDict[PlaneKey, Candidates] = OrderedDict()
+
+    @classmethod
+    def from_session(cls, session, settings: EverythingSettings | None = None,
+                     linking: LinkingSettings | None = None) -> "EverythingSession":
+        """Segment everything on the planes (or tiles) of an annotation session, reusing
+        its embeddings: with a session from
+        :func:`~napari_sam.io.embed_volume.open_cached_session`, the embedding cache made by
+        ``napari-sam embed`` or the annotator, so no plane or tile is encoded twice.
+        """
+        everything = cls.__new__(cls)
+        everything.predictor, everything.data = session.predictor, session.data
+        everything.layout, everything.normalization = session.layout, session.normalization
+        everything.settings = settings or EverythingSettings()
+        everything.tile, everything.halo = getattr(session, "tile", None), getattr(session, "halo", 0)
+        everything.linking = linking or LinkingSettings()
+        everything.embeddings = session
+        everything._kept = OrderedDict()
+        return everything
+
+    def _embedder(self, key: PlaneKey, should_stop):
+        """``embed(window)`` from the annotation session, or None to encode directly."""
+        session = self.embeddings
+        if session is None:
+            return None
+        if hasattr(session, "plane"):  # a TiledSession: windows come from its TiledPlane
+            plane = session.plane(key)
+            return lambda window: plane.embedding(window, should_stop)
+        return lambda window: session.embed(key, should_stop)
 
     def initialise(self, key: PlaneKey = (), should_stop: Callable[[], bool] | None = None,
                    progress: Callable[[int, int], None] | None = None) -> Candidates:
@@ -76,7 +105,7 @@ class EverythingSession:
         segmenter = AutomaticSegmenter(self.predictor, self.settings)
         candidates = segmenter.initialise(
             PlaneView(self.data, self.layout, key), self.normalization, tile=self.tile, halo=self.halo,
-            should_stop=should_stop, progress=progress,
+            embed=self._embedder(key, should_stop), should_stop=should_stop, progress=progress,
         )
         self._kept[key] = candidates
         self._kept.move_to_end(key)
@@ -120,7 +149,7 @@ class EverythingSession:
                 raise OperationCancelled("Segment everything was cancelled.")
             candidates = segmenter.initialise(
                 PlaneView(self.data, layout, key), self.normalization, tile=self.tile, halo=self.halo,
-                should_stop=should_stop,
+                embed=self._embedder(key, should_stop), should_stop=should_stop,
             )
             decoded += candidates.points_decoded
             labels[key] = segmenter.generate(candidates, self.settings).labels
