@@ -30,12 +30,14 @@ def main() -> None:
     encoder_ours = run("bench_encoder.py", "ours")
     click = run("bench_click.py")
     annotator = run("bench_annotator.py", display=True)
+    everything = {mode: run("bench_everything.py", mode) for mode in ("ours", "reference_equivalent", "reference_style")}
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
         "encoder_eager": encoder_eager,
         "encoder_ours": encoder_ours,
         "click": click,
         "annotator": annotator,
+        "everything": everything,
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -51,9 +53,24 @@ def main() -> None:
         f"| pixel agreement of the click masks | {click['pixel_agreement']:.6f} | | |",
         f"| napari: point added -> preview shown, ms (median of {annotator['clicks']}) | "
         f"{annotator['widget_ms_median']:.1f} | {annotator['reference_style_ms_median']:.1f} (decoder only) | |",
+        *everything_rows(everything),
     ])
     (HERE / "results" / "latest.md").write_text(table + "\n")
     print(table)
+
+
+def everything_rows(everything: dict) -> list[str]:
+    """Segment-everything rows: our defaults and the reference algorithm, same run."""
+    ours, equivalent, style = everything["ours"], everything["reference_equivalent"], everything["reference_style"]
+    return [
+        f"| segment everything, seconds incl. encoder ({ours['points_decoded']} vs 1024 grid points) | "
+        f"{ours['seconds']:.1f} | {style['seconds']:.1f} | {style['seconds'] / ours['seconds']:.1f}x |",
+        f"| ... with the reference's settings, every grid point | {equivalent['seconds']:.1f} | "
+        f"{style['seconds']:.1f} | {style['seconds'] / equivalent['seconds']:.1f}x |",
+        f"| segment everything peak RSS, MB | {ours['peak_rss_mb']} | {style['peak_rss_mb']} | |",
+        f"| segment everything AP@0.5 / AP@0.75 vs human labels | {ours['ap50']:.3f} / {ours['ap75']:.3f} | "
+        f"{style['ap50']:.3f} / {style['ap75']:.3f} | |",
+    ]
 
 
 if __name__ == "__main__":

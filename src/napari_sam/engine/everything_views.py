@@ -27,7 +27,7 @@ from napari_sam.errors import OperationCancelled
 
 Window = tuple[slice, slice]
 LOW_RES_STRIDE = 4  # encoder-frame pixels per low-resolution logit
-SKIP_WARMUP = 64  # grid points decoded before background points may be skipped
+SKIP_WARMUP = 16  # grid points decoded (the first, coarse batch) before background is skipped
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,11 @@ class _GridState:
         covering = confident & (area <= settings.max_area_fraction)
         if covering.any():
             self.covered |= (logits[covering] > 0).any(dim=0)
-        objects = (confident & (area < settings.background_fraction)).view(len(batch), -1).any(dim=1).numpy()
+        # The point found an object if a confident, object-sized mask contains it (a point
+        # beside a nucleus may return that nucleus: its embedding is still background's).
+        cells = self.cells[batch].repeat_interleave(logits.shape[0] // len(batch), dim=0)
+        inside = logits[torch.arange(len(logits)), cells[:, 0], cells[:, 1]] > 0
+        objects = (confident & inside & (area < settings.background_fraction)).view(len(batch), -1).any(dim=1).numpy()
         self.found.extend(batch[objects].tolist())
         self.empty.extend(batch[~objects].tolist())
         self.decoded += len(batch)
