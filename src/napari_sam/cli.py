@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     path = actions.add_parser("path", help="print the path of cached weights")
     path.add_argument("name", metavar="NAME")
 
-    demo = commands.add_parser("demo", help="run the main job on the bundled DSB2018 nuclei image")
+    demo = commands.add_parser("demo", help="segment everything on the bundled DSB2018 nuclei image (the main job)")
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     demo.add_argument("--model", default="vit_t", help="model name or checkpoint file")
     for module in COMMAND_MODULES:
@@ -179,10 +179,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
     summary = demo(args.out, model=args.model, progress=lambda text: print(f"... {text}"))
     print(
-        f"{summary.objects} nuclei: encoder {summary.encoder_seconds:.2f} s, all boxes "
-        f"{summary.box_seconds:.2f} s, one click {summary.click_ms_median:.1f} ms (median)\n"
-        f"mean IoU against the human labels: boxes {summary.box_mean_iou:.3f}, "
-        f"single clicks {summary.point_mean_iou:.3f}\nwrote " + ", ".join(summary.outputs)
+        f"segment everything: {summary.found} objects in {summary.everything_seconds:.1f} s "
+        f"({summary.points_decoded} of 1024 grid points decoded), AP@0.5 {summary.ap50:.3f}, "
+        f"AP@0.75 {summary.ap75:.3f} against the human labels\n"
+        f"prompted: {summary.objects} nuclei, encoder {summary.encoder_seconds:.2f} s, all boxes "
+        f"{summary.box_seconds:.2f} s, one click {summary.click_ms_median:.1f} ms (median); "
+        f"mean IoU boxes {summary.box_mean_iou:.3f}, single clicks {summary.point_mean_iou:.3f}\n"
+        "wrote " + ", ".join(summary.outputs)
     )
     return 0
 
