@@ -75,6 +75,8 @@ def test_stack_run_makes_a_new_layer_and_never_overwrites(make_napari_viewer, qt
     widget.run_stack()
     wait_idle(widget, qtbot)
     assert (existing.data == 7).all()
+    assert widget._done == (3, 3)  # planes reported while running
+    assert "3 planes" in widget.status.text()
     result = viewer.layers["SAM everything [2]"].data
     assert result.shape == stack.shape
     # Same planes -> same 2D labels, linked into objects that span all three planes.

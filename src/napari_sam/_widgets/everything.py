@@ -48,6 +48,9 @@ class EverythingWidget(QWidget):
         self._pending = False  # a re-threshold was asked for while one was running
         self._timer = QTimer(self, singleShot=True, interval=150)
         self._timer.timeout.connect(self.rethreshold)
+        self._done = None  # (done, total) reported from the torch thread, shown by _poll
+        self._poll_timer = QTimer(self, interval=250)
+        self._poll_timer.timeout.connect(self._poll)
         self._build_ui()
         self.reset_choices()
         self.viewer.layers.events.inserted.connect(self.reset_choices)
@@ -151,11 +154,21 @@ class EverythingWidget(QWidget):
             return
         link = self.link_box.isChecked()
         layer = self.viewer.layers[self.image_box.currentText()]
+        self._done = None
         self._start(
-            lambda stop: self.session.segment_stack(should_stop=stop, link=link),
+            lambda stop: self.session.segment_stack(should_stop=stop, link=link, progress=self._report),
             lambda result: self._add_result(result, layer),
             "Segmenting every plane...",
         )
+        self._poll_timer.start()
+
+    def _report(self, done: int, total: int) -> None:
+        self._done = (done, total)  # from the torch thread; the GUI reads it in _poll
+
+    def _poll(self) -> None:
+        if self._done is not None and self.worker is not None:
+            done, total = self._done
+            self.status.setText(f"Segmenting every plane: {done} of {total} done" + (", linking..." if done == total else "..."))
 
     def cancel(self) -> None:
         """Stop the running decoding; nothing is written."""
@@ -219,6 +232,7 @@ class EverythingWidget(QWidget):
         worker.start()
 
     def _finished(self) -> None:
+        self._poll_timer.stop()
         self.worker = None
         self.cancel_button.setEnabled(False)
         if self._pending:
