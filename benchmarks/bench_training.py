@@ -4,7 +4,8 @@
 ``decoder`` (on a cached embedding), ``decoder+prompt``, ``encoder-last`` (the last two
 TinyViT blocks and the neck, so every step encodes the image) and ``full``. Each step is
 one BBBC007 image (450 x 450), ``--objects`` objects and ``--iterations`` prompting
-rounds; the first step is a warm-up and not counted. ``python bench_training.py`` runs
+rounds; the first step is a warm-up and not counted. CPU seconds (all threads) are
+reported beside wall seconds: on a shared machine they depend much less on other jobs. ``python bench_training.py`` runs
 every mode in a fresh process (peak RSS is per process) and writes
 ``results/training.json``. Timings on our shared 2-core machines vary with the load of
 other jobs: compare modes measured in the same run only.
@@ -48,15 +49,18 @@ def measure(mode: str, objects: int, iterations: int, steps: int, threads: int) 
     if frozen is not None:
         store.features(frozen, images[0])  # the cache is filled once, before timing
     state = LoopState.fresh(0)
-    times = []
+    times, cpu = [], []
     for _ in range(steps + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         _one_step(sam, frozen, images, store, optimizer, state, config)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trained = sum(p.numel() for p in sam.parameters() if p.requires_grad)
     return {"mode": mode, "objects": objects, "iterations": iterations, "threads": threads,
             "seconds_per_step": float(np.median(times[1:])), "step_seconds": [round(t, 2) for t in times[1:]],
+            "cpu_seconds_per_step": float(np.median(cpu[1:])),  # over all threads; robust to other jobs
+            "load_average": round(__import__("os").getloadavg()[0], 1),
             "peak_rss_mib": round(peak_mib), "trainable_parameters": trained}
 
 

@@ -40,7 +40,8 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
     printed = capsys.readouterr().out
     assert code == 0
     assert "finetuned_random.pt: 1 steps (completed) in " in printed
-    assert printed.count("before random-seed0") == 2 and printed.count("after finetuned@") == 2
+    # the "before" rows are printed as soon as they are measured, then again beside "after"
+    assert printed.count("before random-seed0") == 4 and printed.count("after finetuned@") == 2
     card = json.loads((out / "finetuned_random.json").read_text())
     assert set(card["metrics"]) == {"test", "reference", "regression_check"}
     assert card["metrics"]["regression_check"]["passed"] is True

@@ -140,6 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
     store = _store(args)
     measured = {name: sets[name] for name in ("test", "reference") if sets[name]}
     before = _evaluate_sets(inference_model(trainable), measured, args, store, "before")
+    _report([(name, f"before {report.model_id}", report) for name, report in before.items()], None, "")
     result = _train_with_bar(trainable, sets, args, store)
     after = _evaluate_sets(inference_model(trainable, args.name), measured, args, store, "after")
     rows = [(name, f"{label} {report.model_id}", report)
