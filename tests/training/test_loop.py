@@ -102,3 +102,9 @@ def test_config_rejects_bad_settings():
         TrainingConfig(drop_path=1.5)
     with pytest.raises(InvalidInputError, match="No training image"):
         train(None, [], [], "unused")
+
+
+def test_objects_below_min_area_are_an_error(trainable, labelled_images, tmp_path):
+    config = TrainingConfig(**{**FAST, "min_area": 10_000})
+    with pytest.raises(InvalidInputError, match="No usable object in 100 draws"):
+        train(trainable, labelled_images[:1], [], tmp_path, config)

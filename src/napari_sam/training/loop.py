@@ -45,6 +45,8 @@ from napari_sam.training.validation import ValidationSet
 
 log = logging.getLogger(__name__)
 
+MAX_DRAWS = 100  # image draws per step before concluding that no object is usable
+
 
 @dataclass(frozen=True)
 class TrainingProgress:
@@ -171,12 +173,17 @@ def _one_step(sam, frozen, images, store, optimizer, state: LoopState, config: T
     rng = state.rng
     set_learning_rate(optimizer, config.learning_rate,
                       learning_rate_factor(state.step, config.steps, config.warmup_steps, config.decay_at))
-    while True:  # an image whose objects all vanish after cropping is drawn again
+    for _ in range(MAX_DRAWS):  # an image whose objects all vanish after cropping is drawn again
         image = images[int(rng.integers(len(images)))]
         prepared = prepare_image(image, sam.input_size, rng, config.crop_size, config.flips, config.min_area)
         batch = sample_objects(prepared, config.objects_per_step, rng) if len(prepared.object_ids) else None
         if batch is not None:
             break
+    else:
+        raise InvalidInputError(
+            f"No usable object in {MAX_DRAWS} draws: objects must have at least min_area="
+            f"{config.min_area} pixels (and survive --crop {config.crop_size}). Lower min_area or the crop."
+        )
     _set_modes(sam, config.trainable)
     if frozen is not None and not prepared.augmented:
         embedding = store.features(frozen, image)
