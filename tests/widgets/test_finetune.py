@@ -62,6 +62,9 @@ def test_fine_tunes_and_switches_the_annotator(make_napari_viewer, qtbot, tmp_pa
     assert result.weights.parent.parent == tmp_path
     assert annotator.model_name == str(result.weights)
     assert widget.progress_bar.value() == 2 and "Saved" in widget.status.text()
+    widget.close()
+    viewer.add_image(np.zeros((4, 4)), name="later")  # no callback into the closed widget
+    assert widget.image_box.findText("later") == -1
 
 
 def test_cancel_keeps_a_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_training):

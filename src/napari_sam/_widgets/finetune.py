@@ -190,6 +190,14 @@ class FineTuneWidget(QWidget):
         else:
             raise error
 
+    def closeEvent(self, event) -> None:  # Qt names it
+        """Stop a running training (it saves a checkpoint) and disconnect from the viewer."""
+        self._stop = True
+        self.timer.stop()
+        self.viewer.layers.events.inserted.disconnect(self.reset_choices)
+        self.viewer.layers.events.removed.disconnect(self.reset_choices)
+        super().closeEvent(event)
+
     def switch_annotators(self, weights: Path) -> int:
         """Point every docked SAM annotator at ``weights``; returns how many were switched."""
         from napari_sam._widgets.annotator import AnnotatorWidget
