@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-MAX_DEFAULT_WORKERS = 4  # each worker holds its own model (vit_t: about 0.7 GB)
+MAX_DEFAULT_WORKERS = 4  # each worker holds its own model and buffers (vit_t: about 1.4 GB at peak)
 
 # Flags that override one EverythingSettings field each; omitted flags keep the engine's
 # defaults (documented with their evaluation in docs/everything.md).
