@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam.engine.modeling.sam import SamArchitecture
-from napari_sam.engine.modeling.vit_encoder import ViTConfig
+from napari_sam.engine.loading import tiny_architecture as _tiny_architecture
 
-# Windowed attention only: global attention over 64x64 tokens would dominate the run time.
-TINY_ARCHITECTURE = SamArchitecture(ViTConfig(embed_dim=32, depth=2, num_heads=2, global_blocks=()))
+TINY_ARCHITECTURE = _tiny_architecture()
 
 
 @pytest.fixture(scope="session")
-def tiny_architecture() -> SamArchitecture:
+def tiny_architecture():
     """The tiny architecture, to build more models (e.g. with another seed)."""
     return TINY_ARCHITECTURE
 

@@ -22,7 +22,7 @@ import zarr
 from skimage.measure import label as connected_components
 
 from napari_sam.engine.linking import LinkingSettings, link_slices
-from napari_sam.engine.loading import random_model
+from napari_sam.engine.loading import random_model, tiny_architecture
 from napari_sam.errors import CacheMismatchError, InvalidInputError
 from napari_sam.io.batch_everything import Execution, StackSettings, segment_stack
 from napari_sam.io.stack_tasks import StackSource
@@ -33,9 +33,8 @@ SEGMENTER = "test_batch_everything:embedding_segmenter"
 
 @functools.cache
 def tiny_factory():
-    from conftest import TINY_ARCHITECTURE
-
-    return functools.partial(random_model, TINY_ARCHITECTURE, seed=0)
+    # Not `from conftest import ...`: tests/training has a conftest module of its own.
+    return functools.partial(random_model, tiny_architecture(), seed=0)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,16 @@ def _check_keys(expected: dict, given: dict, spec: ModelSpec) -> None:
     )
 
 
+def tiny_architecture() -> "SamArchitecture":
+    """A SAM small enough for tests and examples: the real prompt encoder and decoder, a
+    ViT encoder of width 32 and two blocks with windowed attention only (global attention
+    over 64x64 tokens would dominate the run time)."""
+    from napari_sam.engine.modeling.sam import SamArchitecture
+    from napari_sam.engine.modeling.vit_encoder import ViTConfig
+
+    return SamArchitecture(ViTConfig(embed_dim=32, depth=2, num_heads=2, global_blocks=()))
+
+
 def random_model(
     architecture: "SamArchitecture", seed: int = 0, device: str = "cpu", name: str = "random"
 ) -> SamModel:
