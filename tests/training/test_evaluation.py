@@ -74,3 +74,18 @@ def test_model_card_collects_metrics(tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(InvalidInputError, match="not a napari-sam model card"):
         add_metrics(tmp_path / "other.json", "test", {})
+
+
+def test_automatic_ap_is_reported_per_threshold(tiny_model, labelled_images, monkeypatch):
+    from types import SimpleNamespace
+
+    from napari_sam.engine import automatic
+
+    image = labelled_images[0]
+    # segment-everything itself is tested in tests/engine; here: its labels scored at 0.5..0.95
+    monkeypatch.setattr(automatic, "segment_plane",
+                        lambda predictor, plane, normalization, embed: SimpleNamespace(labels=image.labels))
+    report = evaluate(tiny_model, [image], EvaluationSettings(clicks=1, max_objects=1, automatic=True))
+    assert list(report.automatic_ap) == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    assert set(report.automatic_ap.values()) == {1.0}
+    assert "AP50" in format_table([("d", "m", report)])
