@@ -84,7 +84,7 @@ def test_automatic_ap_is_reported_per_threshold(tiny_model, labelled_images, mon
     image = labelled_images[0]
     # segment-everything itself is tested in tests/engine; here: its labels scored at 0.5..0.95
     monkeypatch.setattr(automatic, "segment_plane",
-                        lambda predictor, plane, normalization, embed: SimpleNamespace(labels=image.labels))
+                        lambda predictor, plane, normalization, settings, embed: SimpleNamespace(labels=image.labels))
     report = evaluate(tiny_model, [image], EvaluationSettings(clicks=1, max_objects=1, automatic=True))
     assert list(report.automatic_ap) == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
     assert set(report.automatic_ap.values()) == {1.0}

@@ -88,6 +88,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-objects", type=int, default=30, help="objects evaluated per image")
     parser.add_argument("--automatic", action="store_true",
                         help="also score segment-everything by AP at IoU 0.5..0.95 (slow: a point grid per image)")
+    parser.add_argument("--automatic-iou", type=float, metavar="T",
+                        help="segment-everything's predicted-IoU threshold (default 0.88)")
     parser.add_argument("--embedding-cache", help="folder keeping image embeddings between runs")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
@@ -221,7 +223,8 @@ def _evaluate_sets(model, sets: dict[str, list], args, store, label: str) -> dic
 
     from napari_sam.training.evaluation import EvaluationSettings, evaluate
 
-    settings = EvaluationSettings(clicks=args.clicks, max_objects=args.max_objects, automatic=args.automatic)
+    settings = EvaluationSettings(clicks=args.clicks, max_objects=args.max_objects, automatic=args.automatic,
+                                  automatic_iou_threshold=args.automatic_iou)
     reports = {}
     for name, images in sets.items():
         with tqdm(total=len(images), unit="image", desc=f"evaluating {name} ({label})", file=sys.stderr) as bar:

@@ -41,6 +41,7 @@ class EvaluationSettings:
     seed: int = 0  # seeds the draw of objects
     batch_size: int = 16  # objects per decoder call
     automatic: bool = False  # also segment everything and score AP at IoU 0.5..0.95 (slow)
+    automatic_iou_threshold: float | None = None  # its pred_iou_thresh (None: the default 0.88)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def evaluate(
         predictor.set_embedding(embedding)
         _evaluate_image(predictor, image, settings, scores)
         if settings.automatic:
-            precisions.append(automatic_precisions(predictor, image, embedding))
+            precisions.append(automatic_precisions(predictor, image, embedding, settings.automatic_iou_threshold))
         if progress is not None:
             progress(done, len(images))
     if not scores.values["point"]:
@@ -135,12 +136,17 @@ def evaluate(
 AP_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
 
-def automatic_precisions(predictor, image: LabelledImage, embedding) -> dict[float, float]:
-    """AP of segment-everything (default settings) on one image at :data:`AP_THRESHOLDS`."""
-    from napari_sam.engine.automatic import segment_plane
+def automatic_precisions(predictor, image: LabelledImage, embedding, iou_threshold: float | None = None) -> dict[float, float]:
+    """AP of segment-everything on one image at :data:`AP_THRESHOLDS`.
+
+    Default settings, except ``pred_iou_thresh`` when ``iou_threshold`` is given (weights
+    fine-tuned on other labels predict lower IoUs than the released ones).
+    """
+    from napari_sam.engine.automatic import EverythingSettings, segment_plane
     from napari_sam.engine.metrics import average_precisions
 
-    result = segment_plane(predictor, image.image, image.normalization, embed=lambda window: embedding)
+    settings = None if iou_threshold is None else EverythingSettings(pred_iou_thresh=iou_threshold)
+    result = segment_plane(predictor, image.image, image.normalization, settings, embed=lambda window: embedding)
     return average_precisions(result.labels, image.labels, AP_THRESHOLDS)
 
 
