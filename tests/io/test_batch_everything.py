@@ -192,3 +192,15 @@ def test_overwrite_replaces_a_store_for_other_settings(stack_file, reference, tm
                             overwrite=True, segmenter=SEGMENTER)
     assert (summary.segmented, summary.reused) == (2, 0)
     assert zarr.open_group(out, mode="r").attrs["napari_sam"]["settings"]["points_per_side"] == 5
+
+
+def test_a_local_cluster_leaves_the_environment_alone(monkeypatch):
+    import os
+
+    from napari_sam.io.stack_cluster import cluster_client
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    with cluster_client(1, None):
+        pass
+    assert dict(os.environ) == before  # distributed sets OMP_NUM_THREADS=1 for its workers

@@ -10,6 +10,7 @@ clusters listen on the loopback interface only.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -79,10 +80,17 @@ def cluster_client(workers: int, scheduler: str | None) -> Iterator[Client]:
         with Client(scheduler) as client:
             yield client
         return
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None,
-    )
+    # LocalCluster writes OMP_NUM_THREADS=1 and friends into this process's environment for
+    # its workers; left there, they would change torch in every later subprocess we start.
+    environ = dict(os.environ)
+    try:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None,
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     try:
         with Client(cluster) as client:
             yield client
