@@ -42,6 +42,10 @@ def test_evaluate_reports_means_per_prompt_and_click(tiny_model, labelled_images
     assert report.iterative_box[0] == pytest.approx(report.box)
     values = [report.point, report.box, report.point_negative, *report.iterative_point]
     assert all(0.0 <= v <= 1.0 for v in values)
+    assert 0.0 < report.predicted_iou < 1.5  # the IoU head's output is unbounded, random weights near 0..1
+    without = evaluate(tiny_model, labelled_images[:1], EvaluationSettings(clicks=1, max_objects=2,
+                                                                           point_negative=False))
+    assert np.isnan(without.point_negative) and without.point == pytest.approx(report.point)
     with pytest.raises(InvalidInputError, match="clicks must be at least 1"):
         evaluate(tiny_model, labelled_images[:1], EvaluationSettings(clicks=0))
     with pytest.raises(InvalidInputError, match="No images"):
@@ -63,7 +67,8 @@ def test_regression_check_flags_only_real_drops(tmp_path):
     table = format_table(rows)
     assert "0.800" in table and "0.700" in table
     lines = write_csv(tmp_path / "e.csv", rows).read_text().splitlines()
-    assert lines[0] == "data,model,model_id,objects,measure,clicks,mean_iou" and len(lines) == 1 + 2 * 9
+    assert lines[0] == "data,model,model_id,objects,measure,clicks,mean_iou" and len(lines) == 1 + 2 * 10
+    assert "held-out,before,m,10,predicted_iou,1,nan" in lines  # not measured in these reports
 
 
 def test_model_card_collects_metrics(tmp_path):

@@ -1,14 +1,17 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from napari_sam.engine.weights import read_state_dict
 from napari_sam.errors import CheckpointError, InvalidInputError, OperationCancelled
+from napari_sam.training.checkpoints import CHECKPOINT_NAME
 from napari_sam.training.config import TrainingConfig
 from napari_sam.training.embeddings import EmbeddingStore
 from napari_sam.training.loop import train
 from napari_sam.training.network import inference_model
-from napari_sam.training.optimization import make_optimizer, parameter_groups
+from napari_sam.training.optimization import iou_head_parameters, make_optimizer, parameter_groups
 from napari_sam.training.sampling import prepare_image, sample_objects
 from napari_sam.training.steps import PromptSettings, run_prompting
 
@@ -108,3 +111,49 @@ def test_objects_below_min_area_are_an_error(trainable, labelled_images, tmp_pat
     config = TrainingConfig(**{**FAST, "min_area": 10_000})
     with pytest.raises(InvalidInputError, match="No usable object in 100 draws"):
         train(trainable, labelled_images[:1], [], tmp_path, config)
+
+
+def _iou_head(sam):
+    return [p.detach().clone() for p in iou_head_parameters(sam)]
+
+
+def _changed(before, after):
+    return sum(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_a_frozen_iou_head_stays_bit_identical(trainable, labelled_images, tmp_path):
+    sam = trainable.module
+    head = _iou_head(sam)
+    decoder = {name: p.detach().clone() for name, p in sam.mask_decoder.named_parameters()}
+    config = TrainingConfig(**{**FAST, "steps": 3, "freeze_iou_head": True})
+    result = train(trainable, labelled_images[:2], [], tmp_path, config)
+    assert _changed(head, _iou_head(sam)) == 0
+    moved = {name for name, p in sam.mask_decoder.named_parameters() if not torch.equal(p, decoder[name])}
+    shared = [name for name in decoder if name.startswith(("transformer.", "output_upscaling."))]
+    assert set(shared) <= moved and len(shared) == 88  # the transformer (masks and IoUs share it), upscaling
+    assert not {name for name in moved if name.startswith(("iou_token", "iou_prediction_head"))}
+    assert all(h["loss"] > 0 for h in result.history)
+    saved = torch.load(tmp_path / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    assert TrainingConfig.from_dict(saved["config"]) == config  # the setting round-trips
+    card = json.loads(result.card.read_text())
+    assert card["training"]["settings"]["freeze_iou_head"] is True and card["iou_head"].startswith("released")
+
+
+def test_a_trained_iou_head_moves(trainable, labelled_images, tmp_path):
+    head = _iou_head(trainable.module)
+    train(trainable, labelled_images[:2], [], tmp_path, TrainingConfig(**{**FAST, "freeze_iou_head": False}))
+    assert _changed(head, _iou_head(trainable.module)) == len(head)  # token and all head layers
+    assert TrainingConfig.from_dict({k: v for k, v in TrainingConfig().to_dict().items()
+                                     if k != "freeze_iou_head"}).freeze_iou_head is False  # older cards
+
+
+def test_resume_keeps_the_iou_head_setting(trainable, labelled_images, tmp_path):
+    head = _iou_head(trainable.module)
+    config = TrainingConfig(**{**FAST, "steps": 3})
+    with pytest.raises(OperationCancelled, match="stopped at step 1"):
+        train(trainable, labelled_images[:2], [], tmp_path, config, should_stop=iter([False, True]).__next__)
+    with pytest.raises(CheckpointError, match=r"freeze_iou_head=True \(now False\)"):
+        train(trainable, labelled_images[:2], [], tmp_path,
+              TrainingConfig(**{**FAST, "steps": 3, "freeze_iou_head": False}), resume=True)
+    result = train(trainable, labelled_images[:2], [], tmp_path, config, resume=True)
+    assert result.steps == 3 and _changed(head, _iou_head(trainable.module)) == 0

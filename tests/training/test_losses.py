@@ -32,3 +32,16 @@ def test_best_candidate_is_the_lowest_loss_and_iou_is_exact():
     assert loss.iou < 1e-12  # predicted IoU equals the true IoU of every candidate
     loss.total.backward()
     assert predicted.grad is not None
+
+
+def test_a_zero_iou_weight_leaves_the_iou_term_out_of_the_graph():
+    from napari_sam.training.losses import LossWeights
+
+    target = _target()
+    logits = ((target * 2 - 1) * 10).requires_grad_(True)
+    predicted = torch.tensor([[0.2]], requires_grad=True)  # true IoU 1.0: MSE 0.64
+    loss = prompt_loss(logits, predicted, target, LossWeights(iou=0.0))
+    assert abs(loss.iou - 0.64) < 1e-6  # still measured
+    assert abs(loss.total.item() - loss.mask) < 1e-6
+    loss.total.backward()
+    assert predicted.grad is None and logits.grad is not None

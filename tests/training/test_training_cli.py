@@ -3,7 +3,7 @@ import json
 import pytest
 import tifffile
 
-from napari_sam.cli import main
+from napari_sam.cli import build_parser, main
 
 
 @pytest.fixture
@@ -45,7 +45,9 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
     card = json.loads((out / "finetuned_random.json").read_text())
     assert set(card["metrics"]) == {"test", "reference", "regression_check"}
     assert card["metrics"]["regression_check"]["passed"] is True
-    assert (out / "evaluation.csv").read_text().count("\n") == 1 + 4 * 5
+    assert (out / "evaluation.csv").read_text().count("\n") == 1 + 4 * 6
+    assert card["training"]["settings"]["freeze_iou_head"] is True and card["iou_head"].startswith("released")
+    assert card["training"]["settings"]["validation_objects"] == 24
 
 
 def test_train_without_images_is_an_error(tmp_path, capsys):
@@ -57,3 +59,14 @@ def test_bad_z_range_is_an_error(tmp_path, discs, capsys):
     folder = _folder(tmp_path / "d", discs, [((30, 30),)])
     code = main(["evaluate", "--test-pair", str(folder / "img0.tif"), str(folder / "img0_labels.tif"), "3-4"])
     assert code == 1 and "START:STOP" in capsys.readouterr().err
+
+
+def test_iou_head_flags_are_parsed():
+    parse = build_parser().parse_args
+    base = ["train", "--out", "x"]
+    assert parse(base).freeze_iou_head is True  # the default: segment-everything keeps working
+    assert parse(base + ["--train-iou-head"]).freeze_iou_head is False
+    assert parse(base + ["--freeze-iou-head"]).freeze_iou_head is True
+    assert parse(base + ["--validation-objects", "40"]).validation_objects == 40
+    with pytest.raises(SystemExit):
+        parse(base + ["--freeze-iou-head", "--train-iou-head"])

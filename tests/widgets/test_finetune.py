@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -62,18 +64,25 @@ def test_fine_tunes_and_switches_the_annotator(make_napari_viewer, qtbot, tmp_pa
     assert result.weights.parent.parent == tmp_path
     assert annotator.model_name == str(result.weights)
     assert widget.progress_bar.value() == 2 and "Saved" in widget.status.text()
+    card = json.loads(result.card.read_text())
+    assert widget.freeze_iou_box.isChecked() and "0.88" in widget.freeze_iou_box.toolTip()
+    assert card["training"]["settings"]["freeze_iou_head"] is True
     widget.close()
     viewer.add_image(np.zeros((4, 4)), name="later")  # no callback into the closed widget
     assert widget.image_box.findText("later") == -1
 
 
 def test_cancel_keeps_a_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_training):
+    import torch
+
     _, widget = _widget(make_napari_viewer, tmp_path)
+    widget.freeze_iou_box.setChecked(False)
     widget.run()
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.result is None and "Cancelled" in widget.status.text()
-    assert len(list(tmp_path.glob("*/checkpoint.pt"))) == 1
+    (checkpoint,) = tmp_path.glob("*/checkpoint.pt")
+    assert torch.load(checkpoint, weights_only=True)["config"]["freeze_iou_head"] is False  # the box is read
 
 
 def test_empty_labels_are_refused(make_napari_viewer, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -69,6 +70,13 @@ class FineTuneWidget(QWidget):
         self.iterations_box.setValue(3)  # the paper's 11 cost about 4x more per step on a CPU
         self.iterations_box.setToolTip("Prompting rounds per step: first prompt, corrective clicks, "
                                        "and one round without a new click (the SAM paper uses 11).")
+        self.freeze_iou_box = QCheckBox("keep the released IoU head")
+        self.freeze_iou_box.setChecked(True)
+        self.freeze_iou_box.setToolTip(
+            "Train the masks but not the IoU prediction (the score of each mask). Trained on a few "
+            "images, the IoU head learns to predict lower scores, and segment-everything, which keeps "
+            "masks scored above 0.88, then finds nothing. Untick to train it as in the SAM paper."
+        )
         self.output_edit = QLineEdit(str(Path.home() / "napari-sam-finetuned"))
         self.run_button, self.cancel_button = QPushButton("Fine-tune"), QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -78,7 +86,7 @@ class FineTuneWidget(QWidget):
         for label, box in (("image", self.image_box), ("objects", self.labels_box),
                            ("start from", self.model_edit), ("train", self.parts_box),
                            ("steps", self.steps_box), ("objects per step", self.objects_box),
-                           ("prompt rounds", self.iterations_box),
+                           ("prompt rounds", self.iterations_box), ("IoU head", self.freeze_iou_box),
                            ("save under", self.output_edit)):
             form.addRow(label, box)
         layout = QVBoxLayout(self)
@@ -121,6 +129,7 @@ class FineTuneWidget(QWidget):
         config = TrainingConfig(trainable=self.parts_box.currentText(), steps=steps,
                                 objects_per_step=self.objects_box.value(),
                                 prompts=PromptSettings(iterations=rounds, quiet_iterations=min(1, rounds - 1)),
+                                freeze_iou_head=self.freeze_iou_box.isChecked(),
                                 validate_every=max(1, steps // 5), checkpoint_every=max(1, steps // 5))
         output = Path(self.output_edit.text()).expanduser() / time.strftime("%Y%m%d-%H%M%S")
         self._start_worker(images, config, output)

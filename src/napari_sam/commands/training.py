@@ -45,7 +45,17 @@ def register(commands) -> None:
     train.add_argument("--drop-path", type=float, default=0.0, help="drop path rate when the encoder trains")
     train.add_argument("--crop", type=int, help="random square crops of this side")
     train.add_argument("--flips", action="store_true", help="random flips")
+    iou_head = train.add_mutually_exclusive_group()
+    iou_head.add_argument("--freeze-iou-head", dest="freeze_iou_head", action="store_true",
+                          help="keep the released IoU head (default): segment-everything's "
+                               "pred_iou_thresh stays valid")
+    iou_head.add_argument("--train-iou-head", dest="freeze_iou_head", action="store_false",
+                          help="train the IoU head too (the SAM paper's recipe; it learns the new labels' "
+                               "lower IoU, so segment-everything then needs a lower pred_iou_thresh)")
+    train.set_defaults(freeze_iou_head=True)
     train.add_argument("--validate-every", type=int, default=25, help="steps between validations")
+    train.add_argument("--validation-objects", type=int, default=24,
+                       help="objects measured per validation image (default 24)")
     train.add_argument("--patience", type=int, default=4, help="validations without gain before stopping")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--name", default="finetuned", help="weights are NAME_ARCH.pt (default finetuned)")
@@ -187,7 +197,8 @@ def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, 
         trainable=args.trainable, encoder_blocks=args.encoder_blocks, steps=args.steps,
         objects_per_step=args.objects, learning_rate=args.lr, warmup_steps=args.warmup,
         layer_decay=args.layer_decay, drop_path=args.drop_path, crop_size=args.crop, flips=args.flips,
-        validate_every=args.validate_every, patience=args.patience, seed=args.seed, name=args.name,
+        freeze_iou_head=args.freeze_iou_head, validate_every=args.validate_every,
+        validation_objects=args.validation_objects, patience=args.patience, seed=args.seed, name=args.name,
         prompts=PromptSettings(iterations=args.iterations, quiet_iterations=args.quiet_iterations),
     )
     with tqdm(total=args.steps, unit="step", desc="training", file=sys.stderr) as bar:

@@ -18,6 +18,9 @@ from napari_sam.errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = 1
+# Settings that decide which parameters the optimizer holds: a resumed run must keep them.
+# Checkpoints from before freeze_iou_head existed trained the IoU head.
+OPTIMIZED_PARTS = {"trainable": None, "encoder_blocks": None, "freeze_iou_head": False}
 
 
 @dataclass
@@ -63,8 +66,20 @@ def save_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
     return path
 
 
-def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
+def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    config=None) -> LoopState:
     """Restore weights and optimizer in place; return the loop state to continue from.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+    module : torch.nn.Module
+        The network, built as when the checkpoint was saved.
+    optimizer : torch.optim.Optimizer
+        Over the parameters that ``config`` trains.
+    config : TrainingConfig, optional
+        The resumed run's settings: its trained parts (``trainable``, ``encoder_blocks``,
+        ``freeze_iou_head``) must be those of the checkpoint.
 
     Raises
     ------
@@ -78,6 +93,8 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
         raise CheckpointError(f"Cannot read training checkpoint {path}: {error}.") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a napari-sam training checkpoint (format {FORMAT}).")
+    if config is not None:
+        _check_parts(path, payload["config"], config.to_dict())
     module.load_state_dict(payload["module"])
     try:
         optimizer.load_state_dict(payload["optimizer"])
@@ -93,3 +110,18 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
         best_score=payload["best_score"], best_step=payload["best_step"],
         best_state=payload["best_state"], stale=payload["stale"],
     )
+
+
+def _check_parts(path: Path, saved: dict, current: dict) -> None:
+    """Refuse to resume with other trained parameters than the checkpoint's."""
+    names = [name for name in OPTIMIZED_PARTS if name != "encoder_blocks" or current["trainable"] == "encoder-last"]
+    changed = [
+        f"{name}={saved.get(name, OPTIMIZED_PARTS[name])!r} (now {current[name]!r})"
+        for name in names if saved.get(name, OPTIMIZED_PARTS[name]) != current[name]
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{path} was saved while training other parts of the model: {', '.join(changed)}. "
+            "Resume with the checkpoint's settings (--trainable, --encoder-blocks, "
+            "--freeze-iou-head/--train-iou-head), or start a new run in another folder."
+        )

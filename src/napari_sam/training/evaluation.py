@@ -42,6 +42,7 @@ class EvaluationSettings:
     batch_size: int = 16  # objects per decoder call
     automatic: bool = False  # also segment everything and score AP at IoU 0.5..0.95 (slow)
     automatic_iou_threshold: float | None = None  # its pred_iou_thresh (None: the default 0.88)
+    point_negative: bool = True  # also measure point + negative point (validation skips it)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class EvaluationReport:
     iterative_point: tuple[float, ...]  # after 1, 2, ... clicks, starting from the point
     iterative_box: tuple[float, ...]  # the box, then 1, 2, ... corrective clicks
     automatic_ap: dict[float, float] | None = None  # AP at IoU 0.5..0.95 (automatic mode)
+    predicted_iou: float = float("nan")  # mean IoU the model predicts for its shown point masks
 
     def to_dict(self) -> dict:
         """Plain values for JSON (model cards) and tables."""
@@ -64,7 +66,7 @@ class EvaluationReport:
             "model_id": self.model_id, "images": self.images, "objects": self.objects,
             "point": self.point, "box": self.box, "point_negative": self.point_negative,
             "iterative_point": list(self.iterative_point), "iterative_box": list(self.iterative_box),
-            "automatic_ap": self.automatic_ap,
+            "automatic_ap": self.automatic_ap, "predicted_iou": self.predicted_iou,
         }
 
 
@@ -73,6 +75,7 @@ class _Scores:
     """IoU lists per measure while evaluating."""
 
     values: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MEASURES})
+    predicted: list[float] = field(default_factory=list)  # predicted IoU of each shown point mask
     point_clicks: list[list[float]] = field(default_factory=list)
     box_clicks: list[list[float]] = field(default_factory=list)
 
@@ -130,6 +133,7 @@ def evaluate(
         iterative_point=tuple(float(v) for v in np.mean(scores.point_clicks, axis=0)),
         iterative_box=tuple(float(v) for v in np.mean(scores.box_clicks, axis=0)),
         automatic_ap={t: float(np.mean([p[t] for p in precisions])) for t in AP_THRESHOLDS} if precisions else None,
+        predicted_iou=_mean(scores.predicted),
     )
 
 
@@ -169,9 +173,10 @@ def _evaluate_image(predictor, image: LabelledImage, settings: EvaluationSetting
         rows = np.arange(len(chunk))
         point_masks, point_logits = first.masks[rows, best], first.logits[rows, best]
         scores.values["point"] += _ious(point_masks, truth)
+        scores.predicted += [float(v) for v in first.scores[rows, best]]
         box_first = predictor.predict_batch(boxes=boxes)
         scores.values["box"] += _ious(box_first.masks[:, 0], truth)
-        negatives = _neighbour_points(image.labels, chunk)
+        negatives = _neighbour_points(image.labels, chunk) if settings.point_negative else None
         if negatives is not None:
             both = predictor.predict_batch(
                 points=np.stack([centres, negatives], axis=1), point_labels=np.tile([1, 0], (len(chunk), 1))

@@ -115,26 +115,28 @@ def train(
     output, config = Path(output).expanduser(), config or TrainingConfig()
     _check_inputs(train_images, output, resume)
     sam = trainable.module
-    groups = parameter_groups(sam, config.trainable, config.encoder_blocks, config.layer_decay, config.weight_decay)
+    groups = parameter_groups(sam, config.trainable, config.encoder_blocks, config.layer_decay,
+                              config.weight_decay, config.freeze_iou_head)
     optimizer = make_optimizer(groups, config.learning_rate)
     state = LoopState.fresh(config.seed)
     if resume and (output / CHECKPOINT_NAME).is_file():
-        state = load_checkpoint(output / CHECKPOINT_NAME, sam, optimizer)
+        state = load_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, config)
         log.info("resuming at step %d", state.step)
     store = store or EmbeddingStore()
     frozen = inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
-    validation = ValidationSet.build(validation_images, config, sam.input_size) if validation_images else None
+    validation = ValidationSet.build(validation_images, config) if validation_images else None
     generator = torch.Generator().manual_seed(config.seed)
     with install_drop_path(sam.image_encoder, config.drop_path, generator):
-        stopped = _run_steps(sam, frozen, train_images, validation, store, optimizer, state, config,
+        stopped = _run_steps(trainable, frozen, train_images, validation, store, optimizer, state, config,
                              output, progress, should_stop)
     save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
     return _finish(trainable, output, config, state, stopped, train_images, validation_images)
 
 
-def _run_steps(sam, frozen, images, validation, store, optimizer, state: LoopState, config: TrainingConfig,
+def _run_steps(trainable, frozen, images, validation, store, optimizer, state: LoopState, config: TrainingConfig,
                output: Path, progress, should_stop) -> str:
     """Step until done or stopped early; returns why training ended."""
+    sam = trainable.module
     while state.step < config.steps:
         if should_stop is not None and should_stop():
             save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
@@ -143,7 +145,7 @@ def _run_steps(sam, frozen, images, validation, store, optimizer, state: LoopSta
         record = _one_step(sam, frozen, images, store, optimizer, state, config)
         score = None
         if validation is not None and (state.step % config.validate_every == 0 or state.step == config.steps):
-            score = validation.score(sam, frozen, store)
+            score = validation.score(trainable, store if frozen is not None else None)
             state.observe(score, sam, config.min_improvement)
         record.update(validation=score, seconds=time.perf_counter() - started,
                       cpu_seconds=time.process_time() - cpu_started)
@@ -192,7 +194,7 @@ def _one_step(sam, frozen, images, store, optimizer, state: LoopState, config: T
             embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
     else:
         embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
-    result = run_prompting(sam, embedding, batch, config.prompts, rng, prepared.input_size, config.losses)
+    result = run_prompting(sam, embedding, batch, config.prompts, rng, prepared.input_size, config.loss_weights)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.step += 1

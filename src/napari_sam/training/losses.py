@@ -71,9 +71,9 @@ def true_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class PromptLoss:
     """The loss of one prompting iteration and its parts (parts detached, as floats)."""
 
-    total: torch.Tensor  # scalar with grad: weighted mask loss + IoU loss
+    total: torch.Tensor  # scalar with grad: weighted mask loss + IoU loss (if weighted)
     mask: float  # focal*w + dice*w of the best masks, batch mean
-    iou: float  # MSE of the IoU head
+    iou: float  # MSE of the IoU head (measured even when its weight is 0)
     best: torch.Tensor  # (B,) int64 index of the lowest-loss candidate per object
     best_iou: float  # mean true IoU of the chosen masks
 
@@ -102,7 +102,9 @@ def prompt_loss(
     mask_term = per_mask[rows, best].mean()
     actual = true_iou(logits.detach(), targets)
     iou_term = F.mse_loss(predicted_iou, actual)
-    total = mask_term + weights.iou * iou_term
+    # With a frozen IoU head the term is left out of the graph, not multiplied by 0: its
+    # gradient would still reach the transformer that the IoU token passes through.
+    total = mask_term + weights.iou * iou_term if weights.iou else mask_term
     return PromptLoss(
         total=total, mask=float(mask_term.detach()), iou=float(iou_term.detach()),
         best=best, best_iou=float(actual[rows, best].mean()),

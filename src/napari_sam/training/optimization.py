@@ -42,8 +42,19 @@ def encoder_units(encoder: nn.Module) -> list[list[nn.Parameter]]:
     return units
 
 
+def iou_head_parameters(sam: nn.Module) -> list[nn.Parameter]:
+    """The IoU prediction path of the mask decoder: the IoU token and the IoU head.
+
+    The token enters the decoder's transformer beside the mask tokens and the head reads
+    its output, so both set the predicted IoU that segment-everything thresholds.
+    """
+    decoder = sam.mask_decoder
+    return list(decoder.iou_token.parameters()) + list(decoder.iou_prediction_head.parameters())
+
+
 def parameter_groups(
     sam: nn.Module, parts: str, encoder_blocks: int, layer_decay: float, weight_decay: float,
+    freeze_iou_head: bool = False,
 ) -> list[dict]:
     """Mark what trains (``requires_grad``) and group it for AdamW.
 
@@ -60,6 +71,8 @@ def parameter_groups(
         Learning-rate factor per encoder block below the neck (1 = none).
     weight_decay : float
         Applied to weight matrices; biases, norms and embeddings get none.
+    freeze_iou_head : bool
+        Keep :func:`iou_head_parameters` out of the optimizer (no update, no weight decay).
 
     Returns
     -------
@@ -86,6 +99,9 @@ def parameter_groups(
         depth = len(units) - 1
         for index in range(first, len(units)):
             scaled += [(p, layer_decay ** (depth - index)) for p in units[index]]
+    if freeze_iou_head:
+        frozen = {id(p) for p in iou_head_parameters(sam)}
+        scaled = [(p, scale) for p, scale in scaled if id(p) not in frozen]
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for parameter, scale in scaled:
         parameter.requires_grad_(True)

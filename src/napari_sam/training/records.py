@@ -19,6 +19,12 @@ from napari_sam.errors import InvalidInputError
 from napari_sam.training.network import write_model_card
 
 CARD_FORMAT = "napari-sam model card 1"
+IOU_HEAD_NOTES = {  # keyed by TrainingConfig.freeze_iou_head
+    True: "released (frozen while training): predicted IoUs keep the base model's scale, "
+          "segment-everything's default pred_iou_thresh applies",
+    False: "trained: predicted IoUs follow the training labels and are lower than the base "
+           "model's; segment-everything may need a lower pred_iou_thresh (docs/training.md)",
+}
 
 
 def write_training_card(path: Path, weights: Path, trainable, config, state, stopped: str,
@@ -31,6 +37,7 @@ def write_training_card(path: Path, weights: Path, trainable, config, state, sto
         "architecture": trainable.architecture_name,
         "base_model": trainable.base_id,
         "trainable": config.trainable,
+        "iou_head": IOU_HEAD_NOTES[config.freeze_iou_head],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "napari_sam_version": __version__,
         "load_with": f"napari_sam.engine.loading.load_model({weights.name!r}) or any SAM code "

@@ -23,17 +23,20 @@ Row = tuple[str, str, EvaluationReport]  # (data set, model label, report)
 def format_table(rows: list[Row]) -> str:
     """A fixed-width table of mean IoU; clicks columns hold the iterative results."""
     clicks = max(len(r.iterative_point) for _, _, r in rows)
-    header = (f"{'data':<12} {'model':<28} {'objects':>7} {'point':>6} {'box':>6} {'pt+neg':>6} | "
+    header = (f"{'data':<12} {'model':<28} {'objects':>7} {'point':>6} {'box':>6} {'pt+neg':>6} {'pred':>5} | "
               + " ".join(f"{'p' + str(k):>5}" for k in range(1, clicks + 1)) + " | "
               + " ".join(f"{'b' + str(k):>5}" for k in range(1, clicks + 1)))
     lines = [header, "-" * len(header)]
     for data, label, report in rows:
         lines.append(
             f"{data[:12]:<12} {label[:28]:<28} {report.objects:>7} {report.point:>6.3f} {report.box:>6.3f} "
-            f"{report.point_negative:>6.3f} | " + " ".join(f"{v:>5.3f}" for v in report.iterative_point)
+            f"{report.point_negative:>6.3f} {report.predicted_iou:>5.3f} | "
+            + " ".join(f"{v:>5.3f}" for v in report.iterative_point)
             + " | " + " ".join(f"{v:>5.3f}" for v in report.iterative_box)
         )
     lines.append("p1..pN: point, then N-1 corrective clicks; b1..bN: box, then N-1 clicks (mean IoU).")
+    lines.append("pred: mean IoU the model predicts for its point masks (segment-everything's default "
+                 "pred_iou_thresh is 0.88).")
     automatic = [(data, label, r) for data, label, r in rows if r.automatic_ap]
     if automatic:
         lines.append("")
@@ -53,7 +56,7 @@ def write_csv(path: str | Path, rows: list[Row]) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["data", "model", "model_id", "objects", "measure", "clicks", "mean_iou"])
         for data, label, r in rows:
-            for measure in ("point", "box", "point_negative"):
+            for measure in ("point", "box", "point_negative", "predicted_iou"):
                 writer.writerow([data, label, r.model_id, r.objects, measure, 1, f"{getattr(r, measure):.4f}"])
             for measure, values in (("iterative_point", r.iterative_point), ("iterative_box", r.iterative_box)):
                 for k, value in enumerate(values, 1):
