@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_sam.engine.fast_decoder import FastDecoder
+from napari_sam.engine.fast_decoder import MAX_OBJECTS, FastDecoder
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,14 @@ def _assert_close(fast, reference):
 
 
 @pytest.mark.parametrize("kind", ["points", "box", "points_box", "points_mask"])
-def test_fast_decoder_equals_mask_decoder(parts, kind):
+@pytest.mark.parametrize("batch", [3, MAX_OBJECTS + 3])  # the second is decoded in two chunks
+def test_fast_decoder_equals_mask_decoder(parts, kind, batch):
     sam, features, pe = parts
     torch.manual_seed(4)
     fast = FastDecoder(sam.mask_decoder)
     no_mask = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     with torch.inference_mode():
-        sparse, dense = sam.prompt_encoder(*_prompts(kind, 3))
+        sparse, dense = sam.prompt_encoder(*_prompts(kind, batch))
         logits, iou = sam.mask_decoder(features, pe, sparse, dense)
         dense_one = dense[:1] if kind == "points_mask" else no_mask
         context = fast.prepare(features, pe, dense if kind == "points_mask" else no_mask)

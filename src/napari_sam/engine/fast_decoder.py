@@ -12,8 +12,9 @@ are associative, so the small token side can be projected instead:
   values and the query projection into the keys.
 * everything that depends only on the image (first block's image projections, the dense
   "no mask" embedding) is computed once per image in :meth:`FastDecoder.prepare`.
-* the 2x2 stride-2 transposed convolutions become channel-last matrix products, and
-  only the requested masks' hypernetworks run.
+* the 2x2 stride-2 transposed convolutions become channel-last matrix products, the
+  first of them mostly computed once per image (:mod:`~napari_sam.engine.fast_upscaling`),
+  and only the requested masks' hypernetworks run.
 
 Same mathematics as :class:`~napari_sam.engine.modeling.mask_decoder.MaskDecoder`;
 outputs agree to float rounding (tests compare both). Inference only: no gradients.
@@ -21,12 +22,12 @@ outputs agree to float rounding (tests compare both). Inference only: no gradien
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from napari_sam.engine.fast_upscaling import MaskUpscaler, NormTrace
 from napari_sam.engine.modeling.mask_decoder import MaskDecoder
 from napari_sam.engine.modeling.transformer import Attention
 
@@ -40,12 +41,7 @@ class ImageContext:
     first_keys: torch.Tensor  # (Bc, N, I) first block's token-to-image key projection
     first_values: torch.Tensor  # (Bc, N, I) its value projection
     first_queries: torch.Tensor  # (Bc, N, I) first block's image-to-token query projection
-
-
-def softmax_last(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over a short last axis; torch's kernel is ~8x slower when it has ~7 entries."""
-    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
-    return e.div_(e.sum(dim=-1, keepdim=True))
+    image_part: torch.Tensor  # (Bc, N, 4 c1) the image's share of the first upscaling
 
 
 def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,6 +55,18 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape[0] == 1:
         return torch.stack([a[0] @ bi for bi in b])
     return torch.stack([ai @ bi for ai, bi in zip(a, b)])
+
+
+MAX_OBJECTS = 8  # prompts decoded together; larger batches only cost memory (time per prompt is flat)
+
+
+def _context_rows(context: ImageContext, start: int, stop: int) -> ImageContext:
+    """The rows start:stop of a per-object context (one dense prompt per object)."""
+    return ImageContext(
+        image=context.image[start:stop], key_pe=context.key_pe, first_keys=context.first_keys[start:stop],
+        first_values=context.first_values[start:stop], first_queries=context.first_queries[start:stop],
+        image_part=context.image_part[start:stop],
+    )
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -92,61 +100,45 @@ def image_to_token(
     token_keys: torch.Tensor,
     token_values: torch.Tensor,
     projected_queries: torch.Tensor | None = None,
+    record: list | None = None,
 ) -> torch.Tensor:
     """Image tokens attend to tokens (B, t, C); returns the (B, N, C) update.
 
     Either ``image_queries`` (B|1, N, C) or their projection ``projected_queries``
-    (B|1, N, I) is given.
+    (B|1, N, I) is given; ``record`` receives each object's (h*t, N) attention weights and
+    (h*t, C) values (with the output projection folded in). One object at a time: its (N, h*t) scores are transposed so
+    that the softmax over each head's t tokens runs along contiguous rows (torch's
+    softmax over a last axis of ~7 entries is ~10x slower), and the output projection's
+    bias rides along in the last matrix product.
     """
     heads = attn.num_heads
     k = attn.k_proj(token_keys)  # (B, t, I)
     v = attn.v_proj(token_values)
     b, t, i = k.shape
     d = i // heads
-    k = k.view(b, t, heads, d)
+    k = k.view(b, t, heads, d) * d**-0.5  # the attention scale, on the small side
     if projected_queries is None:
+        queries = image_queries
         w_q = attn.q_proj.weight.view(heads, d, -1)
         folded = torch.einsum("bthd,hdc->bcht", k, w_q).reshape(b, -1, heads * t)
-        offset = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, d))
-        scores = batched_matmul(image_queries, folded) + offset.reshape(b, 1, heads * t)
+        offset = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, d)).reshape(b, heads * t)
     else:
+        queries = projected_queries
         # Block-diagonal keys turn the per-head products into one matrix product.
         eye = torch.eye(heads, dtype=k.dtype, device=k.device)
-        block_keys = torch.einsum("bthd,hg->bhdgt", k, eye).reshape(b, heads * d, heads * t)
-        scores = batched_matmul(projected_queries, block_keys)
-    n = scores.shape[1]
-    weights = softmax_last(scores.view(b, n, heads, t) * d**-0.5)
+        folded = torch.einsum("bthd,hg->bhdgt", k, eye).reshape(b, heads * d, heads * t)
+        offset = torch.zeros((b, heads * t), dtype=k.dtype, device=k.device)
     w_o = attn.out_proj.weight.view(-1, heads, d)  # (C, h, d)
-    folded_values = torch.einsum("bthd,chd->bhtc", v.view(b, t, heads, d), w_o)
-    weights, folded_values = weights.view(b, n, heads * t), folded_values.reshape(b, heads * t, -1)
-    if b == 1:  # the bias rides along in the matrix product instead of another pass
-        return torch.addmm(attn.out_proj.bias, weights[0], folded_values[0])[None]
-    return batched_matmul(weights, folded_values) + attn.out_proj.bias
-
-
-def _channel_last_transposed_conv(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 2x2 stride-2 transposed convolution as a linear map to (di, dj, channel) outputs.
-
-    Returns the (4 * out, in) weight and (4 * out,) bias for :func:`F.linear`.
-    """
-    weight = conv.weight.detach()  # (in, out, 2, 2)
-    matrix = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
-    return matrix, conv.bias.detach().repeat(4)
-
-
-@functools.lru_cache(maxsize=4)
-def _natural_order(side: int, device: torch.device) -> torch.Tensor:
-    """Gather index from (i, j, di, dj, ei, ej) pixel order to row-major (4 side)^2.
-
-    Output pixel (r, c) = (4i + 2di + ei, 4j + 2dj + ej) of the two 2x upscalings sits at
-    flat position ((i*side + j)*4 + di*2 + dj)*4 + ei*2 + ej, a sum of a row part and a
-    column part.
-    """
-    r = torch.arange(4 * side, device=device)
-    i, di, ei = r // 4, (r // 2) % 2, r % 2
-    row_part = i * side * 16 + di * 8 + ei * 2
-    col_part = i * 16 + di * 4 + ei  # same digits, read as (j, dj, ej)
-    return (row_part[:, None] + col_part[None, :]).reshape(-1)
+    folded_values = torch.einsum("bthd,chd->bhtc", v.view(b, t, heads, d), w_o).reshape(b, heads * t, -1)
+    n = queries.shape[1]
+    out = torch.empty((b, n, folded_values.shape[-1]), dtype=k.dtype, device=k.device)
+    for j in range(b):
+        scores = torch.addmm(offset[j], queries[j if len(queries) > 1 else 0], folded[j])  # (N, h*t)
+        weights = torch.softmax(scores.T.contiguous().view(heads, t, n), dim=1).view(heads * t, n)
+        torch.addmm(attn.out_proj.bias, weights.T, folded_values[j], out=out[j])
+        if record is not None:
+            record.append((weights, folded_values[j]))
+    return out
 
 
 class FastDecoder:
@@ -155,9 +147,7 @@ class FastDecoder:
     def __init__(self, decoder: MaskDecoder) -> None:
         self.decoder = decoder
         self.transformer = decoder.transformer
-        conv1, self._norm, _, conv2, _ = decoder.output_upscaling
-        self._up1_weight, self._up1_bias = _channel_last_transposed_conv(conv1)
-        self._up2_weight, self._up2_bias = _channel_last_transposed_conv(conv2)
+        self.upscaler = MaskUpscaler(decoder)
 
     @torch.inference_mode()
     def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
@@ -173,6 +163,7 @@ class FastDecoder:
             first_keys=first.cross_attn_token_to_image.k_proj(with_pe),
             first_values=first.cross_attn_token_to_image.v_proj(image),
             first_queries=first.cross_attn_image_to_token.q_proj(with_pe),
+            image_part=self.upscaler.image_part(image),
         )
 
     @torch.inference_mode()
@@ -194,16 +185,27 @@ class FastDecoder:
         logits : torch.Tensor, shape (B, n, 256, 256)
         iou : torch.Tensor, shape (B, n)
         """
+        if sparse.shape[0] > MAX_OBJECTS:  # bounded memory: 4 MB per object per image-token tensor
+            parts = [self(context, sparse[i : i + MAX_OBJECTS], mask_tokens)
+                     if context.image.shape[0] == 1 else
+                     self(_context_rows(context, i, i + MAX_OBJECTS), sparse[i : i + MAX_OBJECTS], mask_tokens)
+                     for i in range(0, sparse.shape[0], MAX_OBJECTS)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         dec = self.decoder
         batch = sparse.shape[0]
         output_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse], dim=1)
-        queries, keys = self._transformer(context, tokens, 1 + dec.num_mask_tokens)
+        queries, traces = self._transformer(context, tokens, 1 + dec.num_mask_tokens)
         chosen = range(dec.num_mask_tokens)[mask_tokens]
         hyper = torch.stack(
             [dec.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in chosen], dim=1
         )
-        logits = self._upscale_and_project(keys, hyper)
+        # One object at a time: its 8 MB of upscaling activations stay in cache (2x faster).
+        parts = context.image_part
+        logits = torch.stack([
+            self.upscaler.masks(parts[j if len(parts) > 1 else 0], [layer[j] for layer in traces], hyper[j])
+            for j in range(batch)
+        ])
         iou = dec.iou_prediction_head(queries[:, 0, :])[:, mask_tokens]
         return logits, iou
 
@@ -223,11 +225,13 @@ class FastDecoder:
         attended = attended.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
         queries = first.norm2(queries + cross.out_proj(attended))
         queries = first.norm3(queries + first.mlp(queries))
+        record: list[tuple[torch.Tensor, torch.Tensor]] = []
         update = image_to_token(
             first.cross_attn_image_to_token, None, queries + query_pe, queries,
-            projected_queries=context.first_queries,
+            projected_queries=context.first_queries, record=record,
         )
-        keys = first.norm4(update.add_(context.image))
+        traces = []  # per layer, per object: what the upscaling needs (fast_upscaling)
+        keys = _traced_norm(first.norm4, update.add_(context.image), record, traces)
 
         for layer in layers[1:]:
             q = queries + query_pe
@@ -236,32 +240,20 @@ class FastDecoder:
             update = token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys)
             queries = layer.norm2(queries + update)
             queries = layer.norm3(queries + layer.mlp(queries))
-            update = image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries)
-            keys = layer.norm4(update.add_(keys))
+            record = []
+            update = image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries,
+                                    record=record)
+            keys = _traced_norm(layer.norm4, update.add_(keys), record, traces)
 
         # Only the IoU and mask tokens are read after the last attention.
         queries, query_pe = queries[:, :read_tokens], query_pe[:, :read_tokens]
         final = self.transformer.final_attn_token_to_image
         update = token_to_image(final, queries + query_pe, keys + context.key_pe, keys)
-        return self.transformer.norm_final_attn(queries + update), keys
+        return self.transformer.norm_final_attn(queries + update), traces
 
-    def _upscale_and_project(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
-        """(B, 4096, C) image tokens, (B, n, 32) hypernetwork weights -> (B, n, 256, 256).
 
-        Each 2x2/2 transposed convolution is one matrix product per input pixel. With the
-        weights reordered to put output channels last, activations never need a copy:
-        pixels stay in (i, j, di, dj, ei, ej) order until the small final masks.
-        """
-        b, n_tokens, _ = keys.shape
-        if b > 1:  # one object at a time keeps the 8 MB activations in cache (2x faster)
-            return torch.cat([self._upscale_and_project(keys[i : i + 1], hyper[i : i + 1]) for i in range(b)])
-        side = int(round(n_tokens**0.5))
-        x = F.linear(keys, self._up1_weight, self._up1_bias)  # (B, N, 4 * c1)
-        x = x.view(b, n_tokens * 4, -1)
-        x = F.gelu(F.layer_norm(x, x.shape[-1:], self._norm.weight, self._norm.bias, self._norm.eps))
-        y = F.linear(x, self._up2_weight, self._up2_bias)  # (B, 4N, 4 * c2)
-        y = F.gelu(y.view(b, n_tokens * 16, -1))
-        masks = batched_matmul(hyper, y.transpose(1, 2))  # (B, n, 16N), pixels scrambled
-        # 2D index_select: on the 3D tensor the same gather was 20x slower.
-        masks = masks.reshape(-1, masks.shape[-1]).index_select(1, _natural_order(side, masks.device))
-        return masks.view(b, -1, 4 * side, 4 * side)
+def _traced_norm(norm: torch.nn.LayerNorm, x: torch.Tensor, record, traces: list) -> torch.Tensor:
+    """``norm(x)``, appending each object's :class:`NormTrace` of this layer to ``traces``."""
+    out, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    traces.append([NormTrace(w, v, mean[j], rstd[j]) for j, (w, v) in enumerate(record)])
+    return out
