@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from napari_sam.engine.automatic import AutomaticSegmenter, EverythingSettings, plan_views, segment_plane
 from napari_sam.engine.everything_views import grid_points
@@ -100,3 +101,31 @@ def test_settings_are_checked_and_round_trip():
 def test_a_volume_is_refused_with_the_remedy(predictor):
     with pytest.raises(InvalidInputError, match="one 2D plane"):
         segment_plane(predictor, np.zeros((3, 4, 5, 6)))
+
+
+def _grid_state(settings, local):
+    """A grid state over a 512 x 512 window encoded at 2x (one low-res cell = 2 pixels)."""
+    from napari_sam.engine.everything_views import _GridState
+    from napari_sam.engine.results import Embedding
+
+    embedding = Embedding(torch.ones(1, 8, 64, 64), (1024, 1024), (512, 512), "stub", None)
+    return _GridState(embedding, np.asarray(local, float), settings)
+
+
+def test_skip_distance_skips_points_near_a_confident_mask_only():
+    # a confident mask over rows/cols 100..139 (low-res cells 50..69); points 1, 3 and 9
+    # pixels outside its edge fall in cells 70, 71 and 74
+    points = [[120, 120], [120, 140], [120, 142], [120, 148]]
+    for distance, kept in [(0.0, [1, 2, 3]), (2.0, [2, 3]), (4.0, [3]), (8.0, [3]), (10.0, [])]:
+        grid = _grid_state(replace(EverythingSettings(), skip_margin=None, skip_distance=distance), points)
+        grid.covered[50:70, 50:70] = True
+        assert grid.select(np.arange(4)).tolist() == kept, distance
+        assert grid.skipped == 4 - len(kept)
+
+
+def test_first_batch_is_the_warm_up_then_full_batches():
+    from napari_sam.engine.everything_views import SKIP_WARMUP, _batches
+
+    assert _batches(100, 32) == [(0, SKIP_WARMUP), (SKIP_WARMUP, 32), (32, 64), (64, 96), (96, 100)]
+    assert _batches(10, 32) == [(0, 10)] and _batches(0, 32) == []
+    assert _batches(20, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20)]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from napari_sam.engine import prompts
 from napari_sam.engine.mask_filters import stability_scores
@@ -143,10 +144,10 @@ def decode_view(
     local = np.clip(local, 0, np.array(embedding.original_size) - 1)
     grid = _GridState(embedding, local, settings)
     kept_logits, kept_scores, kept_points = [], [], []
-    for start in range(0, len(points), settings.points_per_batch):
+    for start, stop in _batches(len(points), settings.points_per_batch):
         if should_stop is not None and should_stop():
             raise OperationCancelled("Segment everything was cancelled.")
-        batch = grid.select(np.arange(start, min(start + settings.points_per_batch, len(points))))
+        batch = grid.select(np.arange(start, stop))
         if len(batch):
             logits, scores, stability = grid.decode(predictor, batch)
             keep = (scores >= settings.keep_iou_floor) & (stability >= settings.keep_stability_floor)
@@ -154,7 +155,7 @@ def decode_view(
             kept_scores.append(scores[keep].numpy())
             kept_points.append(np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep.numpy()])
         if progress is not None:
-            progress(min(start + settings.points_per_batch, len(points)) - start)
+            progress(stop - start)
     empty = torch.zeros((0, prompts.LOW_RES, prompts.LOW_RES), dtype=torch.float16)
     return ViewCandidates(
         view=view,
@@ -167,6 +168,13 @@ def decode_view(
         decoded=grid.decoded,
         skipped=grid.skipped,
     )
+
+
+def _batches(count: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of the grid's decoder batches: the warm-up points alone first, so the
+    background rule already applies to the rest of the first full batch."""
+    bounds = sorted({0, min(SKIP_WARMUP, size, count), *range(size, count, size), count})
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class _GridState:
@@ -191,13 +199,21 @@ class _GridState:
         self.found: list[int] = []
         self.empty: list[int] = []
         self.covered = torch.zeros((prompts.LOW_RES, prompts.LOW_RES), dtype=torch.bool)
+        # skip_distance in window pixels -> low-res cells (a window pixel is resized by
+        # input_size / original_size into the encoder frame, LOW_RES_STRIDE pixels per cell)
+        cells_per_pixel = embedding.input_size[0] / embedding.original_size[0] / LOW_RES_STRIDE
+        self.reach = math.ceil(settings.skip_distance * cells_per_pixel - 1e-9)
         self.valid = _valid_fraction(embedding)
         self.decoded = self.skipped = 0
 
     def select(self, batch: np.ndarray) -> np.ndarray:
         """The points of a batch still worth decoding."""
         if self.settings.skip_covered:
-            batch = self._skip(batch, ~self.covered[self.cells[batch, 0], self.cells[batch, 1]].numpy())
+            covered = self.covered
+            if self.reach > 0:
+                side = 2 * self.reach + 1
+                covered = F.max_pool2d(covered[None, None].float(), side, 1, self.reach)[0, 0] > 0
+            batch = self._skip(batch, ~covered[self.cells[batch, 0], self.cells[batch, 1]].numpy())
         if self.settings.skip_margin is not None and self.decoded >= SKIP_WARMUP and self.empty and len(batch):
             vectors = self.vectors[batch]
             empty_similarity = (vectors @ self.vectors[self.empty].T).amax(dim=1)
