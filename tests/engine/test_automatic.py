@@ -129,3 +129,16 @@ def test_first_batch_is_the_warm_up_then_full_batches():
     assert _batches(100, 32) == [(0, SKIP_WARMUP), (SKIP_WARMUP, 32), (32, 64), (64, 96), (96, 100)]
     assert _batches(10, 32) == [(0, 10)] and _batches(0, 32) == []
     assert _batches(20, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20)]
+
+
+def test_background_rule_waits_for_an_example_of_an_object():
+    settings = replace(EverythingSettings(), skip_covered=False, skip_margin=0.05)
+    grid = _grid_state(settings, [[8 + 16 * i, 8] for i in range(32)])
+    grid.decoded, grid.empty = 16, list(range(16))  # the coarse points all found nothing
+    assert grid.select(np.arange(16, 32)).tolist() == list(range(16, 32))
+    grid.found = [0]  # one object point: identical embeddings are then a tie, not background
+    assert grid.select(np.arange(16, 32)).tolist() == list(range(16, 32))
+    grid.found, grid.empty = [], list(range(16))
+    grid.vectors[5] = -grid.vectors[5]  # an object unlike everything else
+    grid.found = [5]
+    assert grid.select(np.arange(16, 32)).tolist() == []

@@ -185,7 +185,9 @@ class _GridState:
       gave an object and of points that gave none. A new point whose embedding is much
       closer to an empty point's than to any object point's (cosine similarity, by
       ``settings.skip_margin``) is background and skipped. The coarse grid decoded first
-      (``SKIP_WARMUP`` points) gives both sets their first examples.
+      (``SKIP_WARMUP`` points) gives both sets their first examples; until both have one,
+      nothing is skipped this way (an image whose coarse points all miss its objects must
+      not lose the whole grid).
     """
 
     def __init__(self, embedding: Embedding, local: np.ndarray, settings) -> None:
@@ -214,13 +216,12 @@ class _GridState:
                 side = 2 * self.reach + 1
                 covered = F.max_pool2d(covered[None, None].float(), side, 1, self.reach)[0, 0] > 0
             batch = self._skip(batch, ~covered[self.cells[batch, 0], self.cells[batch, 1]].numpy())
-        if self.settings.skip_margin is not None and self.decoded >= SKIP_WARMUP and self.empty and len(batch):
+        # Background is recognised only by comparison: it needs examples of both kinds.
+        if self.settings.skip_margin is not None and self.decoded >= SKIP_WARMUP and self.empty and self.found \
+                and len(batch):
             vectors = self.vectors[batch]
             empty_similarity = (vectors @ self.vectors[self.empty].T).amax(dim=1)
-            found_similarity = (
-                (vectors @ self.vectors[self.found].T).amax(dim=1) if self.found
-                else torch.full((len(batch),), -1.0)
-            )
+            found_similarity = (vectors @ self.vectors[self.found].T).amax(dim=1)
             batch = self._skip(batch, (empty_similarity - found_similarity < self.settings.skip_margin).numpy())
         return batch
 
