@@ -51,6 +51,8 @@ def test_segments_links_records_and_resumes(stack_file, tmp_path, capsys):
     (["--z-range", "2:9"], "z-range 2:9 does not fit slices 0..2"),
     (["--link-iou", "0"], r"iou_threshold must be in \(0, 1\]"),
     (["--points-per-side", "0"], "Invalid segment-everything settings: points_per_side=0"),
+    (["--every-point", "--skip-distance", "2"], r"--every-point decodes every grid point: drop \['skip_distance'\]"),
+    (["--skip-distance", "-1"], "Invalid segment-everything settings: skip_distance=-1.0"),
 ])
 def test_errors_exit_1_with_a_message(stack_file, tmp_path, capsys, extra, message):
     assert main(["segment-everything", str(stack_file), "--out", str(tmp_path / "x.zarr"), *extra]) == 1
@@ -61,3 +63,11 @@ def test_workers_and_scheduler_exclude_each_other(stack_file, tmp_path):
     with pytest.raises(SystemExit, match="2"):
         main(["segment-everything", str(stack_file), "--out", str(tmp_path / "x.zarr"), "--workers", "1",
               "--scheduler", "tcp://127.0.0.1:1"])
+
+
+def test_every_point_decodes_the_whole_grid(stack_file, tmp_path):
+    out = tmp_path / "every.zarr"
+    assert main(["segment-everything", str(stack_file), "--out", str(out), "--workers", "0", "--z-range", "0:1",
+                 "--points-per-side", "3", "--every-point", "--no-link"]) == 0
+    settings = zarr.open_group(out, mode="r").attrs["napari_sam"]["settings"]
+    assert (settings["skip_covered"], settings["skip_margin"], settings["skip_distance"]) == (False, None, 0.0)

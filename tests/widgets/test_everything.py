@@ -93,3 +93,18 @@ def test_cancel_writes_nothing(widget, qtbot):
     wait_idle(widget, qtbot)
     assert "SAM everything" not in viewer.layers
     assert "Cancelled" in widget.status.text()
+
+
+def test_every_point_box_turns_skipping_off_and_needs_a_new_decoding(widget):
+    viewer, widget = widget
+    widget.settings = EverythingSettings()
+    assert not widget.every_point_box.isChecked()
+    default = widget.current_settings()
+    assert (default.skip_covered, default.skip_margin, default.skip_distance) == (
+        True, EverythingSettings().skip_margin, EverythingSettings().skip_distance)
+    assert widget._ensure_session()
+    first = widget.session
+    widget.every_point_box.setChecked(True)
+    every = widget.current_settings()
+    assert (every.skip_covered, every.skip_margin, every.skip_distance) == (False, None, 0.0)
+    assert widget._ensure_session() and widget.session is not first  # decoded candidates differ

@@ -70,6 +70,10 @@ class EverythingWidget(QWidget):
         self.halo_box = _spin(0, 2048, 128, "Overlap around each tile: about the largest object's radius.")
         self.background_box = QCheckBox("drop the background mask")
         self.background_box.setChecked(self.settings.drop_background)
+        self.every_point_box = QCheckBox("decode every grid point")
+        self.every_point_box.setToolTip(
+            "Off (default): grid points inside or beside objects already found, and points that look like "
+            "background, are skipped (5-8x faster). On: every point is decoded, for the last bit of recall.")
         self.link_box = QCheckBox("link planes into 3D objects")
         self.link_box.setChecked(True)
         for name, box in (("image", self.image_box), ("channel", self.channel_box), ("points per side", self.points_box),
@@ -88,6 +92,7 @@ class EverythingWidget(QWidget):
         form.addRow("min object area", self.min_area_box)
         form.addRow("min island/hole", self.region_box)
         form.addRow("", self.background_box)
+        form.addRow("", self.every_point_box)
         form.addRow("", self.link_box)
         self.preview_button = QPushButton("Preview this plane")
         self.run_button = QPushButton("Run on all planes")
@@ -118,6 +123,8 @@ class EverythingWidget(QWidget):
     def current_settings(self):
         """The form's settings as :class:`EverythingSettings`."""
         values = {name: box.value() for name, box in self.threshold_boxes.items()}
+        if self.every_point_box.isChecked():
+            values.update(skip_covered=False, skip_margin=None, skip_distance=0.0)
         return replace(
             self.settings, points_per_side=self.points_box.value(), min_area=self.min_area_box.value(),
             min_region_area=self.region_box.value(), drop_background=self.background_box.isChecked(), **values,
@@ -192,7 +199,8 @@ class EverythingWidget(QWidget):
         layer = self.viewer.layers[name]
         channel = None if self.channel_box.value() < 0 else self.channel_box.value()
         tile = self.tile_box.value() or None
-        key = (id(layer), channel, tile, self.halo_box.value(), self.points_box.value())
+        key = (id(layer), channel, tile, self.halo_box.value(), self.points_box.value(),
+               self.every_point_box.isChecked())
         settings = self.current_settings()
         try:
             if self.session is None or self.session_key != key:

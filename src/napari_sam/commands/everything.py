@@ -19,6 +19,9 @@ SETTING_FLAGS = {
     "min_area": (int, "drop masks smaller than this many pixels"),
     "min_region_area": (int, "remove islands and fill holes smaller than this (pixels)"),
     "crop_layers": (int, "zoomed crop layers (each re-encodes 4^k crops)"),
+    "skip_margin": (float, "skip grid points this much more similar to background points than to "
+                           "object points (cosine similarity of image embeddings)"),
+    "skip_distance": (float, "skip grid points within this many pixels of an object already found"),
 }
 
 
@@ -47,6 +50,8 @@ def register(commands) -> None:
     parser.add_argument("--channel", type=int, help="channel to segment in multichannel data")
     for name, (kind, text) in SETTING_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+    parser.add_argument("--every-point", action="store_true",
+                        help="decode every grid point (no skipping: 5-8x slower, the last bit of recall)")
     parser.add_argument("--keep-background", action="store_true",
                         help="keep large masks touching three edges (dropped as background by default)")
     parser.add_argument("--link", action=argparse.BooleanOptionalAction, default=True,
@@ -61,12 +66,18 @@ def register(commands) -> None:
 def run_segment_everything(args: argparse.Namespace) -> int:
     """``napari-sam segment-everything``: a stack into linked 3D labels, resumably."""
     from napari_sam.engine.automatic import EverythingSettings
+    from napari_sam.errors import InvalidInputError
     from napari_sam.io.batch_everything import Execution, StackSettings, segment_stack
     from napari_sam.io.stack_tasks import StackSource
 
     overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
     if args.keep_background:
         overrides["drop_background"] = False
+    if args.every_point:
+        skipping = {"skip_margin", "skip_distance"} & set(overrides)
+        if skipping:
+            raise InvalidInputError(f"--every-point decodes every grid point: drop {sorted(skipping)}.")
+        overrides.update(skip_covered=False, skip_margin=None, skip_distance=0.0)
     stack_settings = StackSettings(
         model=args.model, settings=EverythingSettings(**overrides), tile=args.tile, halo=args.halo,
         linking=_linking(args),
