@@ -48,7 +48,7 @@ class EverythingSettings:
     background_fraction: float = 0.2  # "large" for drop_background, as a fraction of the window
     min_region_area: int = 0  # remove islands and fill holes smaller than this (pixels)
     skip_covered: bool = True  # do not prompt grid points inside confident masks
-    skip_distance: float = 0.0  # ... nor within this many pixels of one (needs skip_covered)
+    skip_distance: float = 2.0  # ... nor within this many pixels of one (needs skip_covered)
     skip_margin: float | None = 0.05  # skip points whose embedding is this much closer to
     # points that found nothing than to points that found an object (None: never)
     crop_layers: int = 0  # zoomed crop layers (each re-encodes 4^k crops)
