@@ -70,3 +70,16 @@ def test_iou_head_flags_are_parsed():
     assert parse(base + ["--validation-objects", "40"]).validation_objects == 40
     with pytest.raises(SystemExit):
         parse(base + ["--freeze-iou-head", "--train-iou-head"])
+
+
+def test_train_without_evaluation_measures_nothing(tmp_path, discs, tiny_cli, capsys):
+    train = _folder(tmp_path / "train", discs, [((30, 30), (60, 60))])
+    test = _folder(tmp_path / "test", discs, [((40, 40), (70, 20))])
+    out = tmp_path / "out"
+    code = main(["train", "--train-folder", str(train), "--test-folder", str(test), "--out", str(out),
+                 "--steps", "1", "--objects", "1", "--iterations", "1", "--quiet-iterations", "0",
+                 "--validation-fraction", "0", "--no-evaluation", "--train-iou-head"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "before" not in printed and not (out / "evaluation.csv").exists()
+    card = json.loads((out / "finetuned_random.json").read_text())
+    assert card["metrics"] == {} and card["training"]["settings"]["freeze_iou_head"] is False

@@ -61,6 +61,9 @@ def register(commands) -> None:
     train.add_argument("--name", default="finetuned", help="weights are NAME_ARCH.pt (default finetuned)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument("--tolerance", type=float, default=0.01, help="allowed drop on the reference set")
+    train.add_argument("--no-evaluation", action="store_true",
+                       help="only train: measure test and reference sets later with 'napari-sam evaluate', "
+                            "once for several models")
     _add_common_arguments(train)
     train.set_defaults(handler=run_train)
 
@@ -150,7 +153,7 @@ def run_train(args: argparse.Namespace) -> int:
     sets = _training_sets(args)
     trainable = load_trainable(args.model, args.architecture, args.from_scratch, args.seed)
     store = _store(args)
-    measured = {name: sets[name] for name in ("test", "reference") if sets[name]}
+    measured = {} if args.no_evaluation else {name: sets[name] for name in ("test", "reference") if sets[name]}
     before = _evaluate_sets(inference_model(trainable), measured, args, store, "before")
     _report([(name, f"before {report.model_id}", report) for name, report in before.items()], None, "")
     result = _train_with_bar(trainable, sets, args, store)
