@@ -43,7 +43,8 @@ def measure(mode: str, objects: int, iterations: int, steps: int, threads: int) 
     config = TrainingConfig(trainable=mode, steps=steps + 1, objects_per_step=objects, warmup_steps=1,
                             prompts=PromptSettings(iterations=iterations, quiet_iterations=min(1, iterations - 1)))
     sam = trainable.module
-    optimizer = make_optimizer(parameter_groups(sam, mode, config.encoder_blocks, 0.8, 0.1), 1e-5)
+    groups = parameter_groups(sam, mode, config.encoder_blocks, 0.8, 0.1, config.freeze_iou_head)
+    optimizer = make_optimizer(groups, 1e-5)  # as train() builds it: IoU head frozen by default
     frozen = inference_model(trainable) if mode in ("decoder", "decoder+prompt") else None
     store = EmbeddingStore()
     if frozen is not None:

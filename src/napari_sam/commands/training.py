@@ -53,6 +53,9 @@ def register(commands) -> None:
                           help="train the IoU head too (the SAM paper's recipe; it learns the new labels' "
                                "lower IoU, so segment-everything then needs a lower pred_iou_thresh)")
     train.set_defaults(freeze_iou_head=True)
+    train.add_argument("--no-calibration", dest="calibrate_logits", action="store_false",
+                       help="do not rescale the kept weights' logits to the base model's stability "
+                            "(by default they are, so segment-everything's stability filter still fits)")
     train.add_argument("--validate-every", type=int, default=25, help="steps between validations")
     train.add_argument("--validation-objects", type=int, default=24,
                        help="objects measured per validation image (default 24)")
@@ -165,6 +168,10 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{result.weights}: {result.steps} steps ({result.stopped}) in {wall / 60:.1f} min "
           f"({cpu / 60:.1f} CPU-min), best step {result.best_step}, validation mean IoU "
           f"{_number(result.best_validation)}")
+    if result.calibration is not None:
+        c = result.calibration
+        print(f"logits x{c.scale:.2f}: median stability {c.tuned_median:.3f} -> {c.calibrated_median:.3f} "
+              f"(base model {c.base_median:.3f}, {c.prompts} clicks)")
     _report(rows, Path(args.out), "evaluation")
     for name in measured:
         add_metrics(result.card, name, {"before": before[name].to_dict(), "after": after[name].to_dict()})
@@ -200,7 +207,8 @@ def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, 
         trainable=args.trainable, encoder_blocks=args.encoder_blocks, steps=args.steps,
         objects_per_step=args.objects, learning_rate=args.lr, warmup_steps=args.warmup,
         layer_decay=args.layer_decay, drop_path=args.drop_path, crop_size=args.crop, flips=args.flips,
-        freeze_iou_head=args.freeze_iou_head, validate_every=args.validate_every,
+        freeze_iou_head=args.freeze_iou_head, calibrate_logits=args.calibrate_logits,
+        validate_every=args.validate_every,
         validation_objects=args.validation_objects, patience=args.patience, seed=args.seed, name=args.name,
         prompts=PromptSettings(iterations=args.iterations, quiet_iterations=args.quiet_iterations),
     )

@@ -34,6 +34,7 @@ class LoopState:
     best_step: int = 0  # step of best_score
     best_state: dict | None = None  # trainable tensors at best_step
     stale: int = 0  # validations since the last improvement
+    base_stability: list[float] | None = None  # base model's stability per calibration click
 
     @classmethod
     def fresh(cls, seed: int) -> LoopState:
@@ -59,6 +60,7 @@ def save_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
         "optimizer": optimizer.state_dict(), "rng": state.rng.bit_generator.state,
         "history": state.history, "best_score": state.best_score, "best_step": state.best_step,
         "best_state": state.best_state, "stale": state.stale, "config": config.to_dict(),
+        "base_stability": state.base_stability,
     }
     temporary = path.with_name(f".{path.name}.part")
     torch.save(payload, temporary)
@@ -109,6 +111,7 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
         step=payload["step"], rng=rng, history=list(payload["history"]),
         best_score=payload["best_score"], best_step=payload["best_step"],
         best_state=payload["best_state"], stale=payload["stale"],
+        base_stability=payload.get("base_stability"),  # absent before calibration existed
     )
 
 

@@ -35,6 +35,10 @@ class TrainingConfig:
     # images, the head learns their labels' IoU (~0.8) and segment-everything's default
     # pred_iou_thresh 0.88 then rejects every mask (docs/training.md). The paper trains it.
     freeze_iou_head: bool = True
+    # Fold a factor into the mask logits so that the kept weights' masks are as stable as
+    # the base model's (training.calibration): fine-tuning flattens the logits, and
+    # segment-everything's stability filter then drops good masks. No mask changes.
+    calibrate_logits: bool = True
     crop_size: int | None = None  # random square crops of this side (None: whole images)
     flips: bool = False  # random horizontal and vertical flips
     min_area: int = 20  # objects with fewer pixels are never sampled

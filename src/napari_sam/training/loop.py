@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from napari_sam.errors import InvalidInputError, OperationCancelled
+from napari_sam.training.calibration import LogitCalibration, calibrate, point_logits, stability_each
 from napari_sam.training.checkpoints import (
     CHECKPOINT_NAME,
     LoopState,
@@ -71,6 +72,7 @@ class TrainingResult:
     best_validation: float | None  # its validation score (mean IoU), None without validation
     stopped: str  # "completed" or "early stopping"
     history: tuple[dict, ...]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
+    calibration: LogitCalibration | None = None  # the logit scale folded into the weights
 
 
 def train(
@@ -124,13 +126,18 @@ def train(
         log.info("resuming at step %d", state.step)
     store = store or EmbeddingStore()
     frozen = inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
+    if config.calibrate_logits and state.step == 0 and not trainable.base_id.startswith("random-"):
+        base = point_logits(frozen or inference_model(trainable), train_images,
+                            store if frozen is not None else EmbeddingStore(), seed=config.seed)
+        state.base_stability = [float(v) for v in stability_each(base)]
     validation = ValidationSet.build(validation_images, config) if validation_images else None
     generator = torch.Generator().manual_seed(config.seed)
     with install_drop_path(sam.image_encoder, config.drop_path, generator):
         stopped = _run_steps(trainable, frozen, train_images, validation, store, optimizer, state, config,
                              output, progress, should_stop)
     save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
-    return _finish(trainable, output, config, state, stopped, train_images, validation_images)
+    return _finish(trainable, output, config, state, stopped, train_images, validation_images,
+                   store if frozen is not None else EmbeddingStore())
 
 
 def _run_steps(trainable, frozen, images, validation, store, optimizer, state: LoopState, config: TrainingConfig,
@@ -212,14 +219,24 @@ def _set_modes(sam, trainable: str) -> None:
             module.eval()
 
 
-def _finish(trainable, output, config, state: LoopState, stopped, train_images, validation_images) -> TrainingResult:
+def _finish(trainable, output, config, state: LoopState, stopped, train_images, validation_images,
+            store: EmbeddingStore) -> TrainingResult:
     if state.best_state is not None:
         trainable.module.load_state_dict(state.best_state, strict=False)
+    calibration = None
+    if config.calibrate_logits and state.base_stability is not None:
+        calibration = calibrate(trainable, train_images, torch.tensor(state.base_stability), store, config.seed)
+        log.info("logit scale %.2f: median stability %.3f -> %.3f (base model %.3f)", calibration.scale,
+                 calibration.tuned_median, calibration.calibrated_median, calibration.base_median)
+    elif config.calibrate_logits:
+        log.warning("logits not calibrated: the run started from random weights, or resumed a "
+                    "checkpoint written before calibration existed")
     name = f"{config.name}_{trainable.architecture_name}"
     weights = save_weights(trainable.module, output / f"{name}.pt")
     best_step = state.best_step if state.best_state is not None else state.step
     card = write_training_card(
         output / f"{name}.json", weights, trainable, config, state, stopped, best_step,
-        train_images, validation_images,
+        train_images, validation_images, calibration,
     )
-    return TrainingResult(weights, card, state.step, best_step, state.best_score, stopped, tuple(state.history))
+    return TrainingResult(weights, card, state.step, best_step, state.best_score, stopped, tuple(state.history),
+                          calibration)

@@ -28,7 +28,7 @@ IOU_HEAD_NOTES = {  # keyed by TrainingConfig.freeze_iou_head
 
 
 def write_training_card(path: Path, weights: Path, trainable, config, state, stopped: str,
-                        best_step: int, train_images, validation_images) -> Path:
+                        best_step: int, train_images, validation_images, calibration=None) -> Path:
     """Write the card of a finished training run (see the module docstring)."""
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
@@ -48,6 +48,7 @@ def write_training_card(path: Path, weights: Path, trainable, config, state, sto
             "loss_first_last": _ends(state.history),
             "wall_seconds": round(sum(h.get("seconds", 0.0) for h in state.history), 1),
             "cpu_seconds": round(sum(h.get("cpu_seconds", 0.0) for h in state.history), 1),
+            "logit_calibration": None if calibration is None else calibration.to_dict(),
         },
         "data": {"train": _describe(train_images), "validation": _describe(validation_images)},
         "metrics": {},
