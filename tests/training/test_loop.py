@@ -157,3 +157,13 @@ def test_resume_keeps_the_iou_head_setting(trainable, labelled_images, tmp_path)
               TrainingConfig(**{**FAST, "steps": 3, "freeze_iou_head": False}), resume=True)
     result = train(trainable, labelled_images[:2], [], tmp_path, config, resume=True)
     assert result.steps == 3 and _changed(head, _iou_head(trainable.module)) == 0
+
+
+def test_a_time_limit_stops_and_keeps_the_best_weights(trainable, labelled_images, tmp_path):
+    config = TrainingConfig(**{**FAST, "steps": 50, "validate_every": 3, "max_minutes": 1e-9})
+    result = train(trainable, labelled_images[:2], labelled_images[2:], tmp_path, config)
+    assert result.stopped == "time limit" and result.steps == 1  # over the limit after the first step
+    assert result.history[-1]["validation"] is not None  # measured before stopping, though not a validation step
+    assert result.best_step == 1 and result.best_validation == result.history[-1]["validation"]
+    with pytest.raises(InvalidInputError, match="max_minutes must be positive"):
+        TrainingConfig(max_minutes=0)

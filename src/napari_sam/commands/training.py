@@ -60,6 +60,8 @@ def register(commands) -> None:
     train.add_argument("--validation-objects", type=int, default=24,
                        help="objects measured per validation image (default 24)")
     train.add_argument("--patience", type=int, default=4, help="validations without gain before stopping")
+    train.add_argument("--max-minutes", type=float,
+                       help="stop after this many minutes of training (wall time; the best weights are kept)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--name", default="finetuned", help="weights are NAME_ARCH.pt (default finetuned)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -209,7 +211,7 @@ def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, 
         layer_decay=args.layer_decay, drop_path=args.drop_path, crop_size=args.crop, flips=args.flips,
         freeze_iou_head=args.freeze_iou_head, calibrate_logits=args.calibrate_logits,
         validate_every=args.validate_every,
-        validation_objects=args.validation_objects, patience=args.patience, seed=args.seed, name=args.name,
+        validation_objects=args.validation_objects, patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, name=args.name,
         prompts=PromptSettings(iterations=args.iterations, quiet_iterations=args.quiet_iterations),
     )
     with tqdm(total=args.steps, unit="step", desc="training", file=sys.stderr) as bar:

@@ -48,6 +48,7 @@ class TrainingConfig:
     patience: int = 4  # validations without improvement before stopping early
     min_improvement: float = 0.002  # validation mean IoU gain that counts as improvement
     checkpoint_every: int = 25  # steps between resumable checkpoints
+    max_minutes: float | None = None  # stop (keeping the best weights) after this much wall time
     seed: int = 0  # seeds sampling, prompts and drop path
     name: str = "finetuned"  # final weights are NAME_ARCH.pt (e.g. finetuned_vit_t.pt)
 
@@ -64,6 +65,8 @@ class TrainingConfig:
             raise InvalidInputError(f"learning_rate must be positive; got {self.learning_rate}.")
         if not 0 <= self.drop_path < 1:
             raise InvalidInputError(f"drop_path must be in [0, 1); got {self.drop_path}.")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise InvalidInputError(f"max_minutes must be positive; got {self.max_minutes}.")
         if self.crop_size is not None and self.crop_size < 16:
             raise InvalidInputError(f"crop_size must be at least 16 pixels; got {self.crop_size}.")
 

@@ -70,7 +70,7 @@ class TrainingResult:
     steps: int  # steps done in total (including those before a resume)
     best_step: int  # step of the best validation (the final weights), or the last step
     best_validation: float | None  # its validation score (mean IoU), None without validation
-    stopped: str  # "completed" or "early stopping"
+    stopped: str  # "completed", "early stopping" or "time limit"
     history: tuple[dict, ...]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
     calibration: LogitCalibration | None = None  # the logit scale folded into the weights
 
@@ -164,7 +164,18 @@ def _run_steps(trainable, frozen, images, validation, store, optimizer, state: L
                                       state.best_score, time.perf_counter() - started))
         if validation is not None and state.stale >= config.patience:
             return "early stopping"
+        if config.max_minutes is not None and _minutes(state) >= config.max_minutes and state.step < config.steps:
+            if validation is not None and score is None:  # the steps since the last validation count too
+                score = validation.score(trainable, store if frozen is not None else None)
+                state.observe(score, sam, config.min_improvement)
+                state.history[-1]["validation"] = score
+            return "time limit"
     return "completed"
+
+
+def _minutes(state: LoopState) -> float:
+    """Wall minutes of the steps and validations so far (a resumed run counts its earlier part)."""
+    return sum(record.get("seconds", 0.0) for record in state.history) / 60
 
 
 def _check_inputs(train_images: list[LabelledImage], output: Path, resume: bool) -> None:
