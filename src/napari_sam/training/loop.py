@@ -21,7 +21,12 @@ from pathlib import Path
 import torch
 
 from napari_sam.errors import InvalidInputError, OperationCancelled
-from napari_sam.training.calibration import LogitCalibration, calibrate, point_logits, stability_each
+from napari_sam.training.calibration import (
+    LogitCalibration,
+    calibrate,
+    point_logits,
+    stability_each,
+)
 from napari_sam.training.checkpoints import (
     CHECKPOINT_NAME,
     LoopState,
