@@ -167,3 +167,29 @@ def test_a_time_limit_stops_and_keeps_the_best_weights(trainable, labelled_image
     assert result.best_step == 1 and result.best_validation == result.history[-1]["validation"]
     with pytest.raises(InvalidInputError, match="max_minutes must be positive"):
         TrainingConfig(max_minutes=0)
+
+
+@pytest.mark.parametrize("use_box", [False, True])
+def test_decoding_in_chunks_gives_the_whole_batch_gradient(trainable, labelled_images, use_box):
+    sam = trainable.module
+    image = labelled_images[0]
+    prepared = prepare_image(image, sam.input_size, np.random.default_rng(0))
+    batch = sample_objects(prepared, 3, np.random.default_rng(0))
+    embedding = EmbeddingStore().features(inference_model(trainable), image)
+    parameter_groups(sam, "decoder", 2, 0.8, 0.0)
+    settings = PromptSettings(iterations=3, quiet_iterations=1)
+    runs = []
+    for chunk in (1, 2, 100):
+        sam.zero_grad(set_to_none=True)
+        result = run_prompting(sam, embedding, batch, settings, np.random.default_rng(3), prepared.input_size,
+                               use_box=use_box, chunk=chunk)
+        grads = {name: p.grad.clone() for name, p in sam.named_parameters() if p.grad is not None}
+        runs.append((result, grads))
+    (whole, whole_grads) = runs[-1]
+    assert len(whole_grads) > 10
+    for result, grads in runs[:-1]:
+        assert result.loss == pytest.approx(whole.loss, rel=1e-5)
+        assert result.last_iou == pytest.approx(whole.last_iou, abs=1e-6)
+        assert grads.keys() == whole_grads.keys()
+        for name, grad in grads.items():
+            assert torch.allclose(grad, whole_grads[name], rtol=1e-4, atol=1e-7), name
