@@ -80,7 +80,7 @@ weights: install
 # The 3D sample (cells3d nuclei) is downloaded on first use, not bundled; fetched here so
 # that the tests find it in the cache (~/.cache/napari-sam/samples). Instant when cached.
 samples: install
-	$(PY) -c "from napari_sam.samples import load_cells3d_nuclei; load_cells3d_nuclei()"
+	$(PY) -c "from napari_sam.io.samples import load_cells3d_nuclei; load_cells3d_nuclei()"
 
 # Keeps .venv (delete it by hand for a from-scratch install); forgets the install stamp.
 clean:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.engine.prompts import to_encoder_xy
-from napari_sam.engine.results import Embedding
+from napari_sam.engine.prediction.prompts import to_encoder_xy
+from napari_sam.engine.prediction.results import Embedding
 
 
 def reference_style_predict(sam, embedding: Embedding, point_rc: np.ndarray) -> np.ndarray:

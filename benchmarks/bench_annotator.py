@@ -39,7 +39,7 @@ def main() -> None:
 
     from napari_sam._widgets import open_annotator
     from napari_sam.demo import prompts_from_labels
-    from napari_sam.samples import load_dsb2018
+    from napari_sam.io.samples import load_dsb2018
 
     image, labels = load_dsb2018()
     _, _, points = prompts_from_labels(labels)

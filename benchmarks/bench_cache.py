@@ -39,7 +39,7 @@ def make_volume(path: Path, planes: int):
 
 
 def step(mode: str, planes: int, folder: Path) -> dict:
-    from napari_sam.io.embed_volume import embed_volume, open_cached_session
+    from napari_sam.batch.embedding import embed_volume, open_cached_session
 
     volume = make_volume(folder / f"volume{planes}.zarr", planes)
     start = time.perf_counter()

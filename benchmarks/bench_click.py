@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from baseline import reference_style_predict  # noqa: E402
 
 from napari_sam.demo import prompts_from_labels  # noqa: E402
-from napari_sam.engine.predictor import Predictor  # noqa: E402
-from napari_sam.samples import load_dsb2018  # noqa: E402
+from napari_sam.engine.prediction.predictor import Predictor  # noqa: E402
+from napari_sam.io.samples import load_dsb2018  # noqa: E402
 
 CALLS = 100
 

@@ -23,11 +23,11 @@ def main(mode: str) -> None:
     import numpy as np
     import torch
 
-    from napari_sam.engine.loading import SamModel, build_sam, load_model
-    from napari_sam.engine.predictor import Predictor
-    from napari_sam.engine.registry import MODELS
-    from napari_sam.engine.weights import fetch_weights, read_state_dict
-    from napari_sam.samples import load_dsb2018
+    from napari_sam.engine.model.loading import SamModel, build_sam, load_model
+    from napari_sam.engine.prediction.predictor import Predictor
+    from napari_sam.engine.model.registry import MODELS
+    from napari_sam.engine.model.weights import fetch_weights, read_state_dict
+    from napari_sam.io.samples import load_dsb2018
 
     name = os.environ.get("NAPARI_SAM_BENCH_MODEL", "vit_t")
     if mode == "ours":

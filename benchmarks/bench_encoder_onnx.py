@@ -20,10 +20,10 @@ REPEATS = 5
 def main() -> None:
     import torch
 
-    from napari_sam.engine.loading import load_model
-    from napari_sam.engine.onnx_encoder import use_onnx_encoder
-    from napari_sam.engine.predictor import Predictor
-    from napari_sam.samples import load_dsb2018
+    from napari_sam.engine.model.loading import load_model
+    from napari_sam.engine.model.onnx_encoder import use_onnx_encoder
+    from napari_sam.engine.prediction.predictor import Predictor
+    from napari_sam.io.samples import load_dsb2018
 
     name = os.environ.get("NAPARI_SAM_BENCH_MODEL", "vit_t")
     model = load_model(name, device="cpu")

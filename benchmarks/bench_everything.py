@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.engine.automatic import AutomaticSegmenter, EverythingSettings
-from napari_sam.engine.mask_filters import mask_boxes, nms, stability_scores
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.everything.filters import mask_boxes, nms, stability_scores
 from napari_sam.engine.metrics import average_precisions
-from napari_sam.engine.predictor import Predictor
-from napari_sam.engine.prompts import to_encoder_xy
-from napari_sam.samples import load_dsb2018
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.engine.prediction.prompts import to_encoder_xy
+from napari_sam.io.samples import load_dsb2018
 
 REFERENCE = dict(skip_covered=False, skip_margin=None, drop_background=False)
 

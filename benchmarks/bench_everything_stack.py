@@ -27,7 +27,7 @@ SLICES = 8
 def write_subset(path: Path, slices: int) -> None:
     import tifffile
 
-    from napari_sam.samples import load_cells3d_nuclei
+    from napari_sam.io.samples import load_cells3d_nuclei
 
     image, _ = load_cells3d_nuclei()
     middle = image.shape[0] // 2
@@ -67,9 +67,9 @@ class TreeMemory:
 
 
 def step(workers: int, stack: Path, out: Path, points_per_side: int | None) -> dict:
-    from napari_sam.engine.automatic import EverythingSettings
-    from napari_sam.io.batch_everything import Execution, StackSettings, segment_stack
-    from napari_sam.io.stack_tasks import StackSource
+    from napari_sam.engine.everything.segmenter import EverythingSettings
+    from napari_sam.batch.everything import Execution, StackSettings, segment_stack
+    from napari_sam.batch.tasks import StackSource
 
     settings = EverythingSettings() if points_per_side is None else EverythingSettings(points_per_side=points_per_side)
     with TreeMemory() as memory:

@@ -33,8 +33,8 @@ def stub_encode(predictor):
     import numpy as np
     import torch
 
-    from napari_sam.engine.preprocess import resize_longest_side
-    from napari_sam.engine.results import Embedding
+    from napari_sam.engine.prediction.preprocess import resize_longest_side
+    from napari_sam.engine.prediction.results import Embedding
 
     def encode(image, normalization=None, should_stop=None):
         resized = resize_longest_side(normalization.apply(np.asarray(image)), predictor.model.input_size)
@@ -45,7 +45,7 @@ def stub_encode(predictor):
 
 
 def step(mode: str, planes: int, folder: Path) -> dict:
-    from napari_sam.io.embed_volume import embed_volume, open_cached_session
+    from napari_sam.batch.embedding import embed_volume, open_cached_session
 
     volume = make_volume(folder / f"volume{planes}.zarr", planes)
     start = time.perf_counter()

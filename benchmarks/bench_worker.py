@@ -2,7 +2,7 @@
 
 In a shown viewer, the MobileSAM embedding of the bundled 512x512 image runs on the main
 thread ("direct"), in napari's ``thread_worker``, in a plain ``threading.Thread``, and in
-a ``thread_worker`` that hands the call to :class:`~napari_sam.engine.threads.TorchThread`
+a ``thread_worker`` that hands the call to :class:`~napari_sam.engine.model.threads.TorchThread`
 (with the process's torch threads, and with 1). Background runs start from the running
 event loop; a 5 ms QTimer on the GUI thread records the gaps between its ticks (the
 longest gap is the worst freeze a user would feel). "+busy" variants also nudge the
@@ -32,9 +32,9 @@ import torch
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QEventLoop, QTimer
 
-from napari_sam.engine.predictor import Predictor
-from napari_sam.engine.threads import TorchThread
-from napari_sam.samples import load_dsb2018
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.engine.model.threads import TorchThread
+from napari_sam.io.samples import load_dsb2018
 
 REPEATS = int(os.environ.get("BENCH_WORKER_REPEATS", "5"))
 ONLY = os.environ.get("BENCH_WORKER_ONLY")  # comma-separated variant names, e.g. "direct,worker"

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.automatic import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings
 from napari_sam.engine.metrics import average_precisions
-from napari_sam.engine.predictor import Predictor
-from napari_sam.samples import load_cells3d_nuclei, load_dsb2018
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.io.samples import load_cells3d_nuclei, load_dsb2018
 from napari_sam.training.datasets import images_from_arrays
 from napari_sam.training.development_data import load_bbbc007
 

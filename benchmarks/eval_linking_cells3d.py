@@ -24,10 +24,10 @@ MIN_EXTENTS = (1, 2, 3, 5, 8)
 def segment(folder: Path, workers: int, points_per_side: int | None) -> Path:
     import tifffile
 
-    from napari_sam.engine.automatic import EverythingSettings
-    from napari_sam.io.batch_everything import Execution, StackSettings, segment_stack
-    from napari_sam.io.stack_tasks import StackSource
-    from napari_sam.samples import load_cells3d_nuclei
+    from napari_sam.engine.everything.segmenter import EverythingSettings
+    from napari_sam.batch.everything import Execution, StackSettings, segment_stack
+    from napari_sam.batch.tasks import StackSource
+    from napari_sam.io.samples import load_cells3d_nuclei
 
     image, _ = load_cells3d_nuclei()
     source = folder / "cells3d_nuclei.tif"
@@ -44,9 +44,9 @@ def segment(folder: Path, workers: int, points_per_side: int | None) -> Path:
 def evaluate(store: Path) -> dict:
     import zarr
 
-    from napari_sam.engine.linking import LinkingSettings, link_slices
+    from napari_sam.engine.everything.linking import LinkingSettings, link_slices
     from napari_sam.engine.metrics import average_precision, average_precisions
-    from napari_sam.samples import load_cells3d_nuclei
+    from napari_sam.io.samples import load_cells3d_nuclei
 
     _, truth = load_cells3d_nuclei()
     sections = np.asarray(zarr.open_group(store, mode="r")["sections"][...])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam.engine.loading import tiny_architecture as _tiny_architecture
+from tiny_sam import tiny_architecture as _tiny_architecture
 
 TINY_ARCHITECTURE = _tiny_architecture()
 
@@ -34,7 +34,7 @@ def make_image():
 @pytest.fixture(scope="session")
 def tiny_model():
     """A :class:`SamModel` with the tiny architecture and seed 0 (shared; never mutate)."""
-    from napari_sam.engine.loading import random_model
+    from tiny_sam import random_model
 
     return random_model(TINY_ARCHITECTURE, seed=0)
 
@@ -48,7 +48,7 @@ def image_300x500() -> np.ndarray:
 @pytest.fixture(scope="session")
 def predictor_300x500(tiny_model, image_300x500):
     """A predictor holding the embedding of ``image_300x500`` (read-only use)."""
-    from napari_sam.engine.predictor import Predictor
+    from napari_sam.engine.prediction.predictor import Predictor
 
     predictor = Predictor(tiny_model)
     predictor.set_image(image_300x500)
@@ -73,7 +73,7 @@ def reference_dir() -> Path:
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     """Point ``NAPARI_SAM_CACHE`` at an empty temporary folder."""
-    from napari_sam.engine.weights import CACHE_ENV
+    from napari_sam.engine.model.weights import CACHE_ENV
 
     folder = tmp_path / "cache"
     monkeypatch.setenv(CACHE_ENV, str(folder))

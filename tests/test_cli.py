@@ -15,7 +15,7 @@ import tifffile
 from napari_sam.cli import main
 from napari_sam.demo import mask_iou, prompts_from_labels
 from napari_sam.engine.metrics import average_precision
-from napari_sam.samples import load_dsb2018
+from napari_sam.io.samples import load_dsb2018
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_weights_list_names_every_model(capsys):
 
 
 def test_weights_path_of_cached_and_uncached(cache_dir, capsys):
-    from napari_sam.engine.registry import MODELS
-    from napari_sam.engine.weights import weights_path
+    from napari_sam.engine.model.registry import MODELS
+    from napari_sam.engine.model.weights import weights_path
 
     assert main(["weights", "path", "vit_b"]) == 1
     assert "not cached" in capsys.readouterr().err

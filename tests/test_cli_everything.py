@@ -8,8 +8,8 @@ import tifffile
 import zarr
 
 from napari_sam.cli import main
-from napari_sam.engine.linking import LinkingSettings, link_slices
-from napari_sam.samples import load_dsb2018
+from napari_sam.engine.everything.linking import LinkingSettings, link_slices
+from napari_sam.io.samples import load_dsb2018
 
 SLICES = 2
 

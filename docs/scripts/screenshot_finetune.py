@@ -15,7 +15,7 @@ import napari
 from qtpy.QtCore import QTimer
 
 from napari_sam._widgets.finetune import FineTuneWidget
-from napari_sam.samples import load_dsb2018
+from napari_sam.io.samples import load_dsb2018
 
 OUT = Path(__file__).resolve().parents[1] / "images" / "finetune_widget.png"
 

@@ -14,21 +14,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Predictor": "napari_sam.engine.predictor",
-    "Prediction": "napari_sam.engine.results",
-    "BatchPrediction": "napari_sam.engine.results",
-    "Embedding": "napari_sam.engine.results",
-    "Normalization": "napari_sam.engine.preprocess",
-    "compute_normalization": "napari_sam.engine.preprocess",
-    "load_model": "napari_sam.engine.loading",
-    "MODELS": "napari_sam.engine.registry",
-    "AnnotationSession": "napari_sam.engine.annotation",
+    "Predictor": "napari_sam.engine.prediction.predictor",
+    "Prediction": "napari_sam.engine.prediction.results",
+    "BatchPrediction": "napari_sam.engine.prediction.results",
+    "Embedding": "napari_sam.engine.prediction.results",
+    "Normalization": "napari_sam.engine.prediction.preprocess",
+    "compute_normalization": "napari_sam.engine.prediction.preprocess",
+    "load_model": "napari_sam.engine.model.loading",
+    "MODELS": "napari_sam.engine.model.registry",
+    "AnnotationSession": "napari_sam.engine.annotation.session",
     "open_annotator": "napari_sam._widgets",
     "open_everything": "napari_sam._widgets",
-    "AutomaticSegmenter": "napari_sam.engine.automatic",
-    "EverythingSettings": "napari_sam.engine.automatic",
-    "segment_plane": "napari_sam.engine.automatic",
-    "EverythingSession": "napari_sam.engine.everything_session",
+    "AutomaticSegmenter": "napari_sam.engine.everything.segmenter",
+    "EverythingSettings": "napari_sam.engine.everything.segmenter",
+    "segment_plane": "napari_sam.engine.everything.segmenter",
+    "EverythingSession": "napari_sam.engine.everything.session",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -109,8 +109,8 @@ def run_predict(args: argparse.Namespace) -> int:
     """``napari-sam predict``: prompts to one mask file."""
     import numpy as np
 
-    from napari_sam.engine.predictor import Predictor
-    from napari_sam.engine.preprocess import compute_normalization
+    from napari_sam.engine.prediction.predictor import Predictor
+    from napari_sam.engine.prediction.preprocess import compute_normalization
     from napari_sam.errors import InvalidInputError
     from napari_sam.io.images import read_image, write_labels
     from napari_sam.io.overlay import save_overlay
@@ -146,8 +146,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_weights(args: argparse.Namespace) -> int:
     """``napari-sam weights list|fetch|path``."""
-    from napari_sam.engine.registry import MODELS, get_model_spec
-    from napari_sam.engine.weights import fetch_weights, is_cached, weights_path
+    from napari_sam.engine.model.registry import MODELS, get_model_spec
+    from napari_sam.engine.model.weights import fetch_weights, is_cached, weights_path
 
     if args.action == "list":
         print(f"{'name':<12} {'size':>9}  {'cached':<6}  {'licence':<10}  description")

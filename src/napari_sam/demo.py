@@ -1,6 +1,6 @@
 """The main job on bundled data: segment every nucleus of the DSB2018 image automatically.
 
-Segment-everything (:mod:`napari_sam.engine.automatic`) with the default settings writes
+Segment-everything (:mod:`napari_sam.engine.everything.segmenter`) with the default settings writes
 the labels and an overlay and reports AP against the human annotation. The interactive
 engine is then shown too: one box per annotated nucleus decoded in batches and single
 clicks, with their mean IoU against the annotation.
@@ -71,13 +71,13 @@ def run_demo(
     progress: Callable[[str], None] | None = None,
 ) -> DemoSummary:
     """Segment the bundled DSB2018 nuclei from prompts and write results to ``out_dir``."""
-    from napari_sam.engine.automatic import segment_plane
-    from napari_sam.engine.labels import paint_masks
+    from napari_sam.engine.everything.segmenter import segment_plane
+    from napari_sam.engine.prediction.labels import paint_masks
     from napari_sam.engine.metrics import average_precisions
-    from napari_sam.engine.predictor import Predictor
+    from napari_sam.engine.prediction.predictor import Predictor
     from napari_sam.io.images import write_labels
     from napari_sam.io.overlay import save_overlay
-    from napari_sam.samples import load_dsb2018
+    from napari_sam.io.samples import load_dsb2018
 
     say = progress or log.info
     out = Path(out_dir)

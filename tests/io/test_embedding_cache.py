@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from napari_sam.engine.annotation import AnnotationSession
-from napari_sam.engine.predictor import Predictor
+from napari_sam.engine.annotation.session import AnnotationSession
+from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import CacheMismatchError
-from napari_sam.io.embed_volume import embed_volume, open_cached_session
+from napari_sam.batch.embedding import embed_volume, open_cached_session
 from napari_sam.io.embedding_cache import EmbeddingCache, cache_signature
 
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_sam.engine.predictor import Predictor
-from napari_sam.engine.tiled_prompting import TiledPlane
-from napari_sam.engine.tiled_session import TiledSession
-from napari_sam.engine.tiling import tile_grid
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.engine.tiling.prompting import TiledPlane
+from napari_sam.engine.annotation.tiled_session import TiledSession
+from napari_sam.engine.tiling.grid import tile_grid
 from napari_sam.errors import CacheMismatchError, InvalidInputError
-from napari_sam.io.embed_volume import embed_volume, open_cached_session
+from napari_sam.batch.embedding import embed_volume, open_cached_session
 from napari_sam.io.embedding_cache import CacheSignature
 
 TILE, HALO = 96, 16  # a 200 x 260 plane: a 3 x 3 grid of windows up to 128 x 128

@@ -12,7 +12,7 @@ import tifffile
 import zarr
 import zarr.storage
 
-from napari_sam.engine.planes import plane_layout, read_plane
+from napari_sam.engine.prediction.planes import plane_layout, read_plane
 from napari_sam.errors import InvalidInputError
 from napari_sam.io.volumes import TransposedArray, Volume, _tiff_axes, open_volume
 

@@ -48,7 +48,7 @@ def labelled_images():
 @pytest.fixture
 def trainable(tiny_architecture):
     """A fresh tiny trainable SAM (seed 0) per test: tests change its weights."""
-    from napari_sam.engine.loading import random_model
+    from tiny_sam import random_model
     from napari_sam.training.network import load_trainable
 
     return load_trainable(random_model(tiny_architecture, seed=0))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.engine.mask_filters import stability_scores
-from napari_sam.engine.weights import read_state_dict
+from napari_sam.engine.everything.filters import stability_scores
+from napari_sam.engine.model.weights import read_state_dict
 from napari_sam.training.calibration import (
     apply_logit_scale,
     fit_logit_scale,
@@ -69,7 +69,7 @@ FAST = {"steps": 2, "objects_per_step": 2, "prompts": PromptSettings(iterations=
 
 
 def test_training_folds_the_calibration_into_the_saved_weights(tiny_architecture, labelled_images, tmp_path):
-    from napari_sam.engine.loading import random_model
+    from tiny_sam import random_model
     from napari_sam.training.network import load_trainable
 
     runs = {}

@@ -84,11 +84,11 @@ def test_model_card_collects_metrics(tmp_path):
 def test_automatic_ap_is_reported_per_threshold(tiny_model, labelled_images, monkeypatch):
     from types import SimpleNamespace
 
-    from napari_sam.engine import automatic
+    from napari_sam.engine.everything import segmenter
 
     image = labelled_images[0]
     # segment-everything itself is tested in tests/engine; here: its labels scored at 0.5..0.95
-    monkeypatch.setattr(automatic, "segment_plane",
+    monkeypatch.setattr(segmenter, "segment_plane",
                         lambda predictor, plane, normalization, settings, embed: SimpleNamespace(labels=image.labels))
     report = evaluate(tiny_model, [image], EvaluationSettings(clicks=1, max_objects=1, automatic=True))
     assert list(report.automatic_ap) == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]

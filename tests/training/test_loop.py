@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.engine.weights import read_state_dict
+from napari_sam.engine.model.weights import read_state_dict
 from napari_sam.errors import CheckpointError, InvalidInputError, OperationCancelled
 from napari_sam.training.checkpoints import CHECKPOINT_NAME
 from napari_sam.training.config import TrainingConfig

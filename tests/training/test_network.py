@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from napari_sam.engine.loading import random_model
-from napari_sam.engine.registry import get_model_spec
-from napari_sam.engine.weights import is_cached, read_state_dict, weights_path
+from tiny_sam import random_model
+from napari_sam.engine.model.registry import get_model_spec
+from napari_sam.engine.model.weights import is_cached, read_state_dict, weights_path
 from napari_sam.errors import CheckpointError
 from napari_sam.training.network import inference_model, load_trainable, save_weights
 
@@ -35,7 +35,7 @@ def test_folded_models_cannot_be_trained():
     spec = get_model_spec("vit_t")
     if not is_cached(spec):
         pytest.skip("the vit_t weights are not cached")
-    from napari_sam.engine.loading import load_model
+    from napari_sam.engine.model.loading import load_model
 
     with pytest.raises(CheckpointError, match="batch norm folded"):
         load_trainable(load_model("vit_t", device="cpu"))

@@ -9,8 +9,8 @@ from napari_sam.cli import build_parser, main
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_model, tiny_architecture):
     """`train` and `evaluate` use the tiny random SAM instead of downloading vit_t."""
-    from napari_sam.engine import loading
-    from napari_sam.engine.loading import random_model
+    from napari_sam.engine.model import loading
+    from tiny_sam import random_model
     from napari_sam.training import network
 
     original = network.load_trainable

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_sam.demo import mask_iou, prompts_from_labels
-from napari_sam.samples import load_dsb2018
+from napari_sam.io.samples import load_dsb2018
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def dsb():
 
 @pytest.fixture(scope="module")
 def shared_predictor():
-    from napari_sam.engine.predictor import Predictor
+    from napari_sam.engine.prediction.predictor import Predictor
 
     return Predictor("vit_t", device="cpu")
 
@@ -197,7 +197,7 @@ def test_record_replays_the_same_objects(make_napari_viewer, qtbot, dsb, shared_
 
 
 def test_a_cached_volume_is_never_encoded_again(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
-    from napari_sam.io.embed_volume import embed_volume, open_cached_session
+    from napari_sam.batch.embedding import embed_volume, open_cached_session
 
     stack = np.stack([dsb[0][:256, :256], dsb[0][256:, 256:]])
     embed_volume(open_cached_session(stack, tmp_path / "c.zarr", shared_predictor))
@@ -225,8 +225,8 @@ def test_a_cached_volume_is_never_encoded_again(make_napari_viewer, qtbot, dsb, 
 
 def test_large_planes_are_tiled_and_their_tiles_cached(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
     from napari_sam._widgets import open_annotator
-    from napari_sam.engine.tiled_prompting import TiledPlane
-    from napari_sam.engine.tiled_session import TiledSession
+    from napari_sam.engine.tiling.prompting import TiledPlane
+    from napari_sam.engine.annotation.tiled_session import TiledSession
 
     image, truth, ids, boxes, points = dsb
     across = next(i for i, b in enumerate(boxes) if b[0] < 192 <= b[2] and b[3] < 160)  # crosses a tile border

@@ -10,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_sam.engine.automatic import AutomaticSegmenter, EverythingSettings
-from napari_sam.engine.preprocess import compute_normalization
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.prediction.preprocess import compute_normalization
 
 LOOSE = EverythingSettings(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
                            keep_iou_floor=-10.0, keep_stability_floor=0.0, skip_covered=False, skip_margin=None,
@@ -41,7 +41,7 @@ def wait_idle(widget, qtbot):
 
 
 def test_preview_equals_the_engine_and_rethresholds_live(widget, qtbot, image_300x500, tiny_model):
-    from napari_sam.engine.predictor import Predictor
+    from napari_sam.engine.prediction.predictor import Predictor
 
     viewer, widget = widget
     widget.preview()

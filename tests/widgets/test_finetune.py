@@ -22,7 +22,7 @@ def tiny_training(monkeypatch, tiny_architecture):
     """Fine-tuning starts from the tiny random SAM instead of downloading vit_t."""
     import torch
 
-    from napari_sam.engine.loading import random_model
+    from tiny_sam import random_model
     from napari_sam.training import annotations
     from napari_sam.training.network import load_trainable
 

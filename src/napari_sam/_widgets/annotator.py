@@ -1,7 +1,7 @@
 """The "SAM annotator" dock widget: points and boxes in, live masks out, commit to labels.
 
 The widget only moves data between napari layers and
-:class:`~napari_sam.engine.annotation.AnnotationSession`: it encodes the visible plane
+:class:`~napari_sam.engine.annotation.session.AnnotationSession`: it encodes the visible plane
 in a worker thread (with a progress bar and a cancel button), previews masks on the GUI
 thread whenever a prompt changes (tens of milliseconds), and commits through the labels
 layer's own undo history. Key bindings live on the viewer and are removed on close.
@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog
 
 from napari_sam._widgets._annotator_form import NEW_LAYER, AnnotatorForm
-from napari_sam.engine.objects import boxes_on_plane, on_plane, plan_commit
+from napari_sam.engine.annotation.objects import boxes_on_plane, on_plane, plan_commit
 from napari_sam.errors import NapariSamError, OperationCancelled
 
 
@@ -46,7 +46,7 @@ class AnnotatorWidget(AnnotatorForm):
     # ---------------------------------------------------------------- session
     def start(self) -> None:
         """Create the session (tiled for large planes) and prompt layers for the chosen image."""
-        from napari_sam.engine.tiled_session import open_session
+        from napari_sam.engine.annotation.tiled_session import open_session
 
         name = self.image_box.currentText()
         if not name:
@@ -58,7 +58,7 @@ class AnnotatorWidget(AnnotatorForm):
         cache = self.cache_edit.text().strip()
         try:
             if cache:
-                from napari_sam.io.embed_volume import open_cached_session
+                from napari_sam.batch.embedding import open_cached_session
 
                 self.session = open_cached_session(
                     layer.data, cache, self._shared_model(), channel_axis=channel_axis, channel=channel,
@@ -78,7 +78,7 @@ class AnnotatorWidget(AnnotatorForm):
         self._ensure_embedding()
 
     def _shared_model(self):
-        from napari_sam.engine.predictor import Predictor
+        from napari_sam.engine.prediction.predictor import Predictor
 
         if self.session is not None and self.session.predictor.model.spec.name == self.model_name:
             return self.session.predictor
@@ -142,7 +142,7 @@ class AnnotatorWidget(AnnotatorForm):
         """A worker that encodes one plane and polls its own abort flag."""
         session, holder = self.session, []
         if self._torch is None:
-            from napari_sam.engine.threads import TorchThread
+            from napari_sam.engine.model.threads import TorchThread
 
             self._torch = TorchThread()  # allocates from the main arena: see docs/threading.md
 
@@ -309,7 +309,7 @@ class AnnotatorWidget(AnnotatorForm):
         self.status.setText(f"Committed object(s) {', '.join(map(str, plan.ids))}{note}. Undo: select the layer, Ctrl-Z.")
 
     def _remember(self, plan) -> None:
-        from napari_sam.engine.records import AnnotationRecord, object_record
+        from napari_sam.engine.annotation.records import AnnotationRecord, object_record
 
         if self.record is None or self.record.model_id != self.session.model_id:
             self.record = AnnotationRecord(self.session.model_id, self.session.normalization, self.session.layout.shape)
@@ -331,7 +331,7 @@ class AnnotatorWidget(AnnotatorForm):
 
     def load_record(self, path: str | None = None) -> None:
         """Replay a saved record on the current image into a new labels layer."""
-        from napari_sam.engine.records import AnnotationRecord, replay
+        from napari_sam.engine.annotation.records import AnnotationRecord, replay
 
         if path is None:
             path, _ = QFileDialog.getOpenFileName(self, "Replay an annotation record", "", "JSON (*.json)")

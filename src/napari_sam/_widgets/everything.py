@@ -1,7 +1,7 @@
 """The "SAM segment everything" dock widget: preview a plane, re-threshold live, run the stack.
 
-Thin by design: :class:`~napari_sam.engine.everything_session.EverythingSession` does the
-work on a :class:`~napari_sam.engine.threads.TorchThread` (the GUI never waits on torch).
+Thin by design: :class:`~napari_sam.engine.everything.session.EverythingSession` does the
+work on a :class:`~napari_sam.engine.model.threads.TorchThread` (the GUI never waits on torch).
 Previews go to one reusable "SAM everything preview" layer; a stack run always creates a
 new labels layer, so nothing the user made is overwritten.
 """
@@ -35,7 +35,7 @@ class EverythingWidget(QWidget):
     """Dock widget running segment-everything on an image layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
-        from napari_sam.engine.automatic import EverythingSettings
+        from napari_sam.engine.everything.segmenter import EverythingSettings
 
         super().__init__()
         self.viewer = napari_viewer
@@ -189,8 +189,8 @@ class EverythingWidget(QWidget):
         return tuple(int(i) for i in self.viewer.dims.current_step[: self.session.layout.stack_ndim])
 
     def _ensure_session(self) -> bool:
-        from napari_sam.engine.everything_session import EverythingSession
-        from napari_sam.engine.predictor import Predictor
+        from napari_sam.engine.everything.session import EverythingSession
+        from napari_sam.engine.prediction.predictor import Predictor
 
         name = self.image_box.currentText()
         if not name:
@@ -221,7 +221,7 @@ class EverythingWidget(QWidget):
             show_error("napari-sam: segment everything is already running; cancel it first.")
             return
         if self._torch is None:
-            from napari_sam.engine.threads import TorchThread
+            from napari_sam.engine.model.threads import TorchThread
 
             self._torch = TorchThread()
         holder = []

@@ -4,7 +4,7 @@ The data-engine loop in napari: segment (automatically or by clicks), correct, c
 a labels layer, fine-tune here, and continue annotating with the fine-tuned model. The
 widget reads the chosen image and labels layers, runs
 :func:`~napari_sam.training.annotations.fine_tune_annotations` on a
-:class:`~napari_sam.engine.threads.TorchThread` (the GUI stays responsive; a timer shows
+:class:`~napari_sam.engine.model.threads.TorchThread` (the GUI stays responsive; a timer shows
 progress), and on success switches every open SAM annotator to the new weights.
 """
 
@@ -141,7 +141,7 @@ class FineTuneWidget(QWidget):
         from napari_sam.training.annotations import fine_tune_annotations
 
         if self._torch is None:
-            from napari_sam.engine.threads import TorchThread
+            from napari_sam.engine.model.threads import TorchThread
 
             self._torch = TorchThread()
         self._stop, self._latest = False, None

@@ -36,7 +36,7 @@ def run_embed(args: argparse.Namespace) -> int:
     """``napari-sam embed``: planes of a volume into a resumable embedding cache."""
     from tqdm import tqdm
 
-    from napari_sam.io.embed_volume import embed_volume, open_cached_session
+    from napari_sam.batch.embedding import embed_volume, open_cached_session
     from napari_sam.io.volumes import open_volume
 
     volume = open_volume(args.input, key=args.key, level=args.level, axes=args.axes)

@@ -65,10 +65,10 @@ def register(commands) -> None:
 
 def run_segment_everything(args: argparse.Namespace) -> int:
     """``napari-sam segment-everything``: a stack into linked 3D labels, resumably."""
-    from napari_sam.engine.automatic import EverythingSettings
+    from napari_sam.engine.everything.segmenter import EverythingSettings
     from napari_sam.errors import InvalidInputError
-    from napari_sam.io.batch_everything import Execution, StackSettings, segment_stack
-    from napari_sam.io.stack_tasks import StackSource
+    from napari_sam.batch.everything import Execution, StackSettings, segment_stack
+    from napari_sam.batch.tasks import StackSource
 
     overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
     if args.keep_background:
@@ -97,7 +97,7 @@ def run_segment_everything(args: argparse.Namespace) -> int:
 
 
 def _linking(args: argparse.Namespace):
-    from napari_sam.engine.linking import LinkingSettings
+    from napari_sam.engine.everything.linking import LinkingSettings
 
     if not args.link:
         return None

@@ -225,7 +225,7 @@ def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``napari-sam evaluate``."""
-    from napari_sam.engine.loading import load_model
+    from napari_sam.engine.model.loading import load_model
     from napari_sam.errors import InvalidInputError
 
     _set_threads(args.threads)

@@ -3,7 +3,7 @@
 The encoder is the expensive step (about a second per 1024x1024 input on a CPU), so each
 plane, or each tile of a large plane, is encoded once and kept on disk. Layout of
 ``NAME.zarr`` (``*stack`` are the plane-selecting axes, e.g. (z,) or (t, z); ``grid`` is
-(tile rows, tile cols) of :func:`~napari_sam.engine.tiling.tile_grid`, present only when
+(tile rows, tile cols) of :func:`~napari_sam.engine.tiling.grid.tile_grid`, present only when
 the signature has a tile size):
 
 ``features``  (*stack, [*grid,] 256, 64, 64), float32 or float16, one chunk per plane or tile
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.planes import PlaneLayout, read_plane
-from napari_sam.engine.preprocess import Normalization
-from napari_sam.engine.results import Embedding
-from napari_sam.engine.tiling import check_upscale, tile_grid
+from napari_sam.engine.prediction.planes import PlaneLayout, read_plane
+from napari_sam.engine.prediction.preprocess import Normalization
+from napari_sam.engine.prediction.results import Embedding
+from napari_sam.engine.tiling.grid import check_upscale, tile_grid
 from napari_sam.errors import CacheMismatchError, InvalidInputError
 
 FORMAT = "napari-sam embedding cache"
@@ -97,7 +97,7 @@ def cache_signature(
     """The signature a cache for this data and these settings must carry.
 
     ``tile`` None (whole planes) or the interior side in pixels, with ``halo`` and
-    ``upscale`` as resolved by :func:`~napari_sam.engine.tiling.resolve_tiling`.
+    ``upscale`` as resolved by :func:`~napari_sam.engine.tiling.grid.resolve_tiling`.
     """
     from napari_sam import __version__
 
@@ -118,10 +118,10 @@ def cache_signature(
 class EmbeddingCache:
     """Plane (or tile) embeddings on disk.
 
-    Untiled, it is an :class:`~napari_sam.engine.embedding_store.EmbeddingBackend` keyed
+    Untiled, it is an :class:`~napari_sam.engine.annotation.embedding_store.EmbeddingBackend` keyed
     by plane; tiled, ``load``/``save`` take the tile's (row, col) grid index too and
     :meth:`tiles` gives one plane's tiles as a backend for
-    :class:`~napari_sam.engine.tiled_prompting.TiledPlane`.
+    :class:`~napari_sam.engine.tiling.prompting.TiledPlane`.
     """
 
     def __init__(self, group, signature: CacheSignature, layout: PlaneLayout) -> None:

@@ -5,7 +5,7 @@ https://ngff.openmicroscopy.org) or an in-memory array (numpy, dask, zarr) into 
 :class:`Volume`: data that reads only what is indexed (a plane costs that plane's
 chunks), axis names (``"zyx"``, ``"tczyx"``, ...) and a pixel size per axis.
 :meth:`Volume.planes_view` reorders axes lazily to the (leading..., y, x[, c]) order of
-:mod:`napari_sam.engine.planes`.
+:mod:`napari_sam.engine.prediction.planes`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.loading import SamModel
+from napari_sam.engine.model.loading import SamModel
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.config import TrainingConfig
 from napari_sam.training.datasets import LabelledImage, images_from_arrays, split_images

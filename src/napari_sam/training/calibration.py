@@ -1,7 +1,7 @@
 """Keep the released model's logit sharpness after fine-tuning (stability calibration).
 
 Segment-everything keeps a mask only when its *stability score* is high: the IoU of the
-mask thresholded at logit +1 and at -1 (:func:`~napari_sam.engine.mask_filters.stability_scores`,
+mask thresholded at logit +1 and at -1 (:func:`~napari_sam.engine.everything.filters.stability_scores`,
 threshold 0.95). The released decoder, trained at scale, predicts steep logits; a few
 hundred fine-tuning steps with the focal and dice losses leave the sign of the logits
 where the labels want it but flatten them near the outline. The masks a user is shown do
@@ -56,7 +56,7 @@ def point_logits(model, images: list[LabelledImage], store: EmbeddingStore | Non
     -------
     torch.Tensor, shape (n, 256, 256) float32
     """
-    from napari_sam.engine.predictor import Predictor
+    from napari_sam.engine.prediction.predictor import Predictor
     from napari_sam.training.evaluation import interior_point
 
     store = store or EmbeddingStore()

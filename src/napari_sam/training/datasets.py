@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.preprocess import Normalization, compute_normalization
+from napari_sam.engine.prediction.preprocess import Normalization, compute_normalization
 from napari_sam.errors import InvalidInputError
 
 Z_BLOCK = 5  # planes of a volume per split group: held-out planes are contiguous

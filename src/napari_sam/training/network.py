@@ -1,6 +1,6 @@
 """Trainable SAM networks: load, copy for inference, save in the official format.
 
-Inference models (:func:`napari_sam.engine.loading.load_model`) have their batch norms
+Inference models (:func:`napari_sam.engine.model.loading.load_model`) have their batch norms
 folded into convolutions and frozen parameters; training needs the unfolded network, so
 :func:`load_trainable` builds it from the same registry and checkpoint. Final weights
 are the network's plain ``state_dict()`` (keys ``image_encoder.*``, ``prompt_encoder.*``,
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from napari_sam.engine.loading import SamModel, build_sam
-from napari_sam.engine.registry import ModelSpec, get_model_spec
+from napari_sam.engine.model.loading import SamModel, build_sam
+from napari_sam.engine.model.registry import ModelSpec, get_model_spec
 from napari_sam.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from napari_sam.engine.modeling.sam import Sam
+    from napari_sam.engine.network.sam import Sam
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +72,7 @@ def load_trainable(
             )
         module = copy.deepcopy(model.module).cpu()
         return _trainable(module, model.spec, model.model_id, model.spec.name)
-    from napari_sam.engine.weights import fetch_weights, read_state_dict
+    from napari_sam.engine.model.weights import fetch_weights, read_state_dict
 
     spec = get_model_spec(model, architecture)
     arch = architecture or _architecture_name(spec)
@@ -97,7 +97,7 @@ def inference_model(trainable: TrainableSam, name: str | None = None) -> SamMode
     The model_id is the base model's while the weights are unchanged, else
     ``NAME@HASH`` of the weights, so cached embeddings are never mixed up.
     """
-    from napari_sam.engine.modeling.fusion import fold_batchnorm
+    from napari_sam.engine.network.fusion import fold_batchnorm
 
     module = copy.deepcopy(trainable.module).cpu().eval()
     digest = state_fingerprint(module.state_dict())
@@ -147,13 +147,13 @@ def write_model_card(path: Path, card: dict[str, Any]) -> Path:
 
 
 def _is_folded(module: nn.Module) -> bool:
-    from napari_sam.engine.modeling.tiny_vit import ConvBN
+    from napari_sam.engine.network.tiny_vit import ConvBN
 
     return any(isinstance(m, ConvBN) and isinstance(m.bn, nn.Identity) for m in module.modules())
 
 
 def _architecture_name(spec: ModelSpec) -> str:
-    from napari_sam.engine.registry import MODELS
+    from napari_sam.engine.model.registry import MODELS
 
     for name, known in MODELS.items():
         if known.architecture == spec.architecture:

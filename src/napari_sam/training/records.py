@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam import __version__
-from napari_sam.engine.downloads import file_sha256
+from napari_sam.engine.model.downloads import file_sha256
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.network import write_model_card
 
@@ -40,7 +40,7 @@ def write_training_card(path: Path, weights: Path, trainable, config, state, sto
         "iou_head": IOU_HEAD_NOTES[config.freeze_iou_head],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "napari_sam_version": __version__,
-        "load_with": f"napari_sam.engine.loading.load_model({weights.name!r}) or any SAM code "
+        "load_with": f"napari_sam.engine.model.loading.load_model({weights.name!r}) or any SAM code "
                      f"that loads the official {trainable.architecture_name} checkpoint",
         "training": {
             "steps_done": state.step, "best_step": best_step, "stopped": stopped,

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from napari_sam.engine.preprocess import resize_longest_side
-from napari_sam.engine.prompts import LOW_RES, to_encoder_xy
+from napari_sam.engine.prediction.preprocess import resize_longest_side
+from napari_sam.engine.prediction.prompts import LOW_RES, to_encoder_xy
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.datasets import LabelledImage
 

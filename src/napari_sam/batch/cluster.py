@@ -1,0 +1,116 @@
+"""Slice tasks on dask.distributed: a local cluster by default, or an existing scheduler.
+
+Each worker loads the model once, when it joins, through a :class:`ModelPlugin` (a
+``distributed.WorkerPlugin``), and keeps its opened input; tasks then carry only a small
+:class:`~napari_sam.batch.tasks.SliceJob`. Workers run one task at a time with torch
+limited to ``threads`` threads, so N workers on N cores do not oversubscribe them. Local
+clusters listen on the loopback interface only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
+
+from napari_sam.batch.tasks import (
+    ModelSource,
+    OpenStack,
+    SliceJob,
+    SliceResult,
+    StackSource,
+    load_predictor,
+)
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "napari-sam-everything-model"
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads the model once per worker process and keeps the opened inputs.
+
+    Parameters
+    ----------
+    model : str or callable
+        Registry name, checkpoint path, or a picklable factory returning a SamModel.
+    threads : int
+        torch threads of the worker.
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, model: ModelSource, threads: int = 1) -> None:
+        self.model, self.threads = model, int(threads)
+        self.predictor = None
+        self.stacks: dict[StackSource, OpenStack] = {}
+
+    def setup(self, worker) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        self.predictor = load_predictor(self.model)
+        log.info("worker %s loaded %s (%d torch threads)", worker.address, self.predictor.model.model_id, self.threads)
+
+    def stack(self, source: StackSource) -> OpenStack:
+        """The worker's opened input (opened on first use)."""
+        if source not in self.stacks:
+            self.stacks[source] = source.open()
+        return self.stacks[source]
+
+
+def segment_slice_on_worker(job: SliceJob) -> SliceResult:
+    """The task function: one slice with the worker's model and opened input."""
+    from napari_sam.batch.tasks import segment_slice
+
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    return segment_slice(job, plugin.predictor, plugin.stack(job.source))
+
+
+@contextmanager
+def cluster_client(workers: int, scheduler: str | None) -> Iterator[Client]:
+    """A client of ``scheduler``, or of a new loopback LocalCluster of ``workers`` processes.
+
+    The local cluster (and its worker processes) is closed on exit, also on errors.
+    """
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    # LocalCluster writes OMP_NUM_THREADS=1 and friends into this process's environment for
+    # its workers; left there, they would change torch in every later subprocess we start.
+    environ = dict(os.environ)
+    try:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None,
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def run_on_cluster(
+    client: Client, jobs: Sequence[SliceJob], model: ModelSource, threads: int,
+    done: Callable[[SliceResult], None],
+) -> None:
+    """Run slice jobs on the client's workers, calling ``done`` as each one finishes.
+
+    The first task that fails cancels the others and raises its error here (slices
+    already written stay complete, so a rerun resumes after it).
+    """
+    client.register_plugin(ModelPlugin(model, threads), name=PLUGIN_NAME)
+    futures = client.map(segment_slice_on_worker, list(jobs), pure=False)
+    try:
+        for future in as_completed(futures):
+            done(future.result())
+    finally:
+        client.cancel(futures)

@@ -1,0 +1,288 @@
+"""Segment everything in every slice of a stack, in parallel and resumably, then link in 3D.
+
+The driver behind ``napari-sam segment-everything``. It opens the input lazily, computes
+one intensity normalisation for the whole stack from a few planes, and creates (or
+reopens) the output :class:`~napari_sam.io.everything_store.EverythingStore`. One task
+per slice segments that plane (tiles, when asked for, are handled inside
+:func:`~napari_sam.engine.everything.segmenter.segment_plane`, which merges objects across tile
+borders) and writes only that slice's chunks, so tasks never race. Tasks run in this
+process (``workers=0``), on a new loopback ``distributed.LocalCluster``, or on an
+existing dask scheduler. Slices already complete are skipped, so a killed run resumes.
+Last, :func:`~napari_sam.engine.everything.linking.link_slices` streams over the stored sections and
+writes the 3D labels. See docs/everything.md, "Batch on a cluster".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sam.engine.everything.segmenter import segment_plane
+from napari_sam.engine.everything.linking import LinkedLabels, LinkingSettings, label_sections, link_slices
+from napari_sam.engine.prediction.planes import stack_normalization
+from napari_sam.errors import InvalidInputError
+from napari_sam.io.everything_store import EverythingStore, StoreSignature
+from napari_sam.batch.tasks import (
+    Segmenter,
+    ModelSource,
+    OpenStack,
+    SliceJob,
+    SliceResult,
+    StackSource,
+    load_predictor,
+    model_identity,
+    segment_slice,
+)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage "segment" or "link", done, total)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """What to run on each slice and how to link (recorded in the output's attributes)."""
+
+    model: ModelSource = "vit_t"  # registry name, checkpoint path, or picklable factory
+    settings: Any = None  # EverythingSettings; None: the engine's defaults
+    tile: int | None = None  # tile interior side in pixels; None: whole planes
+    halo: int = 0  # tile overlap in pixels
+    linking: LinkingSettings | None = field(default_factory=LinkingSettings)  # None: no linking
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where slice tasks run."""
+
+    workers: int = 0  # 0: in this process; N: a local cluster of N worker processes
+    scheduler: str | None = None  # address of an existing dask scheduler (overrides workers)
+    threads: int | None = None  # torch threads per worker; None: cores / workers (in-process: unchanged)
+
+    def describe(self) -> str:
+        if self.scheduler:
+            return f"scheduler {self.scheduler}"
+        return "in-process" if self.workers == 0 else f"{self.workers} local workers"
+
+
+@dataclass(frozen=True)
+class StackSummary:
+    """What a batch run did."""
+
+    out: str  # the output store
+    slices: int  # slices in the run's z-range
+    segmented: int  # slices segmented by this run
+    reused: int  # slices already complete in the store
+    sections: int  # 2D objects over the z-range
+    objects: int  # 3D objects in the labels
+    removed: int  # linked objects dropped as shorter than the minimum extent
+    segment_seconds: float  # wall time from the start to the last slice stored (start-up included)
+    slice_seconds: float  # median wall time of one slice's task (0 when none ran)
+    link_seconds: float  # wall time of linking and writing the labels
+    seconds: float  # wall time of the whole run
+    model_id: str
+    execution: str  # Execution.describe()
+
+    @property
+    def slices_per_minute(self) -> float:
+        """Throughput of this run's segmentation (0 when nothing was segmented)."""
+        return 60.0 * self.segmented / self.segment_seconds if self.segmented and self.segment_seconds else 0.0
+
+
+def segment_stack(
+    source: StackSource, out: str | Path, stack_settings: StackSettings = StackSettings(),
+    execution: Execution = Execution(), *, z_range: tuple[int, int] | None = None,
+    overwrite: bool = False, progress: Progress | None = None, segmenter: Segmenter = segment_plane,
+) -> StackSummary:
+    """Segment everything in each slice of ``source`` into ``out``, then link slices in 3D.
+
+    Parameters
+    ----------
+    source : StackSource
+        A (z, y, x[, c]) stack or a 2D image on disk.
+    out : str or pathlib.Path
+        The output ``.zarr`` folder; an existing run with the same signature is resumed.
+    stack_settings : StackSettings
+    execution : Execution
+    z_range : (int, int), optional
+        Only slices ``start <= z < stop``; the labels then hold those slices linked.
+    overwrite : bool
+        Replace an output made for other data or settings.
+    progress : callable, optional
+        ``progress(stage, done, total)`` after each slice, stage "segment" then "link".
+    segmenter : callable
+        The per-plane function, by default the engine's
+        :func:`~napari_sam.engine.everything.segmenter.segment_plane`; a module-level
+        function, so that workers can import it.
+
+    Returns
+    -------
+    StackSummary
+
+    Raises
+    ------
+    InvalidInputError
+        Bad ``z_range`` or worker count, or an input with both t and z axes.
+    CacheMismatchError
+        ``out`` holds a run for other data or settings and ``overwrite`` is False.
+    """
+    start = time.perf_counter()
+    if execution.workers < 0:
+        raise InvalidInputError(f"workers must be >= 0 (0 runs in this process); got {execution.workers}.")
+    stack = source.open()
+    settings = stack_settings.settings if stack_settings.settings is not None else _default_settings()
+    first, stop = _check_z_range(z_range, stack.layout.stack_shape[0])
+    normalization = stack_normalization(stack.planes, stack.layout, channel=source.channel)
+    model_id = model_identity(stack_settings.model)
+    signature = _signature(source, stack, model_id, normalization, settings, stack_settings)
+    store = EverythingStore.open(out, signature, stack.layout.plane_shape, stack.layout.stack_shape[0], overwrite)
+    done = store.completed()
+    jobs = [
+        SliceJob(source, str(out), z, normalization, settings, stack_settings.tile, stack_settings.halo, segmenter)
+        for z in range(first, stop) if not done[z]
+    ]
+    results: list[SliceResult] = []
+    report = _counter(progress, "segment", stop - first, (stop - first) - len(jobs), results)
+    _run_jobs(jobs, stack, stack_settings.model, execution, report)
+    segmented_at = time.perf_counter()
+    linked = link_range(store, first, stop, stack_settings.linking, progress)
+    summary = StackSummary(
+        out=str(out), slices=stop - first, segmented=len(jobs), reused=(stop - first) - len(jobs),
+        sections=linked.sections, objects=linked.objects, removed=linked.removed,
+        segment_seconds=round(segmented_at - start, 3),
+        slice_seconds=round(float(np.median([r.seconds for r in results])) if results else 0.0, 3),
+        link_seconds=round(time.perf_counter() - segmented_at, 3),
+        seconds=round(time.perf_counter() - start, 3), model_id=model_id, execution=execution.describe(),
+    )
+    store.record_run(_run_record(summary, z_range=(first, stop), linking=stack_settings.linking,
+                                 links=linked.links, gap_links=linked.gap_links))
+    return summary
+
+
+def link_range(
+    store: EverythingStore, first: int, stop: int, linking: LinkingSettings | None, progress: Progress | None = None,
+) -> LinkedLabels:
+    """Link the stored sections of slices ``first..stop-1`` into the store's labels.
+
+    Labels outside the range are cleared. With ``linking`` None every section gets its
+    own id. Streams one slice at a time (see :mod:`napari_sam.engine.everything.linking`).
+    """
+    store.clear_labels()
+    sections, labels = _ZWindow(store.sections, first, stop), _ZWindow(store.labels, first, stop)
+    report = None if progress is None else (lambda done, total: progress("link", done, total))
+    if linking is None:
+        return label_sections(sections, out=labels, progress=report)
+    return link_slices(sections, linking, out=labels, progress=report)
+
+
+def _run_jobs(
+    jobs: list[SliceJob], stack: OpenStack, model: ModelSource, execution: Execution,
+    done: Callable[[SliceResult], None],
+) -> None:
+    if not jobs:
+        return
+    if execution.scheduler is None and execution.workers == 0:
+        with _torch_threads(execution.threads):
+            predictor = load_predictor(model)
+            for job in jobs:
+                done(segment_slice(job, predictor, stack))
+        return
+    from napari_sam.batch.cluster import cluster_client, run_on_cluster
+
+    threads = execution.threads
+    if threads is None and execution.scheduler is None:
+        threads = max(1, (os.cpu_count() or 1) // execution.workers)
+    with cluster_client(execution.workers, execution.scheduler) as client:
+        run_on_cluster(client, jobs, model, threads, done)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set for a block, then restored (None: unchanged)."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _counter(
+    progress: Progress | None, stage: str, total: int, already: int, results: list[SliceResult],
+) -> Callable[[SliceResult], None]:
+    """A callback that collects each finished slice's result and reports progress."""
+    if progress is not None:
+        progress(stage, already, total)
+
+    def done(result: SliceResult) -> None:
+        results.append(result)
+        if progress is not None:
+            progress(stage, already + len(results), total)
+
+    return done
+
+
+def _check_z_range(z_range: tuple[int, int] | None, slices: int) -> tuple[int, int]:
+    if z_range is None:
+        return 0, slices
+    first, stop = (int(v) for v in z_range)
+    if not 0 <= first < stop <= slices:
+        raise InvalidInputError(f"z-range {first}:{stop} does not fit slices 0..{slices} of the input.")
+    return first, stop
+
+
+def _default_settings():
+    from napari_sam.engine.everything.segmenter import EverythingSettings
+
+    return EverythingSettings()
+
+
+def _signature(source, stack: OpenStack, model_id, normalization, settings, stack_settings) -> StoreSignature:
+    from napari_sam import __version__
+    from napari_sam.io.embedding_cache import data_fingerprint
+
+    n = normalization
+    return StoreSignature(
+        source=str(Path(source.path).resolve()), key=None if source.key is None else str(source.key),
+        level=int(source.level), axes=stack.axes, channel=source.channel,
+        data_shape=tuple(int(s) for s in stack.planes.shape),
+        fingerprint=data_fingerprint(stack.planes, stack.layout), model_id=model_id,
+        normalization=(n.low, n.high, n.channel, n.channel_weights), settings=dict(settings.to_dict()),
+        tile=stack_settings.tile, halo=int(stack_settings.halo), package_version=__version__,
+    )
+
+
+def _run_record(summary: StackSummary, **extra) -> dict:
+    record = asdict(summary)
+    record["slices_per_minute"] = round(summary.slices_per_minute, 2)
+    record["z_range"] = list(extra["z_range"])
+    record["linking"] = None if extra["linking"] is None else extra["linking"].to_dict()
+    record["links"], record["gap_links"] = extra["links"], extra["gap_links"]
+    return record
+
+
+class _ZWindow:
+    """Slices ``first..stop-1`` of a (Z, Y, X) zarr array as a (stop - first, Y, X) array."""
+
+    def __init__(self, array, first: int, stop: int) -> None:
+        self.array, self.first = array, first
+        self.shape = (stop - first,) + tuple(array.shape[1:])
+        self.dtype = array.dtype
+
+    def __getitem__(self, z: int):
+        return self.array[self.first + z]
+
+    def __setitem__(self, z: int, value) -> None:
+        self.array[self.first + z] = value

@@ -1,0 +1,196 @@
+"""Interactive annotation of a 2D image or a stack: the engine behind the napari widget.
+
+An :class:`AnnotationSession` owns a predictor, the data (numpy, memory-mapped or dask;
+2D, or a stack of planes), one intensity normalisation for the whole stack, and a
+bounded store of plane embeddings. The widget (or a console user) asks it to embed a
+plane, usually from a worker thread, then to preview objects for the prompts on that
+plane (tens of milliseconds), and to plan commits into a label image. Nothing here knows
+about Qt or napari.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from napari_sam.engine.annotation.embedding_store import EmbeddingBackend, EmbeddingStore
+from napari_sam.engine.model.loading import SamModel
+from napari_sam.engine.annotation.objects import ObjectPrompt, group_prompts, mask_to_logits
+from napari_sam.engine.prediction.planes import PlaneKey, plane_layout, read_plane, stack_normalization
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.engine.prediction.preprocess import Normalization
+from napari_sam.engine.prediction.results import Embedding, Prediction
+
+
+@dataclass(frozen=True, eq=False)
+class ObjectPreview:
+    """One previewed object: SAM's candidates and the one shown."""
+
+    prompt: ObjectPrompt
+    prediction: Prediction  # 3 candidates for an ambiguous prompt, else 1
+    chosen: int  # index of the candidate shown and committed
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(rows, cols) bool, the chosen candidate."""
+        return self.prediction.masks[self.chosen]
+
+    @property
+    def score(self) -> float:
+        """SAM's predicted IoU of the chosen candidate."""
+        return float(self.prediction.scores[self.chosen])
+
+
+@dataclass(frozen=True, eq=False)
+class Preview:
+    """All objects previewed on one plane."""
+
+    key: PlaneKey
+    objects: tuple[ObjectPreview, ...]
+
+    def masks(self) -> np.ndarray:
+        """(N, rows, cols) bool, chosen candidates."""
+        if not self.objects:
+            return np.zeros((0, 0, 0), bool)
+        return np.stack([o.mask for o in self.objects])
+
+    def labels(self, shape: tuple[int, int]) -> np.ndarray:
+        """(rows, cols) int32 with object i painted as i + 1 (earlier objects on top)."""
+        out = np.zeros(shape, np.int32)
+        for index in range(len(self.objects) - 1, -1, -1):
+            out[self.objects[index].mask] = index + 1
+        return out
+
+    def cycle(self, index: int = 0) -> "Preview":
+        """Show the next candidate of object ``index`` (wraps around)."""
+        if not self.objects:
+            return self
+        item = self.objects[index]
+        count = len(item.prediction.scores)
+        objects = list(self.objects)
+        objects[index] = replace(item, chosen=(item.chosen + 1) % count)
+        return replace(self, objects=tuple(objects))
+
+
+class AnnotationSession:
+    """Prompts to masks on the planes of one image or stack.
+
+    Parameters
+    ----------
+    model : str, pathlib.Path or SamModel
+        As for :class:`~napari_sam.engine.prediction.predictor.Predictor`.
+    data : array-like
+        (rows, cols), (..., rows, cols), or with a trailing channel axis.
+    channel_axis : bool
+        The last axis holds channels (RGB, or multichannel with ``channel`` chosen).
+    channel : int, optional
+        Channel to segment in multichannel data.
+    normalization : Normalization, optional
+        Default: computed once from a few planes of ``data``.
+    capacity : int
+        Embeddings kept in memory (4 MB each for the default model).
+    backend : EmbeddingBackend, optional
+        Persistent embedding cache consulted before encoding.
+    """
+
+    def __init__(
+        self, model: str | Path | SamModel, data, channel_axis: bool = False,
+        channel: int | None = None, normalization: Normalization | None = None,
+        capacity: int = 16, backend: EmbeddingBackend | None = None,
+    ) -> None:
+        self.predictor = model if isinstance(model, Predictor) else Predictor(model)
+        self.data = data
+        self.layout = plane_layout(np.shape(data), channel_axis)
+        self.normalization = normalization or stack_normalization(data, self.layout, channel)
+        self.store = EmbeddingStore(capacity, backend)
+        self._current: PlaneKey | None = None
+
+    @property
+    def model_id(self) -> str:
+        """Identity of the weights in use."""
+        return self.predictor.model.model_id
+
+    def has_embedding(self, key: PlaneKey) -> bool:
+        """True when ``key`` can be previewed without running the encoder."""
+        return self.store.get(tuple(key)) is not None
+
+    def embed(self, key: PlaneKey = (), should_stop: Callable[[], bool] | None = None) -> Embedding:
+        """The embedding of one plane, computed on first use (safe from a worker thread)."""
+        key = self.layout.check_key(key)
+        found = self.store.get(key)
+        if found is not None:
+            return found
+        plane = read_plane(self.data, self.layout, key)
+        embedding = self.predictor.encode(plane, self.normalization, should_stop)
+        self.store.put(key, embedding)
+        return embedding
+
+    def neighbours(self, key: PlaneKey, reach: int = 1) -> list[PlaneKey]:
+        """Planes next to ``key`` along the first stack axis, nearest first, to prefetch."""
+        if not key:
+            return []
+        found = []
+        for step in range(1, reach + 1):
+            for sign in (1, -1):
+                z = key[0] + sign * step
+                if 0 <= z < self.layout.stack_shape[0]:
+                    found.append((z, *key[1:]))
+        return found
+
+    def preview(
+        self, key: PlaneKey = (), points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None, boxes: np.ndarray | None = None,
+        mode: str = "single", mask_input: np.ndarray | None = None,
+    ) -> Preview:
+        """Masks for every object described by the prompts on one plane.
+
+        Objects with the same prompt structure are decoded together in one batched call.
+        ``mask_input`` (rows, cols) bool refines the first object (e.g. an existing
+        label being corrected). Embeds the plane first if needed (slow).
+        """
+        key = self.layout.check_key(key)
+        self._activate(key)
+        objects = group_prompts(points, point_labels, boxes, mode)
+        logits = None
+        if mask_input is not None:
+            embedding = self.predictor.embedding
+            logits = mask_to_logits(mask_input, embedding.input_size, self.predictor.model.input_size)
+            if not objects:
+                objects = [ObjectPrompt(np.zeros((0, 2)), np.zeros(0, int), bounding_box(mask_input))]
+        results: list[ObjectPreview | None] = [None] * len(objects)
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(objects):
+            signature = (item.signature(), item.ambiguous, logits is not None and index == 0)
+            groups.setdefault(signature, []).append(index)
+        for (_, ambiguous, refine), members in groups.items():
+            batch = self._decode([objects[i] for i in members], ambiguous, logits if refine else None)
+            for i, prediction in zip(members, batch):
+                results[i] = ObjectPreview(objects[i], prediction, prediction.best)
+        return Preview(key, tuple(results))
+
+    def _activate(self, key: PlaneKey) -> None:
+        if self._current != key or self.predictor.current_embedding is None:
+            self.predictor.set_embedding(self.embed(key))
+            self._current = key
+
+    def _decode(self, objects: list[ObjectPrompt], multimask: bool, logits) -> list[Prediction]:
+        first = objects[0]
+        points = np.stack([o.points for o in objects]) if len(first.points) else None
+        labels = np.stack([o.labels for o in objects]) if len(first.points) else None
+        boxes = np.stack([o.box for o in objects]) if first.box is not None else None
+        masks = None if logits is None else np.repeat(logits[None], len(objects), axis=0)
+        batch = self.predictor.predict_batch(
+            points=points, point_labels=labels, boxes=boxes, mask_input=masks, multimask=multimask
+        )
+        return [batch[i] for i in range(len(batch))]
+
+
+def bounding_box(mask: np.ndarray) -> np.ndarray | None:
+    """(row0, col0, row1, col1) float, inclusive, of a mask's pixels; None when empty."""
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return None
+    return np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)

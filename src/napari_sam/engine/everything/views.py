@@ -1,0 +1,271 @@
+"""Where segment-everything prompts: views of a plane and the point grid decoded on each.
+
+A *view* is a window of the plane encoded once: the whole plane, a tile (with halo) of a
+large plane, or a zoomed crop (the SAM paper's crop layers: the window is enlarged to the
+encoder's 1024 pixels, so small objects get more pixels). Grid points are laid over the
+view's *region* (a tile's interior, so neighbouring tiles never prompt the same pixel) and
+decoded in batches, coarse points first. After each batch, the pixels of confident masks
+are marked covered and later grid points falling there are skipped: a nucleus hit by one
+point needs no second prompt, and the background mask, found in the first batch, saves most
+of the grid on sparse microscopy images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_sam.engine.prediction import prompts
+from napari_sam.engine.everything.filters import stability_scores
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.engine.prediction.results import Embedding
+from napari_sam.errors import OperationCancelled
+
+Window = tuple[slice, slice]
+LOW_RES_STRIDE = 4  # encoder-frame pixels per low-resolution logit
+SKIP_WARMUP = 16  # grid points decoded (the first, coarse batch) before background is skipped
+
+
+@dataclass(frozen=True)
+class View:
+    """One encoded window of a plane and the grid prompted on it."""
+
+    window: Window  # plane pixels that are encoded
+    region: Window  # plane pixels where grid points are placed
+    inner_edges: tuple[bool, bool, bool, bool]  # (top, left, bottom, right) edges inside the plane
+    points_per_side: int  # grid points along each side of the region
+    layer: int = 0  # 0 for the plane or a tile, k for the k-th crop layer
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the window."""
+        return (self.window[0].stop - self.window[0].start, self.window[1].stop - self.window[1].start)
+
+
+@dataclass(frozen=True, eq=False)
+class ViewCandidates:
+    """Every decoded candidate of one view that passed the keep floors."""
+
+    view: View
+    logits: torch.Tensor  # (M, 256, 256) float16 low-res logits in the padded encoder frame
+    scores: np.ndarray  # (M,) float32 predicted IoU
+    points: np.ndarray  # (M, 2) float64 plane (row, col) of the prompt that made each
+    encoded_size: tuple[int, int]  # (rows, cols) the window had when encoded (upscaling)
+    input_size: tuple[int, int]  # (rows, cols) of the resized window in the encoder frame
+    frame: int  # encoder input side (1024)
+    decoded: int  # grid points decoded
+    skipped: int  # grid points skipped because a confident mask already covered them
+
+
+def grid_points(region: Window, points_per_side: int) -> np.ndarray:
+    """Cell-centred grid over a region, coarse sub-grids first.
+
+    Returns
+    -------
+    numpy.ndarray, shape (points_per_side ** 2, 2) float64
+        (row, col) plane coordinates. Points of the 1x1, 2x2, 4x4 ... sub-grids come
+        first, so the first batch already spans the whole region.
+    """
+    n = points_per_side
+    fractions = (np.arange(n) + 0.5) / n
+    rows = region[0].start + fractions * (region[0].stop - region[0].start)
+    cols = region[1].start + fractions * (region[1].stop - region[1].start)
+    index = np.arange(n)
+    coarseness = np.array([_trailing_zeros(int(i), n) for i in index])
+    level = np.minimum(coarseness[:, None], coarseness[None, :]).ravel()
+    order = np.argsort(-level, kind="stable")
+    points = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1).reshape(-1, 2)
+    return points[order]
+
+
+def _trailing_zeros(i: int, n: int) -> int:
+    """How coarse a grid index is: 0 is coarsest, odd indices finest."""
+    if i == 0:
+        return max(1, n).bit_length()
+    return (i & -i).bit_length() - 1
+
+
+def crop_views(base: View, plane_shape: tuple[int, int], layers: int, overlap_ratio: float,
+               downscale: int) -> list[View]:
+    """Zoomed crops of a base view: layer k cuts its window into 2^k x 2^k overlapping crops."""
+    views = []
+    rows0, cols0 = base.window[0].start, base.window[1].start
+    height, width = base.shape
+    for layer in range(1, layers + 1):
+        per_side = 2**layer
+        overlap = int(overlap_ratio * min(height, width) * (2 / per_side))
+        crop_h = math.ceil((height + overlap * (per_side - 1)) / per_side)
+        crop_w = math.ceil((width + overlap * (per_side - 1)) / per_side)
+        points = max(1, base.points_per_side // downscale**layer)
+        for i in range(per_side):
+            for j in range(per_side):
+                r0, c0 = rows0 + i * (crop_h - overlap), cols0 + j * (crop_w - overlap)
+                r1, c1 = min(r0 + crop_h, rows0 + height), min(c0 + crop_w, cols0 + width)
+                window = (slice(r0, r1), slice(c0, c1))
+                edges = (r0 > 0, c0 > 0, r1 < plane_shape[0], c1 < plane_shape[1])
+                views.append(View(window, window, edges, points, layer))
+    return views
+
+
+def decode_view(
+    predictor: Predictor,
+    embedding: Embedding,
+    view: View,
+    settings,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ViewCandidates:
+    """Decode the grid of one view into low-resolution candidates.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        Its current embedding is replaced by ``embedding``.
+    embedding : Embedding
+        The view's window encoded (possibly upscaled: ``original_size`` may exceed it).
+    view : View
+    settings : EverythingSettings
+        Batch size, skip rule, keep floors and the thresholds that make a mask confident.
+    should_stop : callable, optional
+        Polled between batches; True raises OperationCancelled.
+    progress : callable, optional
+        Called with the number of grid points handled (decoded or skipped) per batch.
+    """
+    predictor.set_embedding(embedding)
+    points = grid_points(view.region, view.points_per_side)
+    origin = np.array([view.window[0].start, view.window[1].start], dtype=np.float64)
+    scale = np.array(embedding.original_size, dtype=np.float64) / np.array(view.shape)
+    local = (points - origin + 0.5) * scale - 0.5  # pixel centres map to pixel centres
+    local = np.clip(local, 0, np.array(embedding.original_size) - 1)
+    grid = _GridState(embedding, local, settings)
+    kept_logits, kept_scores, kept_points = [], [], []
+    for start, stop in _batches(len(points), settings.points_per_batch):
+        if should_stop is not None and should_stop():
+            raise OperationCancelled("Segment everything was cancelled.")
+        batch = grid.select(np.arange(start, stop))
+        if len(batch):
+            logits, scores, stability = grid.decode(predictor, batch)
+            keep = (scores >= settings.keep_iou_floor) & (stability >= settings.keep_stability_floor)
+            kept_logits.append(logits[keep].half())
+            kept_scores.append(scores[keep].numpy())
+            kept_points.append(np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep.numpy()])
+        if progress is not None:
+            progress(stop - start)
+    empty = torch.zeros((0, prompts.LOW_RES, prompts.LOW_RES), dtype=torch.float16)
+    return ViewCandidates(
+        view=view,
+        logits=torch.cat(kept_logits) if kept_logits else empty,
+        scores=np.concatenate(kept_scores) if kept_scores else np.zeros(0, np.float32),
+        points=np.concatenate(kept_points) if kept_points else np.zeros((0, 2)),
+        encoded_size=tuple(embedding.original_size),
+        input_size=tuple(embedding.input_size),
+        frame=predictor.model.input_size,
+        decoded=grid.decoded,
+        skipped=grid.skipped,
+    )
+
+
+def _batches(count: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of the grid's decoder batches: the warm-up points alone first, so the
+    background rule already applies to the rest of the first full batch."""
+    bounds = sorted({0, min(SKIP_WARMUP, size, count), *range(size, count, size), count})
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+class _GridState:
+    """What decoding has learnt about a view's grid so far, to skip needless prompts.
+
+    * covered: low-res pixels inside a confident mask; a grid point there adds nothing.
+    * found / empty: the image-embedding vectors (at each decoded point) of points that
+      gave an object and of points that gave none. A new point whose embedding is much
+      closer to an empty point's than to any object point's (cosine similarity, by
+      ``settings.skip_margin``) is background and skipped. The coarse grid decoded first
+      (``SKIP_WARMUP`` points) gives both sets their first examples; until both have one,
+      nothing is skipped this way (an image whose coarse points all miss its objects must
+      not lose the whole grid).
+    """
+
+    def __init__(self, embedding: Embedding, local: np.ndarray, settings) -> None:
+        self.settings = settings
+        self.local = local
+        self.cells = _low_res_cells(local, embedding)
+        features = embedding.features[0].float()  # (C, 64, 64)
+        patch = self.cells // (prompts.LOW_RES // features.shape[-1])
+        vectors = features[:, patch[:, 0], patch[:, 1]].T
+        self.vectors = torch.nn.functional.normalize(vectors, dim=1)  # (P, C)
+        self.found: list[int] = []
+        self.empty: list[int] = []
+        self.covered = torch.zeros((prompts.LOW_RES, prompts.LOW_RES), dtype=torch.bool)
+        # skip_distance in window pixels -> low-res cells (a window pixel is resized by
+        # input_size / original_size into the encoder frame, LOW_RES_STRIDE pixels per cell)
+        cells_per_pixel = embedding.input_size[0] / embedding.original_size[0] / LOW_RES_STRIDE
+        self.reach = math.ceil(settings.skip_distance * cells_per_pixel - 1e-9)
+        self.valid = _valid_fraction(embedding)
+        self.decoded = self.skipped = 0
+
+    def select(self, batch: np.ndarray) -> np.ndarray:
+        """The points of a batch still worth decoding."""
+        if self.settings.skip_covered:
+            covered = self.covered
+            if self.reach > 0:
+                side = 2 * self.reach + 1
+                covered = F.max_pool2d(covered[None, None].float(), side, 1, self.reach)[0, 0] > 0
+            batch = self._skip(batch, ~covered[self.cells[batch, 0], self.cells[batch, 1]].numpy())
+        # Background is recognised only by comparison: it needs examples of both kinds.
+        if self.settings.skip_margin is not None and self.decoded >= SKIP_WARMUP and self.empty and self.found \
+                and len(batch):
+            vectors = self.vectors[batch]
+            empty_similarity = (vectors @ self.vectors[self.empty].T).amax(dim=1)
+            found_similarity = (vectors @ self.vectors[self.found].T).amax(dim=1)
+            batch = self._skip(batch, (empty_similarity - found_similarity < self.settings.skip_margin).numpy())
+        return batch
+
+    def _skip(self, batch: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        self.skipped += int((~keep).sum())
+        return batch[keep]
+
+    def decode(self, predictor: Predictor, batch: np.ndarray):
+        """Three candidates per point, flattened: (3B, 256, 256) logits, (3B,) scores and stability."""
+        settings = self.settings
+        out = predictor.predict_low_res(self.local[batch][:, None, :], multimask=True)
+        logits = out.logits.reshape(-1, prompts.LOW_RES, prompts.LOW_RES).float()
+        scores = out.scores.reshape(-1).float()
+        stability = stability_scores(logits, settings.stability_offset)
+        self.learn(batch, logits, scores, stability)
+        return logits, scores, stability
+
+    def learn(self, batch: np.ndarray, logits: torch.Tensor, scores: torch.Tensor, stability: torch.Tensor) -> None:
+        """Update coverage and the found / empty sets from a decoded batch."""
+        settings = self.settings
+        area = (logits > 0).flatten(1).float().mean(dim=1) / self.valid  # fraction of the window
+        confident = (scores >= settings.pred_iou_thresh) & (stability >= settings.stability_score_thresh) & (area > 0)
+        # A mask over (nearly) the whole window covers nothing: it would hide every object.
+        covering = confident & (area <= settings.max_area_fraction)
+        if covering.any():
+            self.covered |= (logits[covering] > 0).any(dim=0)
+        # The point found an object if a confident, object-sized mask contains it (a point
+        # beside a nucleus may return that nucleus: its embedding is still background's).
+        cells = self.cells[batch].repeat_interleave(logits.shape[0] // len(batch), dim=0)
+        inside = logits[torch.arange(len(logits)), cells[:, 0], cells[:, 1]] > 0
+        objects = (confident & inside & (area < settings.background_fraction)).view(len(batch), -1).any(dim=1).numpy()
+        self.found.extend(batch[objects].tolist())
+        self.empty.extend(batch[~objects].tolist())
+        self.decoded += len(batch)
+
+
+def _valid_fraction(embedding: Embedding) -> float:
+    """Fraction of the 256x256 logits that lies inside the resized window."""
+    frame = prompts.LOW_RES * LOW_RES_STRIDE
+    return (embedding.input_size[0] / frame) * (embedding.input_size[1] / frame)
+
+
+def _low_res_cells(local: np.ndarray, embedding: Embedding) -> torch.Tensor:
+    """(P, 2) window (row, col) -> (P, 2) int64 (row, col) of their low-res logit."""
+    xy = prompts.to_encoder_xy(local, embedding.original_size, embedding.input_size)
+    cells = np.floor(xy[:, ::-1] / LOW_RES_STRIDE).astype(np.int64)
+    return torch.from_numpy(np.clip(cells, 0, prompts.LOW_RES - 1))

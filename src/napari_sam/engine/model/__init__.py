@@ -1,0 +1,3 @@
+"""Which SAM, and how it gets here and runs: the registry of variants, weights fetched by
+checksum and cached once per user, the one builder every entry point loads through, and
+the process settings (device, malloc, a torch thread) that make a CPU fast."""
