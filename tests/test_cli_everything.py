@@ -1,14 +1,18 @@
 """``napari-sam segment-everything`` end to end with the real engine and default weights."""
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
 
-from napari_sam.cli import main
+from napari_sam.batch.everything import StackSettings
+from napari_sam.cli import build_parser, main
+from napari_sam.commands.everything import SETTING_FLAGS, stack_settings
 from napari_sam.engine.everything.linking import LinkingSettings, link_slices
+from napari_sam.engine.everything.segmenter import EverythingSettings
 from napari_sam.io.samples import load_dsb2018
 
 SLICES = 2
@@ -47,7 +51,8 @@ def test_segments_links_records_and_resumes(stack_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--z-range", "a:b"], "--z-range must be START:STOP"),
+    (["--z-range", "a:b"], r"A z-range is START:STOP \(two integers\); got 'a:b'"),
+    (["--z-range", "3:1"], "A z-range START:STOP needs 0 <= START < STOP; got '3:1'"),
     (["--z-range", "2:9"], "z-range 2:9 does not fit slices 0..2"),
     (["--link-iou", "0"], r"iou_threshold must be in \(0, 1\]"),
     (["--points-per-side", "0"], "Invalid segment-everything settings: points_per_side=0"),
@@ -71,3 +76,31 @@ def test_every_point_decodes_the_whole_grid(stack_file, tmp_path):
                  "--points-per-side", "3", "--every-point", "--no-link"]) == 0
     settings = zarr.open_group(out, mode="r").attrs["napari_sam"]["settings"]
     assert (settings["skip_covered"], settings["skip_margin"], settings["skip_distance"]) == (False, None, 0.0)
+
+
+def parse(*flags):
+    return build_parser().parse_args(["segment-everything", "in.tif", "--out", "x.zarr", *flags])
+
+
+def test_no_flags_run_the_engine_defaults(capsys):
+    """One source for each default: the dataclasses, also in --help."""
+    settings = stack_settings(parse())
+    assert settings.settings == EverythingSettings() and settings.linking == LinkingSettings()
+    assert replace(settings, settings=None) == StackSettings()
+    with pytest.raises(SystemExit):
+        parse("--help")
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in SETTING_FLAGS:
+        assert f"(default {getattr(EverythingSettings(), name)})" in shown, name
+    assert f"(default {LinkingSettings().iou_threshold})" in shown
+
+
+def test_flags_change_only_their_settings():
+    settings = stack_settings(parse("--points-per-side", "8", "--keep-background",
+                                    "--link-iou", "0.5", "--no-gap-closing",
+                                    "--halo", "16", "--tile", "256"))
+    expected = replace(EverythingSettings(), points_per_side=8, drop_background=False)
+    assert settings.settings == expected
+    assert settings.linking == replace(LinkingSettings(), iou_threshold=0.5, gap_closing=False)
+    assert (settings.tile, settings.halo) == (256, 16)
+    assert stack_settings(parse("--no-link")).linking is None

@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from napari_sam import __version__
 from napari_sam.errors import NapariSamError
@@ -46,6 +47,8 @@ def _numbers(text: str, count: int, form: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from napari_sam.engine.model.registry import DEFAULT_MODEL  # not at the top: imports torch
+
     parser = argparse.ArgumentParser(
         prog="napari-sam", description="Segment Anything for microscopy."
     )
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a box around the object, corners inclusive")
     predict.add_argument("--out", required=True, help="output mask (.tif, .png or .npy)")
     predict.add_argument("--overlay", help="also write the mask over the image as a PNG")
-    predict.add_argument("--model", default="vit_t", help="model name or checkpoint file (default vit_t)")
+    predict.add_argument("--model", default=DEFAULT_MODEL,
+                         help="model name or checkpoint file (default %(default)s)")
     predict.add_argument("--channel", type=int, help="channel index for multichannel images (last axis)")
     predict.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -80,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     path.add_argument("name", metavar="NAME")
 
     demo = commands.add_parser("demo", help="segment everything on the bundled DSB2018 nuclei image (the main job)")
-    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    demo.add_argument("--model", default="vit_t", help="model name or checkpoint file")
+    demo.add_argument("--out", default="out/demo", help="output folder (default %(default)s)")
+    demo.add_argument("--model", default=DEFAULT_MODEL,
+                      help="model name or checkpoint file (default %(default)s)")
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)
     return parser
@@ -201,16 +206,17 @@ class _DownloadBar:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar, made on the first update
 
-    def __enter__(self) -> "_DownloadBar":
+    def __enter__(self) -> _DownloadBar:
         return self
 
     def update(self, done: int, total: int) -> None:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=self.name, file=sys.stderr)
+            self.bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=self.name,
+                            file=sys.stderr)
         self.bar.update(done - self.bar.n)
 
     def __exit__(self, *exc: object) -> None:

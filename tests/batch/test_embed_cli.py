@@ -93,3 +93,5 @@ def test_z_range_and_mismatch_errors(stack_file, tmp_path, capsys):
     assert "feature_dtype" in capsys.readouterr().err
     assert main(["embed", str(stack_file), "--cache", str(cache), "--z-range", "4:9"]) == 1
     assert "does not fit" in capsys.readouterr().err
+    assert main(["embed", str(stack_file), "--cache", str(cache), "--z-range", "3:1"]) == 1
+    assert "A z-range START:STOP needs 0 <= START < STOP; got '3:1'" in capsys.readouterr().err

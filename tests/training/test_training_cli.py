@@ -1,17 +1,24 @@
 import json
+from dataclasses import replace
 
 import pytest
 import tifffile
 
 from napari_sam.cli import build_parser, main
+from napari_sam.commands.training import evaluation_settings, training_config
+from napari_sam.engine.everything.segmenter import EverythingSettings
+from napari_sam.errors import InvalidInputError
+from napari_sam.training.config import TrainingConfig
+from napari_sam.training.evaluation import EvaluationSettings
+from napari_sam.training.steps import PAPER_PROMPTS
 
 
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_model, tiny_architecture):
     """`train` and `evaluate` use the tiny random SAM instead of downloading vit_t."""
     from napari_sam.engine.model import loading
-    from tiny_sam import random_model
     from napari_sam.training import network
+    from tiny_sam import random_model
 
     original = network.load_trainable
     monkeypatch.setattr(network, "load_trainable",
@@ -47,7 +54,7 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
     assert card["metrics"]["regression_check"]["passed"] is True
     assert (out / "evaluation.csv").read_text().count("\n") == 1 + 4 * 6
     assert card["training"]["settings"]["freeze_iou_head"] is True and card["iou_head"].startswith("released")
-    assert card["training"]["settings"]["validation_objects"] == 24
+    assert card["training"]["settings"]["validation_objects"] == TrainingConfig().validation_objects
 
 
 def test_train_without_images_is_an_error(tmp_path, capsys):
@@ -83,3 +90,61 @@ def test_train_without_evaluation_measures_nothing(tmp_path, discs, tiny_cli, ca
     assert code == 0 and "before" not in printed and not (out / "evaluation.csv").exists()
     card = json.loads((out / "finetuned_random.json").read_text())
     assert card["metrics"] == {} and card["training"]["settings"]["freeze_iou_head"] is False
+
+
+def test_train_without_tuning_flags_runs_the_default_config():
+    """One source for each default: the flags' defaults are TrainingConfig's."""
+    args = build_parser().parse_args(["train", "--development", "--out", "x"])
+    assert training_config(args) == TrainingConfig()
+    assert evaluation_settings(args) == EvaluationSettings()
+    evaluate = build_parser().parse_args(["evaluate", "--development"])
+    assert evaluation_settings(evaluate) == EvaluationSettings()
+
+
+@pytest.mark.parametrize(("flags", "changed"), [
+    (["--steps", "7"], {"steps": 7}),
+    (["--objects", "3"], {"objects_per_step": 3}),
+    (["--lr", "0.002"], {"learning_rate": 0.002}),
+    (["--warmup", "4"], {"warmup_steps": 4}),
+    (["--trainable", "full", "--encoder-blocks", "3"], {"trainable": "full", "encoder_blocks": 3}),
+    (["--layer-decay", "0.5", "--drop-path", "0.1"], {"layer_decay": 0.5, "drop_path": 0.1}),
+    (["--crop", "64", "--flips"], {"crop_size": 64, "flips": True}),
+    (["--train-iou-head", "--no-calibration"],
+     {"freeze_iou_head": False, "calibrate_logits": False}),
+    (["--validate-every", "3", "--validation-objects", "5", "--patience", "2"],
+     {"validate_every": 3, "validation_objects": 5, "patience": 2}),
+    (["--max-minutes", "2.5", "--seed", "4", "--name", "b"],
+     {"max_minutes": 2.5, "seed": 4, "name": "b"}),
+    (["--max-minutes", "0"], {"max_minutes": None}),  # 0 lifts the time limit
+])
+def test_each_training_flag_sets_its_setting(flags, changed):
+    config = training_config(build_parser().parse_args(["train", "--out", "x", *flags]))
+    assert {name: getattr(config, name) for name in changed} == changed
+    assert config == replace(TrainingConfig(), **changed)  # and nothing else
+
+
+def test_the_paper_prompting_is_two_flags_away():
+    args = build_parser().parse_args([
+        "train", "--out", "x", "--iterations", str(PAPER_PROMPTS.iterations),
+        "--quiet-iterations", str(PAPER_PROMPTS.quiet_iterations),
+    ])
+    assert training_config(args).prompts == PAPER_PROMPTS
+
+
+def test_a_negative_time_limit_is_refused():
+    args = build_parser().parse_args(["train", "--out", "x", "--max-minutes", "-1"])
+    with pytest.raises(InvalidInputError, match=r"max_minutes must be positive; got -1\.0"):
+        training_config(args)
+
+
+def test_help_states_the_defaults_in_use(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    defaults = TrainingConfig()
+    assert f"peak learning rate (default {defaults.learning_rate})" in shown
+    assert f"training steps (default {defaults.steps})" in shown
+    paper = PAPER_PROMPTS.iterations
+    assert f"(default {defaults.prompts.iterations}; the SAM paper's {paper})" in shown
+    assert f"default {defaults.max_minutes:g}, 0: no limit" in shown
+    assert f"threshold (default {EverythingSettings().pred_iou_thresh})" in shown

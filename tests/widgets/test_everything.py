@@ -108,3 +108,18 @@ def test_every_point_box_turns_skipping_off_and_needs_a_new_decoding(widget):
     every = widget.current_settings()
     assert (every.skip_covered, every.skip_margin, every.skip_distance) == (False, None, 0.0)
     assert widget._ensure_session() and widget.session is not first  # decoded candidates differ
+
+
+def test_the_form_starts_at_the_engine_defaults(make_napari_viewer, tiny_model):
+    """One source for each default: the fields read EverythingSettings and the batch defaults."""
+    from napari_sam._widgets.everything import EverythingWidget
+    from napari_sam.batch.everything import StackSettings
+    from napari_sam.engine.tiling.grid import DEFAULT_HALO
+
+    widget = EverythingWidget(make_napari_viewer(), model=tiny_model)
+    assert widget.current_settings() == EverythingSettings()
+    assert {name: box.value() for name, box in widget.threshold_boxes.items()} == {
+        name: getattr(EverythingSettings(), name) for name in widget.threshold_boxes}
+    assert (widget.tile_box.value() or None) == StackSettings().tile
+    assert widget.halo_box.value() == DEFAULT_HALO
+    assert widget.link_box.isChecked() == (StackSettings().linking is not None)

@@ -22,9 +22,9 @@ def tiny_training(monkeypatch, tiny_architecture):
     """Fine-tuning starts from the tiny random SAM instead of downloading vit_t."""
     import torch
 
-    from tiny_sam import random_model
     from napari_sam.training import annotations
     from napari_sam.training.network import load_trainable
+    from tiny_sam import random_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -93,3 +93,39 @@ def test_empty_labels_are_refused(make_napari_viewer, tmp_path, monkeypatch):
     _, widget = _widget(make_napari_viewer, tmp_path, labels=np.zeros((96, 96), np.int32))
     widget.run()
     assert widget.worker is None and "holds no object" in shown[0]
+
+
+def test_the_form_starts_at_the_training_defaults(make_napari_viewer, tmp_path, monkeypatch):
+    """One source for each default: untouched, the form runs exactly TrainingConfig()."""
+    from napari_sam._widgets.finetune import FineTuneWidget
+    from napari_sam.training.config import TrainingConfig
+
+    viewer = make_napari_viewer()
+    image, labels = _discs()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="committed")
+    widget = FineTuneWidget(viewer)
+    defaults = TrainingConfig()
+    fields = (widget.steps_box.value(), widget.objects_box.value(), widget.iterations_box.value())
+    assert fields == (defaults.steps, defaults.objects_per_step, defaults.prompts.iterations)
+    assert (widget.minutes_box.value() or None) == defaults.max_minutes
+    assert widget.freeze_iou_box.isChecked() == defaults.freeze_iou_head
+    started = []
+    monkeypatch.setattr(widget, "_start_worker", lambda images, config, out: started.append(config))
+    widget.output_edit.setText(str(tmp_path))
+    widget.run()
+    assert started == [defaults]
+
+
+def test_short_runs_validate_within_their_steps(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_sam.training.config import TrainingConfig
+
+    _, widget = _widget(make_napari_viewer, tmp_path)
+    widget.minutes_box.setValue(0)
+    started = []
+    monkeypatch.setattr(widget, "_start_worker", lambda images, config, out: started.append(config))
+    widget.run()
+    (config,) = started
+    assert config.steps == 2 and config.warmup_steps <= 2 and config.validate_every <= 2
+    assert config.max_minutes is None  # 0: no time limit
+    assert config.learning_rate == TrainingConfig().learning_rate

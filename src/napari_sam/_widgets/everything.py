@@ -15,8 +15,16 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QSpinBox,
-    QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 from napari_sam.errors import NapariSamError, OperationCancelled
@@ -58,6 +66,10 @@ class EverythingWidget(QWidget):
 
     # ------------------------------------------------------------------ form
     def _build_ui(self) -> None:
+        from napari_sam.batch.everything import StackSettings
+        from napari_sam.engine.tiling.grid import DEFAULT_HALO
+
+        stack = StackSettings()  # the defaults of `napari-sam segment-everything`
         form = QFormLayout()
         self.image_box = QComboBox()
         self.channel_box = _spin(-1, 64, -1, "Channel of multichannel data (all: grey or RGB).", "all")
@@ -66,16 +78,20 @@ class EverythingWidget(QWidget):
         self.min_area_box = _spin(0, 10**7, self.settings.min_area, "Drop objects smaller than this (pixels).")
         self.region_box = _spin(0, 10**6, self.settings.min_region_area,
                                 "Remove islands and fill holes smaller than this (pixels).")
-        self.tile_box = _spin(0, 8192, 0, "Tile side for planes larger than the encoder (0: whole plane).", "none")
-        self.halo_box = _spin(0, 2048, 128, "Overlap around each tile: about the largest object's radius.")
+        self.tile_box = _spin(0, 8192, stack.tile or 0,
+                              "Tile side for planes larger than the encoder (0: whole plane).",
+                              "none")
+        self.halo_box = _spin(0, 2048, DEFAULT_HALO,
+                              "Overlap around each tile: about the largest object's radius.")
         self.background_box = QCheckBox("drop the background mask")
         self.background_box.setChecked(self.settings.drop_background)
         self.every_point_box = QCheckBox("decode every grid point")
+        self.every_point_box.setChecked(not self.settings.skip_covered)
         self.every_point_box.setToolTip(
             "Off (default): grid points inside or beside objects already found, and points that look like "
             "background, are skipped (5-8x faster). On: every point is decoded, for the last bit of recall.")
         self.link_box = QCheckBox("link planes into 3D objects")
-        self.link_box.setChecked(True)
+        self.link_box.setChecked(stack.linking is not None)
         for name, box in (("image", self.image_box), ("channel", self.channel_box), ("points per side", self.points_box),
                           ("tile", self.tile_box), ("halo", self.halo_box)):
             form.addRow(name, box)
@@ -123,12 +139,11 @@ class EverythingWidget(QWidget):
     def current_settings(self):
         """The form's settings as :class:`EverythingSettings`."""
         values = {name: box.value() for name, box in self.threshold_boxes.items()}
-        if self.every_point_box.isChecked():
-            values.update(skip_covered=False, skip_margin=None, skip_distance=0.0)
-        return replace(
+        settings = replace(
             self.settings, points_per_side=self.points_box.value(), min_area=self.min_area_box.value(),
             min_region_area=self.region_box.value(), drop_background=self.background_box.isChecked(), **values,
         )
+        return settings.every_point() if self.every_point_box.isChecked() else settings
 
     # --------------------------------------------------------------- actions
     def preview(self) -> None:

@@ -11,6 +11,7 @@ progress), and on success switches every open SAM annotator to the new weights.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from napari.layers import Image, Labels
@@ -56,28 +57,46 @@ class FineTuneWidget(QWidget):
         self.timer.timeout.connect(self._show_progress)
 
     def _build_ui(self) -> None:
+        from napari_sam.engine.everything.segmenter import EverythingSettings
+        from napari_sam.training.config import TrainingConfig
+        from napari_sam.training.steps import PAPER_PROMPTS
+
+        # The fields start at TrainingConfig's defaults: the recipe of docs/training.md's
+        # experiment (about 6 s a step on 2 cores).
+        defaults = TrainingConfig()
         self.image_box, self.labels_box = QComboBox(), QComboBox()
         self.model_edit = QLineEdit(self.model_name)
         self.parts_box = QComboBox()
-        self.parts_box.addItems(["decoder", "decoder+prompt"])
+        self.parts_box.addItems(["decoder", "decoder+prompt"])  # they train on cached embeddings
+        self.parts_box.setCurrentText(defaults.trainable)
         self.steps_box, self.objects_box = QSpinBox(), QSpinBox()
         self.steps_box.setRange(1, 100_000)
-        self.steps_box.setValue(100)
+        self.steps_box.setValue(defaults.steps)
         self.objects_box.setRange(1, 64)
-        self.objects_box.setValue(16)
+        self.objects_box.setValue(defaults.objects_per_step)
         self.iterations_box = QSpinBox()
-        self.iterations_box.setRange(1, 11)
-        # The recipe of docs/training.md's experiment: 16 objects, one round, lr 5e-5 (about
-        # 6 s a step on 2 cores); the paper's 11 rounds cost about 8x more per step.
-        self.iterations_box.setValue(1)
-        self.iterations_box.setToolTip("Prompting rounds per step: first prompt, corrective clicks, "
-                                       "and one round without a new click (the SAM paper uses 11).")
+        self.iterations_box.setRange(1, PAPER_PROMPTS.iterations)
+        self.iterations_box.setValue(defaults.prompts.iterations)
+        self.iterations_box.setToolTip(
+            "Prompting rounds per step: first prompt, corrective clicks, and one round without a "
+            f"new click (the SAM paper uses {PAPER_PROMPTS.iterations}; each round costs about "
+            "one more decoder pass)."
+        )
+        self.minutes_box = QSpinBox()
+        self.minutes_box.setRange(0, 100_000)
+        self.minutes_box.setSpecialValueText("none")
+        self.minutes_box.setValue(round(defaults.max_minutes or 0))
+        self.minutes_box.setToolTip(
+            "Stop after this many minutes, keeping the best weights (none: run all steps). With "
+            "a limit, how far training gets depends on the machine's speed."
+        )
         self.freeze_iou_box = QCheckBox("keep the released IoU head")
-        self.freeze_iou_box.setChecked(True)
+        self.freeze_iou_box.setChecked(defaults.freeze_iou_head)
         self.freeze_iou_box.setToolTip(
             "Train the masks but not the IoU prediction (the score of each mask). Trained on a few "
-            "images, the IoU head learns to predict lower scores, and segment-everything, which keeps "
-            "masks scored above 0.88, then finds nothing. Untick to train it as in the SAM paper."
+            "images, the IoU head learns to predict lower scores, and segment-everything, which "
+            f"keeps masks scored above {EverythingSettings().pred_iou_thresh}, then finds nothing. "
+            "Untick to train it as in the SAM paper."
         )
         self.output_edit = QLineEdit(str(Path.home() / "napari-sam-finetuned"))
         self.run_button, self.cancel_button = QPushButton("Fine-tune"), QPushButton("Cancel")
@@ -88,7 +107,9 @@ class FineTuneWidget(QWidget):
         for label, box in (("image", self.image_box), ("objects", self.labels_box),
                            ("start from", self.model_edit), ("train", self.parts_box),
                            ("steps", self.steps_box), ("objects per step", self.objects_box),
-                           ("prompt rounds", self.iterations_box), ("IoU head", self.freeze_iou_box),
+                           ("prompt rounds", self.iterations_box),
+                           ("time limit (min)", self.minutes_box),
+                           ("IoU head", self.freeze_iou_box),
                            ("save under", self.output_edit)):
             form.addRow(label, box)
         layout = QVBoxLayout(self)
@@ -116,7 +137,6 @@ class FineTuneWidget(QWidget):
         """Start fine-tuning on the chosen layers in the background."""
         from napari_sam.training.annotations import annotated_images
         from napari_sam.training.config import TrainingConfig
-        from napari_sam.training.steps import PromptSettings
 
         image, labels = self.image_box.currentText(), self.labels_box.currentText()
         if not image or not labels:
@@ -127,13 +147,21 @@ class FineTuneWidget(QWidget):
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
+        defaults = TrainingConfig()
         steps, rounds = self.steps_box.value(), self.iterations_box.value()
-        config = TrainingConfig(trainable=self.parts_box.currentText(), steps=steps,
-                                objects_per_step=self.objects_box.value(), learning_rate=5e-5,
-                                warmup_steps=min(10, steps),
-                                prompts=PromptSettings(iterations=rounds, quiet_iterations=min(1, rounds - 1)),
-                                freeze_iou_head=self.freeze_iou_box.isChecked(),
-                                validate_every=max(1, steps // 5), checkpoint_every=max(1, steps // 5))
+        config = replace(
+            defaults, trainable=self.parts_box.currentText(), steps=steps,
+            objects_per_step=self.objects_box.value(),
+            freeze_iou_head=self.freeze_iou_box.isChecked(),
+            max_minutes=self.minutes_box.value() or None,
+            # past the first, one round without a new click (as the tooltip says)
+            prompts=replace(defaults.prompts, iterations=rounds,
+                            quiet_iterations=min(1, rounds - 1)),
+            # a short run still warms up, validates and checkpoints within its steps
+            warmup_steps=min(defaults.warmup_steps, steps),
+            validate_every=min(defaults.validate_every, max(1, steps // 5)),
+            checkpoint_every=min(defaults.checkpoint_every, max(1, steps // 5)),
+        )
         output = Path(self.output_edit.text()).expanduser() / time.strftime("%Y%m%d-%H%M%S")
         self._start_worker(images, config, output)
 

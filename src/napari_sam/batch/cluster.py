@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 
@@ -24,6 +25,9 @@ from napari_sam.batch.tasks import (
     StackSource,
     load_predictor,
 )
+
+if TYPE_CHECKING:
+    from napari_sam.engine.prediction.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +41,26 @@ class ModelPlugin(WorkerPlugin):
     ----------
     model : str or callable
         Registry name, checkpoint path, or a picklable factory returning a SamModel.
-    threads : int
-        torch threads of the worker.
+    threads : int, optional
+        torch threads of the worker; None leaves the worker's default (its cores).
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, model: ModelSource, threads: int = 1) -> None:
-        self.model, self.threads = model, int(threads)
-        self.predictor = None
+    def __init__(self, model: ModelSource, threads: int | None = 1) -> None:
+        self.model, self.threads = model, threads
+        self.predictor: Predictor | None = None
         self.stacks: dict[StackSource, OpenStack] = {}
 
     def setup(self, worker) -> None:
         import torch
 
-        torch.set_num_threads(self.threads)
-        self.predictor = load_predictor(self.model)
-        log.info("worker %s loaded %s (%d torch threads)", worker.address, self.predictor.model.model_id, self.threads)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        predictor = load_predictor(self.model)
+        self.predictor = predictor
+        log.info("worker %s loaded %s (%d torch threads)", worker.address, predictor.model.model_id,
+                 torch.get_num_threads())
 
     def stack(self, source: StackSource) -> OpenStack:
         """The worker's opened input (opened on first use)."""
@@ -67,6 +74,7 @@ def segment_slice_on_worker(job: SliceJob) -> SliceResult:
     from napari_sam.batch.tasks import segment_slice
 
     plugin = get_worker().plugins[PLUGIN_NAME]
+    assert isinstance(plugin, ModelPlugin) and plugin.predictor is not None  # setup() ran
     return segment_slice(job, plugin.predictor, plugin.stack(job.source))
 
 
@@ -99,7 +107,7 @@ def cluster_client(workers: int, scheduler: str | None) -> Iterator[Client]:
 
 
 def run_on_cluster(
-    client: Client, jobs: Sequence[SliceJob], model: ModelSource, threads: int,
+    client: Client, jobs: Sequence[SliceJob], model: ModelSource, threads: int | None,
     done: Callable[[SliceResult], None],
 ) -> None:
     """Run slice jobs on the client's workers, calling ``done`` as each one finishes.

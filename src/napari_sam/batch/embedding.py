@@ -18,6 +18,7 @@ import numpy as np
 
 from napari_sam.engine.annotation.session import AnnotationSession
 from napari_sam.engine.annotation.tiled_session import TiledSession, open_session
+from napari_sam.errors import InvalidInputError
 from napari_sam.io.embedding_cache import EmbeddingCache, cache_signature
 
 
@@ -51,14 +52,13 @@ def open_cached_session(
         ``cache_path`` holds a cache for other data or settings and ``overwrite`` is False.
     """
     session = open_session(model, data, channel_axis, channel, capacity, tile, halo, upscale)
-    tiled = isinstance(session, TiledSession)
+    tiling = (session.tile, session.halo, session.upscale) if isinstance(session, TiledSession) else (None, 0, 1.0)
     signature = cache_signature(
         data, session.layout, session.model_id, session.normalization, feature_dtype,
-        tile=session.tile if tiled else None, halo=session.halo if tiled else 0,
-        upscale=session.upscale if tiled else 1.0,
+        tile=tiling[0], halo=tiling[1], upscale=tiling[2],
     )
     cache = EmbeddingCache.open(cache_path, signature, session.layout, overwrite=overwrite)
-    if tiled:
+    if isinstance(session, TiledSession):
         session.tile_backends = cache.tiles
     else:
         session.store.backend = cache
@@ -121,4 +121,7 @@ def _embed_tiles(session: TiledSession, planes, progress, should_stop) -> tuple[
 
 def _cache_of(session: AnnotationSession) -> EmbeddingCache:
     """The cache behind a session from :func:`open_cached_session` (or given as backend)."""
-    return getattr(session, "cache", None) or session.store.backend
+    cache = session.cache or session.store.backend
+    if not isinstance(cache, EmbeddingCache):
+        raise InvalidInputError("This session keeps no embedding cache: open it with open_cached_session.")
+    return cache

@@ -144,7 +144,9 @@ def model_identity(model: ModelSource) -> str:
     if callable(model):
         return model().model_id
     spec = get_model_spec(model)
-    return spec.model_id if spec.sha256 else f"{spec.name}@{file_sha256(Path(spec.path))[:12]}"
+    if spec.sha256 or spec.path is None:
+        return spec.model_id
+    return f"{spec.name}@{file_sha256(Path(spec.path))[:12]}"
 
 
 class _SinglePlane:

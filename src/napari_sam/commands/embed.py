@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+# The flags' defaults and help texts are read from the model registry and the tiling.
+from napari_sam.engine.model.registry import DEFAULT_MODEL
+from napari_sam.engine.tiling.grid import DEFAULT_HALO, DEFAULT_WINDOW
+
 
 def register(commands) -> None:
     """Add the ``embed`` subcommand to the ``napari-sam`` parser."""
@@ -14,7 +18,8 @@ def register(commands) -> None:
     )
     embed.add_argument("input", help="TIFF, zarr or OME-Zarr (folder), or .npy")
     embed.add_argument("--cache", required=True, help="output embedding cache (a .zarr folder)")
-    embed.add_argument("--model", default="vit_t", help="model name or checkpoint file (default vit_t)")
+    embed.add_argument("--model", default=DEFAULT_MODEL,
+                       help="model name or checkpoint file (default %(default)s)")
     embed.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
     embed.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
     embed.add_argument("--axes", help="axis names of the input, e.g. zyx, tczyx (default: from the file)")
@@ -22,10 +27,12 @@ def register(commands) -> None:
     embed.add_argument("--z-range", metavar="START:STOP", help="only these planes of the first stack axis")
     embed.add_argument("--float16", action="store_true", help="store features as float16 (half the disk)")
     embed.add_argument("--tile", type=int, metavar="N",
-                       help="tile interior side in pixels; 0 = whole planes (default: tiles only for planes "
-                            "too large for the encoder, 768 + halo 128)")
+                       help="tile interior side in pixels; 0 = whole planes (default: tiles only "
+                            "for planes too large for the encoder, "
+                            f"{DEFAULT_WINDOW - 2 * DEFAULT_HALO} + halo {DEFAULT_HALO})")
     embed.add_argument("--halo", type=int, metavar="N",
-                       help="overlap around each tile in pixels (default 128 / upscale, at most tile / 4)")
+                       help=f"overlap around each tile in pixels (default {DEFAULT_HALO} / "
+                            "upscale, at most tile / 4)")
     embed.add_argument("--upscale", type=float, default=1.0, metavar="F",
                        help="encoder pixels per image pixel, e.g. 2 for small cells (default 1)")
     embed.add_argument("--overwrite", action="store_true", help="replace a cache made for other data/settings")
@@ -37,6 +44,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_sam.batch.embedding import embed_volume, open_cached_session
+    from napari_sam.engine.annotation.tiled_session import TiledSession
     from napari_sam.io.volumes import open_volume
 
     volume = open_volume(args.input, key=args.key, level=args.level, axes=args.axes)
@@ -51,7 +59,7 @@ def run_embed(args: argparse.Namespace) -> int:
     unit = "plane" if grid is None else "tile"
     with tqdm(total=len(planes) * len(grid or [0]), unit=unit, desc="embedding", file=sys.stderr) as bar:
         summary = embed_volume(session, planes, progress=lambda done, total: bar.update(done - bar.n))
-    tiling = "whole planes" if grid is None else (
+    tiling = "whole planes" if not isinstance(session, TiledSession) else (
         f"{summary.tiles_per_plane} tiles per plane (tile {session.tile}, halo {session.halo}, "
         f"upscale {session.upscale:g})"
     )
@@ -67,15 +75,15 @@ def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
     import numpy as np
 
     from napari_sam.errors import InvalidInputError
+    from napari_sam.commands.arguments import parse_z_range
 
-    keys = [tuple(int(i) for i in k) for k in np.ndindex(*layout.stack_shape)] if layout.stack_ndim else [()]
+    keys: list[tuple[int, ...]] = [()]
+    if layout.stack_ndim:
+        keys = [tuple(int(i) for i in k) for k in np.ndindex(*layout.stack_shape)]
     if z_range is None:
         return keys
-    try:
-        start, stop = (int(v) for v in z_range.split(":"))
-    except ValueError:
-        raise InvalidInputError(f"--z-range must be START:STOP (two integers); got {z_range!r}.") from None
-    if not layout.stack_ndim or not 0 <= start < stop <= layout.stack_shape[0]:
+    start, stop = parse_z_range(z_range)
+    if not layout.stack_ndim or not stop <= layout.stack_shape[0]:
         raise InvalidInputError(
             f"--z-range {z_range} does not fit planes 0..{layout.stack_shape[0] if layout.stack_ndim else 0}."
         )

@@ -6,27 +6,33 @@ import argparse
 import os
 import sys
 
+# The flags' defaults and help texts are read from the settings they fill.
+from napari_sam.batch.everything import StackSettings
+from napari_sam.engine.everything.linking import LinkingSettings
+from napari_sam.engine.everything.segmenter import EverythingSettings
+
 MAX_DEFAULT_WORKERS = 4  # each worker holds its own model and buffers (vit_t: about 1.4 GB at peak)
 
 # Flags that override one EverythingSettings field each; omitted flags keep the engine's
-# defaults (documented with their evaluation in docs/everything.md).
+# defaults (shown in --help; documented with their evaluation in docs/everything.md).
 SETTING_FLAGS = {
     "points_per_side": (int, "grid points along each side of a plane or tile"),
     "points_per_batch": (int, "prompts per decoder call"),
     "pred_iou_thresh": (float, "keep masks whose predicted IoU is at least this"),
     "stability_score_thresh": (float, "keep masks whose stability score is at least this"),
-    "box_nms_thresh": (float, "drop a mask whose box overlaps a better one's by more (IoU)"),
+    "box_nms_thresh": (float, "drop a mask whose box IoU with a better one's is above this"),
     "min_area": (int, "drop masks smaller than this many pixels"),
-    "min_region_area": (int, "remove islands and fill holes smaller than this (pixels)"),
-    "crop_layers": (int, "zoomed crop layers (each re-encodes 4^k crops)"),
-    "skip_margin": (float, "skip grid points this much more similar to background points than to "
-                           "object points (cosine similarity of image embeddings)"),
+    "min_region_area": (int, "remove islands and fill holes smaller than this many pixels"),
+    "crop_layers": (int, "zoomed crop layers, each re-encoding 4^k crops"),
+    "skip_margin": (float, "skip grid points whose image embedding is this much more similar "
+                           "(cosine) to background points than to object points"),
     "skip_distance": (float, "skip grid points within this many pixels of an object already found"),
 }
 
 
 def register(commands) -> None:
     """Add the ``segment-everything`` subcommand to the ``napari-sam`` parser."""
+    stack, linking, settings = StackSettings(), LinkingSettings(), EverythingSettings()
     parser = commands.add_parser(
         "segment-everything", help="segment every object of an image or stack into zarr labels",
         description="Segment everything in each slice (in parallel on dask.distributed), then link "
@@ -40,24 +46,34 @@ def register(commands) -> None:
                        "0 runs in this process)")
     where.add_argument("--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://host:8786")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
-    parser.add_argument("--model", default="vit_t", help="model name or checkpoint file (default vit_t)")
-    parser.add_argument("--tile", type=int, help="segment planes in tiles of this side (pixels)")
-    parser.add_argument("--halo", type=int, default=0, help="overlap of neighbouring tiles (pixels)")
+    parser.add_argument("--model", default=stack.model,
+                        help="model name or checkpoint file (default %(default)s)")
+    parser.add_argument("--tile", type=int, default=stack.tile,
+                        help="segment planes in tiles of this side (pixels; default: whole planes)")
+    parser.add_argument("--halo", type=int, default=stack.halo,
+                        help="overlap of neighbouring tiles (pixels; default %(default)s)")
     parser.add_argument("--z-range", metavar="START:STOP", help="only these slices of the stack")
     parser.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
     parser.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
     parser.add_argument("--axes", help="axis names of the input, e.g. zyx, czyx (default: from the file)")
     parser.add_argument("--channel", type=int, help="channel to segment in multichannel data")
     for name, (kind, text) in SETTING_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+        parser.add_argument("--" + name.replace("_", "-"), type=kind,
+                            help=f"{text} (default {getattr(settings, name)})")
     parser.add_argument("--every-point", action="store_true",
                         help="decode every grid point (no skipping: 5-8x slower, the last bit of recall)")
     parser.add_argument("--keep-background", action="store_true",
                         help="keep large masks touching three edges (dropped as background by default)")
-    parser.add_argument("--link", action=argparse.BooleanOptionalAction, default=True,
-                        help="link slices into 3D objects (default); --no-link numbers each 2D object apart")
-    parser.add_argument("--link-iou", type=float, help="least IoU between an object's neighbouring sections")
-    parser.add_argument("--min-extent", type=int, help="slices a 3D object must span to be kept")
+    parser.add_argument("--link", action=argparse.BooleanOptionalAction,
+                        default=stack.linking is not None,
+                        help="link slices into 3D objects (default %(default)s); --no-link numbers "
+                             "each 2D object apart")
+    parser.add_argument("--link-iou", type=float,
+                        help="least IoU between an object's neighbouring sections "
+                             f"(default {linking.iou_threshold})")
+    parser.add_argument("--min-extent", type=int,
+                        help="slices a 3D object must span to be kept "
+                             f"(default {linking.min_extent})")
     parser.add_argument("--no-gap-closing", action="store_true", help="do not link over one missed slice")
     parser.add_argument("--overwrite", action="store_true", help="replace an output made for other data/settings")
     parser.set_defaults(handler=run_segment_everything)
@@ -65,28 +81,17 @@ def register(commands) -> None:
 
 def run_segment_everything(args: argparse.Namespace) -> int:
     """``napari-sam segment-everything``: a stack into linked 3D labels, resumably."""
-    from napari_sam.engine.everything.segmenter import EverythingSettings
-    from napari_sam.errors import InvalidInputError
-    from napari_sam.batch.everything import Execution, StackSettings, segment_stack
+    from napari_sam.batch.everything import Execution, segment_stack
     from napari_sam.batch.tasks import StackSource
+    from napari_sam.commands.arguments import parse_z_range
 
-    overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None}
-    if args.keep_background:
-        overrides["drop_background"] = False
-    if args.every_point:
-        skipping = {"skip_margin", "skip_distance"} & set(overrides)
-        if skipping:
-            raise InvalidInputError(f"--every-point decodes every grid point: drop {sorted(skipping)}.")
-        overrides.update(skip_covered=False, skip_margin=None, skip_distance=0.0)
-    stack_settings = StackSettings(
-        model=args.model, settings=EverythingSettings(**overrides), tile=args.tile, halo=args.halo,
-        linking=_linking(args),
-    )
+    settings = stack_settings(args)
     source = StackSource(args.input, key=args.key, level=args.level, axes=args.axes, channel=args.channel)
     workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
     execution = Execution(workers=0 if args.scheduler else workers, scheduler=args.scheduler, threads=args.threads)
+    z_range = None if args.z_range is None else parse_z_range(args.z_range)
     with _Bars() as bars:
-        summary = segment_stack(source, args.out, stack_settings, execution, z_range=_z_range(args.z_range),
+        summary = segment_stack(source, args.out, settings, execution, z_range=z_range,
                                 overwrite=args.overwrite, progress=bars.update)
     print(
         f"{args.out}: {summary.objects} objects in {summary.slices} slices ({summary.segmented} segmented now, "
@@ -96,29 +101,43 @@ def run_segment_everything(args: argparse.Namespace) -> int:
     return 0
 
 
-def _linking(args: argparse.Namespace):
-    from napari_sam.engine.everything.linking import LinkingSettings
+def stack_settings(args: argparse.Namespace) -> StackSettings:
+    """The :class:`StackSettings` of parsed ``segment-everything`` arguments.
 
+    Raises
+    ------
+    InvalidInputError
+        ``--every-point`` together with a flag that tunes the skipping of points, or a
+        setting out of its range.
+    """
+    from napari_sam.errors import InvalidInputError
+
+    overrides = {name: getattr(args, name) for name in SETTING_FLAGS
+                 if getattr(args, name) is not None}
+    if args.keep_background:
+        overrides["drop_background"] = False
+    if args.every_point:
+        skipping = {"skip_margin", "skip_distance"} & set(overrides)
+        if skipping:
+            raise InvalidInputError(
+                f"--every-point decodes every grid point: drop {sorted(skipping)}."
+            )
+    settings = EverythingSettings(**overrides)
+    if args.every_point:
+        settings = settings.every_point()
+    return StackSettings(model=args.model, settings=settings, tile=args.tile,
+                         halo=args.halo, linking=_linking(args))
+
+
+def _linking(args: argparse.Namespace) -> LinkingSettings | None:
     if not args.link:
         return None
-    values = {"gap_closing": not args.no_gap_closing}
+    values = {"gap_closing": False} if args.no_gap_closing else {}
     if args.link_iou is not None:
         values["iou_threshold"] = args.link_iou
     if args.min_extent is not None:
         values["min_extent"] = args.min_extent
     return LinkingSettings(**values)
-
-
-def _z_range(text: str | None) -> tuple[int, int] | None:
-    from napari_sam.errors import InvalidInputError
-
-    if text is None:
-        return None
-    try:
-        start, stop = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise InvalidInputError(f"--z-range must be START:STOP (two integers); got {text!r}.") from None
-    return start, stop
 
 
 class _Bars:

@@ -15,6 +15,15 @@ import logging
 import sys
 from pathlib import Path
 
+# The flags' defaults and help texts are read from these settings (building the parser
+# therefore imports torch, as running any of these commands does anyway).
+from napari_sam.engine.everything.segmenter import EverythingSettings
+from napari_sam.engine.model.registry import DEFAULT_MODEL
+from napari_sam.training.config import TrainingConfig
+from napari_sam.training.evaluation import REGRESSION_TOLERANCE, EvaluationSettings
+from napari_sam.training.optimization import TRAINABLE_PARTS
+from napari_sam.training.steps import PAPER_PROMPTS, PromptSettings
+
 log = logging.getLogger(__name__)
 
 SETS = ("train", "validation", "test", "reference")
@@ -28,60 +37,98 @@ def register(commands) -> None:
                     "measure held-out and reference images before and after.",
     )
     _add_data_arguments(train, SETS)
-    train.add_argument("--out", required=True, help="output folder (weights, model card, checkpoint, tables)")
-    train.add_argument("--model", default="vit_t", help="starting model name or checkpoint (default vit_t)")
+    train.add_argument("--out", required=True,
+                       help="output folder (weights, model card, checkpoint, tables)")
+    train.add_argument("--model", default=DEFAULT_MODEL,
+                       help="starting model name or checkpoint (default %(default)s)")
     train.add_argument("--architecture", help="registry name of a checkpoint file's architecture")
-    train.add_argument("--from-scratch", action="store_true", help="random initial weights (no MAE init)")
-    train.add_argument("--trainable", default="decoder",
-                       choices=("decoder", "decoder+prompt", "encoder-last", "full"), help="what trains")
-    train.add_argument("--encoder-blocks", type=int, default=2, help="encoder blocks trained with encoder-last")
-    train.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    train.add_argument("--objects", type=int, default=16, help="objects per step (default 16)")
-    train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    train.add_argument("--iterations", type=int, default=11, help="prompting iterations per step (default 11)")
-    train.add_argument("--quiet-iterations", type=int, default=2, help="iterations without a new point (default 2)")
-    train.add_argument("--warmup", type=int, default=20, help="warm-up steps (default 20)")
-    train.add_argument("--layer-decay", type=float, default=0.8, help="layer-wise lr decay of encoder blocks")
-    train.add_argument("--drop-path", type=float, default=0.0, help="drop path rate when the encoder trains")
-    train.add_argument("--crop", type=int, help="random square crops of this side")
-    train.add_argument("--flips", action="store_true", help="random flips")
-    iou_head = train.add_mutually_exclusive_group()
-    iou_head.add_argument("--freeze-iou-head", dest="freeze_iou_head", action="store_true",
-                          help="keep the released IoU head (default): segment-everything's "
-                               "pred_iou_thresh stays valid")
-    iou_head.add_argument("--train-iou-head", dest="freeze_iou_head", action="store_false",
-                          help="train the IoU head too (the SAM paper's recipe; it learns the new labels' "
-                               "lower IoU, so segment-everything then needs a lower pred_iou_thresh)")
-    train.set_defaults(freeze_iou_head=True)
-    train.add_argument("--no-calibration", dest="calibrate_logits", action="store_false",
-                       help="do not rescale the kept weights' logits to the base model's stability "
-                            "(by default they are, so segment-everything's stability filter still fits)")
-    train.add_argument("--validate-every", type=int, default=25, help="steps between validations")
-    train.add_argument("--validation-objects", type=int, default=24,
-                       help="objects measured per validation image (default 24)")
-    train.add_argument("--patience", type=int, default=4, help="validations without gain before stopping")
-    train.add_argument("--max-minutes", type=float,
-                       help="stop after this many minutes of training (wall time; the best weights are kept)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--name", default="finetuned", help="weights are NAME_ARCH.pt (default finetuned)")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="random initial weights (no MAE init)")
+    _add_recipe_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    train.add_argument("--tolerance", type=float, default=0.01, help="allowed drop on the reference set")
+    train.add_argument("--tolerance", type=float, default=REGRESSION_TOLERANCE,
+                       help="allowed drop on the reference set (default %(default)s)")
     train.add_argument("--no-evaluation", action="store_true",
-                       help="only train: measure test and reference sets later with 'napari-sam evaluate', "
-                            "once for several models")
+                       help="only train: measure test and reference sets later with "
+                            "'napari-sam evaluate', once for several models")
     _add_common_arguments(train)
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
         "evaluate", help="mean IoU of models on labelled images (point, box, clicks)",
-        description="Measure one or more models on labelled images; prints a table, writes CSV/plot.",
+        description="Measure one or more models on labelled images; prints a table, "
+                    "writes CSV/plot.",
     )
     _add_data_arguments(evaluate, ("test", "reference"))
-    evaluate.add_argument("--model", action="append", help="model name or checkpoint (repeatable; default vit_t)")
+    evaluate.add_argument("--model", action="append",
+                          help=f"model name or checkpoint (repeatable; default {DEFAULT_MODEL})")
     evaluate.add_argument("--architecture", help="registry name of checkpoint files' architecture")
-    evaluate.add_argument("--out", help="folder for evaluation.csv (and evaluation.png with matplotlib)")
+    evaluate.add_argument("--out",
+                          help="folder for evaluation.csv (and evaluation.png with matplotlib)")
     _add_common_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
+
+
+def _add_recipe_arguments(train: argparse.ArgumentParser) -> None:
+    """The training settings; every default is :class:`TrainingConfig`'s (the validated recipe)."""
+    defaults = TrainingConfig()
+    add = train.add_argument
+    add("--trainable", default=defaults.trainable, choices=TRAINABLE_PARTS,
+        help="what trains (default %(default)s)")
+    add("--encoder-blocks", type=int, default=defaults.encoder_blocks,
+        help="encoder blocks trained with encoder-last (default %(default)s)")
+    add("--steps", type=int, default=defaults.steps, help="training steps (default %(default)s)")
+    add("--objects", type=int, default=defaults.objects_per_step,
+        help="objects per step (default %(default)s)")
+    add("--lr", type=float, default=defaults.learning_rate,
+        help="peak learning rate (default %(default)s)")
+    add("--iterations", type=int, default=defaults.prompts.iterations,
+        help="prompting iterations per step (default %(default)s; the SAM paper's "
+             f"{PAPER_PROMPTS.iterations})")
+    add("--quiet-iterations", type=int, default=defaults.prompts.quiet_iterations,
+        help="iterations without a new point (default %(default)s; the SAM paper's "
+             f"{PAPER_PROMPTS.quiet_iterations})")
+    add("--warmup", type=int, default=defaults.warmup_steps,
+        help="warm-up steps (default %(default)s)")
+    add("--layer-decay", type=float, default=defaults.layer_decay,
+        help="layer-wise lr decay of encoder blocks (default %(default)s)")
+    add("--drop-path", type=float, default=defaults.drop_path,
+        help="drop path rate when the encoder trains (default %(default)s)")
+    add("--crop", type=int, default=defaults.crop_size, help="random square crops of this side")
+    add("--flips", action="store_true", default=defaults.flips, help="random flips")
+    _add_iou_head_arguments(train, defaults.freeze_iou_head)
+    add("--no-calibration", dest="calibrate_logits", action="store_false",
+        default=defaults.calibrate_logits,
+        help="do not rescale the kept weights' logits to the base model's stability (by "
+             "default they are, so segment-everything's stability filter still fits)")
+    add("--validate-every", type=int, default=defaults.validate_every,
+        help="steps between validations (default %(default)s)")
+    add("--validation-objects", type=int, default=defaults.validation_objects,
+        help="objects measured per validation image (default %(default)s)")
+    add("--patience", type=int, default=defaults.patience,
+        help="validations without gain before stopping (default %(default)s)")
+    add("--max-minutes", type=float, default=defaults.max_minutes,
+        help="stop after this many minutes of training (wall time; the best weights are kept; "
+             f"default {defaults.max_minutes or 0:g}, 0: no limit). With a limit, how many "
+             "steps run, and so the weights, depend on the machine's speed")
+    add("--seed", type=int, default=defaults.seed, help="seeds sampling and prompts")
+    add("--name", default=defaults.name, help="weights are NAME_ARCH.pt (default %(default)s)")
+
+
+def _add_iou_head_arguments(train: argparse.ArgumentParser, freeze: bool) -> None:
+    iou_head = train.add_mutually_exclusive_group()
+    iou_head.add_argument(
+        "--freeze-iou-head", dest="freeze_iou_head", action="store_true",
+        help="keep the released IoU head" + (" (default)" if freeze else "")
+             + ": segment-everything's pred_iou_thresh stays valid",
+    )
+    iou_head.add_argument(
+        "--train-iou-head", dest="freeze_iou_head", action="store_false",
+        help="train the IoU head too" + ("" if freeze else " (default)")
+             + " (the SAM paper's recipe; it learns the new labels' lower IoU, so "
+               "segment-everything then needs a lower pred_iou_thresh)",
+    )
+    train.set_defaults(freeze_iou_head=freeze)
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, sets: tuple[str, ...]) -> None:
@@ -93,28 +140,37 @@ def _add_data_arguments(parser: argparse.ArgumentParser, sets: tuple[str, ...]) 
     if "validation" in sets:
         parser.add_argument("--validation-fraction", type=float, default=0.2,
                             help="hold out this fraction of training images for early stopping "
-                                 "when no validation set is given (0: none)")
-    parser.add_argument("--pattern", default="*.tif", help="image glob inside folders (default *.tif)")
-    parser.add_argument("--label-suffix", default="_labels", help="labels file = STEM + this (default _labels)")
+                                 "when no validation set is given (default %(default)s; 0: none)")
+    parser.add_argument("--pattern", default="*.tif",
+                        help="image glob inside folders (default %(default)s)")
+    parser.add_argument("--label-suffix", default="_labels",
+                        help="labels file = STEM + this (default %(default)s)")
     parser.add_argument("--channel", type=int, help="channel of multichannel images")
     parser.add_argument("--development", action="store_true",
                         help="use the development splits of docs/training.md (BBBC007, cells3d, DSB2018)")
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clicks", type=int, default=4, help="iterative prompting: up to this many prompts")
-    parser.add_argument("--max-objects", type=int, default=30, help="objects evaluated per image")
-    parser.add_argument("--automatic", action="store_true",
-                        help="also score segment-everything by AP at IoU 0.5..0.95 (slow: a point grid per image)")
-    parser.add_argument("--automatic-iou", type=float, metavar="T",
-                        help="segment-everything's predicted-IoU threshold (default 0.88)")
-    parser.add_argument("--embedding-cache", help="folder keeping image embeddings between runs")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    """The evaluation settings; every default is :class:`EvaluationSettings`'."""
+    defaults = EvaluationSettings()
+    add = parser.add_argument
+    add("--clicks", type=int, default=defaults.clicks,
+        help="iterative prompting: up to this many prompts (default %(default)s)")
+    add("--max-objects", type=int, default=defaults.max_objects,
+        help="objects evaluated per image (default %(default)s)")
+    add("--automatic", action="store_true", default=defaults.automatic,
+        help="also score segment-everything by AP at IoU 0.5..0.95 (slow: a point grid per image)")
+    add("--automatic-iou", type=float, metavar="T", default=defaults.automatic_iou_threshold,
+        help=f"segment-everything's predicted-IoU threshold (default "
+             f"{EverythingSettings().pred_iou_thresh})")
+    add("--embedding-cache", help="folder keeping image embeddings between runs")
+    add("--threads", type=int, help="torch CPU threads")
 
 
 def load_sets(args: argparse.Namespace, sets: tuple[str, ...]) -> dict[str, list]:
     """The images of each named set from folders, pairs or the development splits."""
     from napari_sam.errors import InvalidInputError
+    from napari_sam.commands.arguments import parse_z_range
     from napari_sam.training.datasets import images_from_files, images_from_folder
 
     if args.development:
@@ -132,20 +188,10 @@ def load_sets(args: argparse.Namespace, sets: tuple[str, ...]) -> dict[str, list
         for pair in getattr(args, f"{name}_pair"):
             if len(pair) not in (2, 3):
                 raise InvalidInputError(f"--{name}-pair takes IMAGE LABELS [START:STOP]; got {pair}.")
-            z_range = _z_range(pair[2]) if len(pair) == 3 else None
+            z_range = parse_z_range(pair[2]) if len(pair) == 3 else None
             images += images_from_files(pair[0], pair[1], z_range, args.channel)
         loaded[name] = images
     return loaded
-
-
-def _z_range(text: str) -> tuple[int, int]:
-    from napari_sam.errors import InvalidInputError
-
-    try:
-        start, stop = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise InvalidInputError(f"A z-range is START:STOP (two integers); got {text!r}.") from None
-    return start, stop
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -198,23 +244,34 @@ def _training_sets(args: argparse.Namespace) -> dict[str, list]:
     return sets
 
 
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The :class:`TrainingConfig` of parsed ``train`` arguments (``--max-minutes 0``: no limit)."""
+    return TrainingConfig(
+        trainable=args.trainable, encoder_blocks=args.encoder_blocks, steps=args.steps,
+        objects_per_step=args.objects, learning_rate=args.lr, warmup_steps=args.warmup,
+        layer_decay=args.layer_decay, drop_path=args.drop_path, crop_size=args.crop,
+        flips=args.flips,
+        prompts=PromptSettings(iterations=args.iterations, quiet_iterations=args.quiet_iterations),
+        freeze_iou_head=args.freeze_iou_head, calibrate_logits=args.calibrate_logits,
+        validate_every=args.validate_every, validation_objects=args.validation_objects,
+        patience=args.patience, max_minutes=args.max_minutes or None, seed=args.seed,
+        name=args.name,
+    )
+
+
+def evaluation_settings(args: argparse.Namespace) -> EvaluationSettings:
+    """The :class:`EvaluationSettings` of parsed ``train`` or ``evaluate`` arguments."""
+    return EvaluationSettings(clicks=args.clicks, max_objects=args.max_objects,
+                              automatic=args.automatic, automatic_iou_threshold=args.automatic_iou)
+
+
 def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, store):
     from tqdm import tqdm
 
-    from napari_sam.training.config import TrainingConfig
     from napari_sam.training.loop import train
-    from napari_sam.training.steps import PromptSettings
 
-    config = TrainingConfig(
-        trainable=args.trainable, encoder_blocks=args.encoder_blocks, steps=args.steps,
-        objects_per_step=args.objects, learning_rate=args.lr, warmup_steps=args.warmup,
-        layer_decay=args.layer_decay, drop_path=args.drop_path, crop_size=args.crop, flips=args.flips,
-        freeze_iou_head=args.freeze_iou_head, calibrate_logits=args.calibrate_logits,
-        validate_every=args.validate_every,
-        validation_objects=args.validation_objects, patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, name=args.name,
-        prompts=PromptSettings(iterations=args.iterations, quiet_iterations=args.quiet_iterations),
-    )
-    with tqdm(total=args.steps, unit="step", desc="training", file=sys.stderr) as bar:
+    config = training_config(args)
+    with tqdm(total=config.steps, unit="step", desc="training", file=sys.stderr) as bar:
         def progress(update):
             bar.update(update.step - bar.n)
             bar.set_postfix(loss=f"{update.loss:.3f}", val=_number(update.best_validation))
@@ -234,7 +291,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise InvalidInputError("No images: give --test-folder, --test-pair (or reference) or --development.")
     store = _store(args)
     rows = []
-    for name in args.model or ["vit_t"]:
+    for name in args.model or [DEFAULT_MODEL]:
         model = load_model(name, architecture=args.architecture)
         reports = _evaluate_sets(model, sets, args, store, Path(name).stem)
         rows += [(data, Path(name).stem, report) for data, report in reports.items()]
@@ -245,10 +302,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_sets(model, sets: dict[str, list], args, store, label: str) -> dict:
     from tqdm import tqdm
 
-    from napari_sam.training.evaluation import EvaluationSettings, evaluate
+    from napari_sam.training.evaluation import evaluate
 
-    settings = EvaluationSettings(clicks=args.clicks, max_objects=args.max_objects, automatic=args.automatic,
-                                  automatic_iou_threshold=args.automatic_iou)
+    settings = evaluation_settings(args)
     reports = {}
     for name, images in sets.items():
         with tqdm(total=len(images), unit="image", desc=f"evaluating {name} ({label})", file=sys.stderr) as bar:

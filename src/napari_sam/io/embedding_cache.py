@@ -226,10 +226,10 @@ class EmbeddingCache:
             return None
         if zlib.crc32(np.ascontiguousarray(features).tobytes()) != int(self.group["checksum"][index]):
             return None
-        size = tuple(int(v) for v in self.group["input_size"][where])
+        rows, cols = (int(v) for v in self.group["input_size"][where])
         return Embedding(
             features=torch.from_numpy(features.astype(np.float32))[None],
-            input_size=size, original_size=self._original_size(tile),
+            input_size=(rows, cols), original_size=self._original_size(tile),
             model_id=self.signature.model_id, normalization=self.normalization,
         )
 
@@ -259,8 +259,8 @@ class EmbeddingCache:
         return PlaneTiles(self, self.layout.check_key(key))
 
     def _original_size(self, tile: tuple[int, int] | None) -> tuple[int, int]:
-        if tile is None:
-            return tuple(self.layout.plane_shape)
+        if tile is None or self.grid is None:
+            return self.layout.plane_shape
         rows, cols = self.grid[tile[0] * self.grid_shape[1] + tile[1]].window
         return rows.stop - rows.start, cols.stop - cols.start
 

@@ -118,7 +118,7 @@ class EverythingStore:
                 raise CacheMismatchError(_mismatch(path, signature, existing))
             shutil.rmtree(path)
         store = cls(zarr.open_group(path, mode="w"))
-        store._create_arrays(tuple(int(s) for s in plane_shape), int(slices))
+        store._create_arrays((int(plane_shape[0]), int(plane_shape[1])), int(slices))
         store.group.attrs["napari_sam"] = signature.to_dict()  # last: a half-made store has none
         return store
 

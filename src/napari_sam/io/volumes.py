@@ -338,16 +338,17 @@ def _multiscales(group) -> dict | None:
 
 def _ngff_axes(axes_meta, source: str) -> str | None:
     """Axis letters from NGFF axes (dicts in 0.4+, names in 0.3); None to guess."""
-    letters = []
+    letters: list[str] = []
     for axis in axes_meta or []:
         name = (axis.get("name", "") if isinstance(axis, dict) else str(axis)).lower()
         kind = axis.get("type") if isinstance(axis, dict) else None
-        letters.append(name if name in AXIS_LETTERS else NGFF_TYPES.get(kind))
-        if letters[-1] is None:
+        letter = name if name in AXIS_LETTERS else NGFF_TYPES.get(kind or "")
+        if letter is None:
             raise InvalidInputError(
                 f"Axis {name!r} of {source} is not one of t, c, z, y, x: pass axes= "
                 "naming each axis with those letters, e.g. axes='czyx'."
             )
+        letters.append(letter)
     return "".join(letters) or None
 
 
@@ -359,7 +360,7 @@ def _open_tiff(path: Path, key, level: int, axes: str | None) -> Volume:
     index = _check_index(0 if key is None else key, len(tif.series), "key", f"TIFF {path}")
     series = tif.series[index]
     level = _check_index(level, len(series.levels), "level", f"series {index} of {path}")
-    data = zarr.open(series.aszarr(level=level), mode="r")
+    data = zarr.open_array(series.aszarr(level=level), mode="r")
     source = f"{path} series {index} level {level}"
     axes = axes or _tiff_axes(series.levels[level].axes, source)
     fits = isinstance(axes, str) and len(axes) == data.ndim  # else _open_array reports it
@@ -379,7 +380,7 @@ def _tiff_axes(letters: str, source: str) -> str:
         )
     for i, letter in zip(reversed(unknown), free):
         axes[i] = letter
-    return "".join(axes)
+    return "".join(a or "" for a in axes)
 
 
 def _tiff_scale(tif, index: int, axes: str, level: int) -> tuple[float, ...]:
@@ -393,6 +394,6 @@ def _tiff_scale(tif, index: int, axes: str, level: int) -> tuple[float, ...]:
     sizes.update(z=float(imagej.get("spacing", 1.0)), t=float(imagej.get("finterval", 1.0)))
     xml = ElementTree.fromstring(tif.ome_metadata) if tif.ome_metadata else ElementTree.Element("")
     pixels = [e for e in xml.iter() if e.tag.endswith("}Pixels")][index : index + 1]
-    sizes.update({a: float(p.get(n)) for p in pixels for a, n in OME_SIZES.items() if p.get(n)})
+    sizes.update({a: float(p.get(n) or 1.0) for p in pixels for a, n in OME_SIZES.items() if p.get(n)})
     base, shape = series.shape, series.levels[level].shape
     return tuple(sizes.get(a, 1.0) * (base[i] / shape[i]) for i, a in enumerate(axes))

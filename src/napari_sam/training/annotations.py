@@ -71,7 +71,7 @@ def fine_tune_annotations(
     architecture : str, optional
         Architecture of a checkpoint file whose name does not say it.
     """
-    config = config or TrainingConfig(steps=100, objects_per_step=8, validate_every=20)
+    config = config or TrainingConfig()
     groups = {image.group for image in images}
     if len(groups) >= MIN_GROUPS_FOR_VALIDATION:
         training, validation = split_images(images, 0.2, config.seed)

@@ -267,7 +267,13 @@ class RegressionCheck:
         return not self.worse
 
 
-def check_regression(before: EvaluationReport, after: EvaluationReport, tolerance: float = 0.01) -> RegressionCheck:
+# Mean IoU the reference set may lose before fine-tuning counts as a regression.
+REGRESSION_TOLERANCE = 0.01
+
+
+def check_regression(
+    before: EvaluationReport, after: EvaluationReport, tolerance: float = REGRESSION_TOLERANCE
+) -> RegressionCheck:
     """Compare point, box, point+negative and the last iterative click of two reports."""
     pairs = {m: (getattr(before, m), getattr(after, m)) for m in MEASURES}
     pairs[f"point + {len(before.iterative_point) - 1} clicks"] = (before.iterative_point[-1], after.iterative_point[-1])

@@ -99,7 +99,7 @@ def train(
     output : str or pathlib.Path
         Folder for ``checkpoint.pt``, the final weights and the model card.
     config : TrainingConfig, optional
-        The SAM recipe's defaults when omitted.
+        :class:`~napari_sam.training.config.TrainingConfig`'s defaults when omitted.
     progress : callable, optional
         Called with a :class:`TrainingProgress` after every step.
     should_stop : callable, optional

@@ -7,7 +7,8 @@ at most 20 pixels) on each corner coordinate. Each later point is drawn uniforml
 the error region between the previous prediction and the truth, positive on a false
 negative and negative on a false positive, and the previous mask logits are fed back as
 a dense prompt. Two iterations add no point (one at random, one last), so the model
-learns to refine from its own mask; 11 iterations in all by default. Coordinates here
+learns to refine from its own mask; 11 iterations in all in the paper
+(:data:`~napari_sam.training.steps.PAPER_PROMPTS`), one by default. Coordinates here
 are SAM's (x, y) in encoder-input pixels; a low-resolution logit at (row, col) covers
 input pixels [4 row, 4 row + 4) x [4 col, 4 col + 4).
 """

@@ -163,7 +163,7 @@ def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int], frame: int, lo
 
     mask = np.asarray(mask, bool)
     resized = np.asarray(
-        Image.fromarray(mask.astype(np.uint8) * 255).resize(input_size[::-1], Image.BILINEAR),
+        Image.fromarray(mask.astype(np.uint8) * 255).resize(input_size[::-1], Image.Resampling.BILINEAR),
         np.float32,
     ) / 255.0
     padded = np.zeros((frame, frame), np.float32)

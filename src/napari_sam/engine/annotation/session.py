@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +107,9 @@ class AnnotationSession:
         self.layout = plane_layout(np.shape(data), channel_axis)
         self.normalization = normalization or stack_normalization(data, self.layout, channel)
         self.store = EmbeddingStore(capacity, backend)
+        # The persistent store behind the embeddings when one is attached (an io
+        # EmbeddingCache, see napari_sam.batch.embedding.open_cached_session); None otherwise.
+        self.cache: Any = None
         self._current: PlaneKey | None = None
 
     @property
@@ -169,7 +173,7 @@ class AnnotationSession:
             batch = self._decode([objects[i] for i in members], ambiguous, logits if refine else None)
             for i, prediction in zip(members, batch):
                 results[i] = ObjectPreview(objects[i], prediction, prediction.best)
-        return Preview(key, tuple(results))
+        return Preview(key, tuple(r for r in results if r is not None))
 
     def _activate(self, key: PlaneKey) -> None:
         if self._current != key or self.predictor.current_embedding is None:
@@ -180,7 +184,7 @@ class AnnotationSession:
         first = objects[0]
         points = np.stack([o.points for o in objects]) if len(first.points) else None
         labels = np.stack([o.labels for o in objects]) if len(first.points) else None
-        boxes = np.stack([o.box for o in objects]) if first.box is not None else None
+        boxes = np.stack([o.box for o in objects if o.box is not None]) if first.box is not None else None
         masks = None if logits is None else np.repeat(logits[None], len(objects), axis=0)
         batch = self.predictor.predict_batch(
             points=points, point_labels=labels, boxes=boxes, mask_input=masks, multimask=multimask

@@ -86,7 +86,8 @@ class TiledSession(AnnotationSession):
         """True when every tile of the plane is encoded (in memory or the cache)."""
         return self.plane(key).ready()
 
-    def embed(self, key: PlaneKey = (), should_stop: Callable[[], bool] | None = None,
+    # A tiled plane has one embedding per tile: embed returns the plane that holds them.
+    def embed(self, key: PlaneKey = (), should_stop: Callable[[], bool] | None = None,  # type: ignore[override]
               progress: Callable[[int, int], None] | None = None) -> TiledPlane:
         """Encode every grid tile of one plane not yet encoded (slow; safe from a worker thread).
 

@@ -175,7 +175,10 @@ def track_sections(
     -------
     SectionTracks
     """
-    ids, tracks, first, last = [], [], [], []
+    ids: list[np.ndarray] = []  # per slice: the 2D ids of its sections
+    tracks: list[np.ndarray] = []  # per slice: the track of each section
+    first: list[int] = []  # per track: its first and last slice
+    last: list[int] = []
     window: list[tuple[np.ndarray, np.ndarray]] = []  # last two (labels, continued) of slices z-2, z-1
     links = gap_links = 0
     for z in range(slices.shape[0]):

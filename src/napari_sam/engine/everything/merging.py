@@ -48,7 +48,8 @@ def view_survivors(candidates: ViewCandidates, settings, plane_shape: tuple[int,
         return []
     view = candidates.view
     low = candidates.logits.shape[-1]
-    valid = tuple(math.ceil(s * low / candidates.frame) for s in candidates.input_size)
+    rows, cols = (math.ceil(s * low / candidates.frame) for s in candidates.input_size)
+    valid = (rows, cols)
     logits = candidates.logits[:, : valid[0], : valid[1]].float()
     stability = stability_scores(logits, settings.stability_offset).numpy()
     chosen = np.flatnonzero(

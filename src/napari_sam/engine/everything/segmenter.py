@@ -19,12 +19,13 @@ filtering; here the work is split in two:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
 from napari_sam.engine.everything.views import View, ViewCandidates, Window, crop_views, decode_view
 from napari_sam.engine.everything.merging import Survivor, merge_views, paint_survivors, view_survivors
+from napari_sam.engine.prediction.planes import PlaneView
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import Normalization, compute_normalization
 from napari_sam.engine.prediction.results import Embedding
@@ -78,6 +79,10 @@ class EverythingSettings:
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
             raise InvalidInputError(f"Invalid segment-everything settings: {values} (see EverythingSettings).")
+
+    def every_point(self) -> EverythingSettings:
+        """These settings with no grid point skipped (maximum recall, 5-8x the decoding)."""
+        return replace(self, skip_covered=False, skip_margin=None, skip_distance=0.0)
 
     def to_dict(self) -> dict:
         """Plain values, e.g. for zarr attributes or a JSON record."""
@@ -151,7 +156,7 @@ class AutomaticSegmenter:
 
     def initialise(
         self,
-        plane: np.ndarray,
+        plane: np.ndarray | PlaneView,
         normalization: Normalization | None = None,
         *,
         tile: int | None = None,
@@ -267,7 +272,7 @@ def _plane_shape(plane) -> tuple[int, int]:
         raise InvalidInputError(
             f"Segment everything needs one 2D plane, (rows, cols) or (rows, cols, channels); got shape {shape}."
         )
-    return shape[:2]
+    return shape[0], shape[1]
 
 
 def _encoder(predictor: Predictor, plane, normalization: Normalization, should_stop) -> EmbedWindow:

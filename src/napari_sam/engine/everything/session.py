@@ -162,9 +162,9 @@ class EverythingSession:
         """Link along the last stack axis, separately for each leading index (e.g. time)."""
         stacks = labels.reshape((-1,) + labels.shape[-3:])
         out = np.zeros_like(stacks)
-        offset = 0
+        offset: int = 0
         for i, stack in enumerate(stacks):
-            linked = link_slices(stack, self.linking, should_stop=should_stop).labels
+            linked = np.asarray(link_slices(stack, self.linking, should_stop=should_stop).labels)
             out[i] = np.where(linked > 0, linked + offset, 0)
             offset = int(out[i].max(initial=offset))
         return out.reshape(labels.shape)

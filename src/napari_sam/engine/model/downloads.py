@@ -20,7 +20,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from napari_sam.errors import CheckpointError, DownloadError
 
@@ -40,7 +40,7 @@ def file_sha256(path: Path) -> str:
 
 
 def store_verified(
-    source: BinaryIO, destination: Path, sha256: str, size: int = 0,
+    source: IO[bytes], destination: Path, sha256: str, size: int = 0,
     progress: Progress | None = None,
 ) -> Path:
     """Copy a stream to ``destination`` if and only if its sha256 matches.
@@ -145,7 +145,7 @@ def _extract_member(
         for info in tarred:
             inner = info.name.split("/", 1)[-1]
             if info.isfile() and inner == member:
-                source = tarred.extractfile(info)
-                assert source is not None  # isfile() guarantees a stream
-                return store_verified(source, destination, sha256, size, progress)
+                stream = tarred.extractfile(info)
+                assert stream is not None  # isfile() guarantees a stream
+                return store_verified(stream, destination, sha256, size, progress)
     raise DownloadError(f"{archive.name} has no member {member}")

@@ -119,8 +119,8 @@ class OnnxSam(Sam):
         self.image_encoder = encoder
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
-        self.register_buffer("pixel_mean", sam.pixel_mean, persistent=False)
-        self.register_buffer("pixel_std", sam.pixel_std, persistent=False)
+        self.register_buffer("pixel_mean", torch.as_tensor(sam.pixel_mean), persistent=False)
+        self.register_buffer("pixel_std", torch.as_tensor(sam.pixel_std), persistent=False)
 
 
 def use_onnx_encoder(model: SamModel, path: Path | None = None) -> SamModel:

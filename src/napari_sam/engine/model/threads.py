@@ -143,7 +143,8 @@ class TorchThread:
                     log.debug("torch thread found after %d candidates", candidate + 1)
                     return thread, in_main_arena
             log.warning("no thread in glibc's main arena: torch work may run slower")
-            return self._launch(name, None, release)
+            thread, _ = self._launch(name, None, release)
+            return thread, False
         finally:
             release.set()
 

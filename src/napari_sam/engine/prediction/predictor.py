@@ -191,7 +191,7 @@ class Predictor:
         if point_set is None and corners is None and logits is None:
             raise InvalidInputError("Give at least one prompt: points, box or mask_input.")
         if multimask is None:
-            multimask = corners is None and logits is None and len(point_set[0]) == 1
+            multimask = point_set is not None and corners is None and logits is None and len(point_set[0]) == 1
         batch = self._decode(
             None if point_set is None else point_set[0][None],
             None if point_set is None else point_set[1][None],
@@ -349,6 +349,7 @@ class Predictor:
     def _decode(self, coords, labels, corners, logits, multimask: bool) -> BatchPrediction:
         """Run prompt encoder, decoder and upsampling on validated numpy prompts."""
         low_res, iou = self._decode_low_res(coords, labels, corners, logits, multimask)
+        assert self._upsampler is not None  # set with the embedding that _decode_low_res needs
         b, n = iou.shape
         with torch.inference_mode():
             full = self._upsampler(low_res.reshape(b * n, *low_res.shape[-2:]).float().cpu())
@@ -385,4 +386,5 @@ class Predictor:
             if mask_arg is not None:  # a dense prompt per object: no shared image work
                 context = self._decoder.prepare(embedding.features, self._image_pe, dense)
             chosen = slice(1, None) if multimask else slice(0, 1)
+            assert context is not None  # prepared with the embedding
             return self._decoder(context, sparse, chosen)

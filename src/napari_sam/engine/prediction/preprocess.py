@@ -181,4 +181,4 @@ def resize_longest_side(rgb: np.ndarray, longest: int) -> np.ndarray:
     rows, cols = resized_shape(rgb.shape[:2], longest)
     if (rows, cols) == rgb.shape[:2]:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((cols, rows), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((cols, rows), Image.Resampling.BILINEAR))

@@ -50,13 +50,11 @@ class LogitUpsampler:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, 256, 256) float -> (N, rows, cols) float."""
         n, low_rows, low_cols = logits.shape
-        rows = None
-        for k in range(self.row_index.shape[1]):  # whole source rows: contiguous gathers
-            term = logits.index_select(1, self.row_index[:, k]).mul_(self.row_weight[:, k, None])
-            rows = term if rows is None else rows.add_(term)
+        rows = logits.index_select(1, self.row_index[:, 0]).mul_(self.row_weight[:, 0, None])
+        for k in range(1, self.row_index.shape[1]):  # whole source rows: contiguous gathers
+            rows.add_(logits.index_select(1, self.row_index[:, k]).mul_(self.row_weight[:, k, None]))
         flat = rows.reshape(-1, low_cols)  # 2D index_select on the last axis is the fast one
-        out = None
-        for k in range(self.col_index.shape[1]):
-            term = flat.index_select(1, self.col_index[:, k]).mul_(self.col_weight[:, k])
-            out = term if out is None else out.add_(term)
+        out = flat.index_select(1, self.col_index[:, 0]).mul_(self.col_weight[:, 0])
+        for k in range(1, self.col_index.shape[1]):
+            out.add_(flat.index_select(1, self.col_index[:, k]).mul_(self.col_weight[:, k]))
         return out.view(n, self.original[0], self.original[1])

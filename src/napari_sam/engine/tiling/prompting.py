@@ -81,7 +81,7 @@ class TiledPlane:
         self.predictor = predictor
         self.plane = plane
         self.normalization = normalization
-        self.shape = tuple(int(s) for s in plane.shape[:2])
+        self.shape = (int(plane.shape[0]), int(plane.shape[1]))
         self.upscale = check_upscale(upscale)
         self.tile, self.halo = resolve_tiling(self.shape, tile, halo, self.upscale)
         side, overlap = (self.tile, self.halo) if self.tile is not None else (max(self.shape), 0)
@@ -135,9 +135,10 @@ class TiledPlane:
         encoder (raises OperationCancelled; finished tiles stay saved).
         """
         before = self.encoder_calls
-        done = self.backend.completed() if self.backend is not None else set()
+        backend = self.backend
+        done = backend.completed() if backend is not None else set()
         for count, tile in enumerate(self.tiles, start=1):
-            if tile.index not in done or self.backend.load(tile.index) is None:
+            if tile.index not in done or backend is None or backend.load(tile.index) is None:
                 self.embedding(tile, should_stop)
             if progress is not None:
                 progress(count, len(self.tiles))
@@ -221,12 +222,14 @@ class TiledPlane:
         )
 
     def _window_at(self, centre: tuple[float, float]) -> Window:
-        bounds = []
-        for c, size in zip(centre, self.shape):
-            start = int(round(c - self.side / 2))
-            start = min(max(0, start), max(0, size - self.side))
-            bounds.append(slice(start, min(size, start + self.side)))
-        return tuple(bounds)
+        rows, cols = (self._span(c, size) for c, size in zip(centre, self.shape))
+        return rows, cols
+
+    def _span(self, centre: float, size: int) -> slice:
+        """A window side's slice centred on ``centre``, moved inside [0, size)."""
+        start = int(round(centre - self.side / 2))
+        start = min(max(0, start), max(0, size - self.side))
+        return slice(start, min(size, start + self.side))
 
     def _centre(self, points, labels, box) -> tuple[float, float]:
         if box is not None:

@@ -1,0 +1,36 @@
+"""Command-line values shared by several subcommands, parsed once."""
+
+from __future__ import annotations
+
+from napari_sam.errors import InvalidInputError
+
+
+def parse_z_range(text: str) -> tuple[int, int]:
+    """A z-range as the command line writes it, ``"START:STOP"``, as ``(start, stop)``.
+
+    The one parser of every ``START:STOP`` of ``napari-sam`` (``--train-pair``,
+    ``--z-range`` of ``embed`` and ``segment-everything``); whether the range fits the
+    data is checked where the data are opened.
+
+    Parameters
+    ----------
+    text : str
+        Two integers, e.g. ``"10:20"`` for planes 10 to 19.
+
+    Returns
+    -------
+    (int, int)
+        ``[start, stop)`` with ``0 <= start < stop``.
+
+    Raises
+    ------
+    InvalidInputError
+        ``text`` is not two integers around a colon, or not ``0 <= START < STOP``.
+    """
+    try:
+        start, stop = (int(value) for value in text.split(":"))
+    except ValueError:
+        raise InvalidInputError(f"A z-range is START:STOP (two integers); got {text!r}.") from None
+    if not 0 <= start < stop:
+        raise InvalidInputError(f"A z-range START:STOP needs 0 <= START < STOP; got {text!r}.")
+    return start, stop
