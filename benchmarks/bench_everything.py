@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter
 from napari_sam.engine.everything.filters import mask_boxes, nms, stability_scores
 from napari_sam.engine.metrics import average_precisions
 from napari_sam.engine.prediction.predictor import Predictor

@@ -67,8 +67,9 @@ class TreeMemory:
 
 
 def step(workers: int, stack: Path, out: Path, points_per_side: int | None) -> dict:
-    from napari_sam.engine.everything.segmenter import EverythingSettings
-    from napari_sam.batch.everything import Execution, StackSettings, segment_stack
+    from napari_sam.engine.everything.settings import EverythingSettings
+    from napari_sam.batch.settings import Execution, StackSettings
+    from napari_sam.batch.everything import segment_stack
     from napari_sam.batch.tasks import StackSource
 
     settings = EverythingSettings() if points_per_side is None else EverythingSettings(points_per_side=points_per_side)

@@ -35,7 +35,7 @@ def measure(mode: str, objects: int, iterations: int, steps: int, threads: int) 
     from napari_sam.training.loop import _one_step
     from napari_sam.training.network import inference_model, load_trainable
     from napari_sam.training.optimization import make_optimizer, parameter_groups
-    from napari_sam.training.steps import PromptSettings
+    from napari_sam.training.config import PromptSettings
 
     torch.set_num_threads(threads)
     images = load_bbbc007()[:1]

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter
 from napari_sam.engine.metrics import average_precisions
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.io.samples import load_cells3d_nuclei, load_dsb2018

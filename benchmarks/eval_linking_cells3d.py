@@ -24,8 +24,9 @@ MIN_EXTENTS = (1, 2, 3, 5, 8)
 def segment(folder: Path, workers: int, points_per_side: int | None) -> Path:
     import tifffile
 
-    from napari_sam.engine.everything.segmenter import EverythingSettings
-    from napari_sam.batch.everything import Execution, StackSettings, segment_stack
+    from napari_sam.engine.everything.settings import EverythingSettings
+    from napari_sam.batch.settings import Execution, StackSettings
+    from napari_sam.batch.everything import segment_stack
     from napari_sam.batch.tasks import StackSource
     from napari_sam.io.samples import load_cells3d_nuclei
 

@@ -8,11 +8,11 @@ import pytest
 import tifffile
 import zarr
 
-from napari_sam.batch.everything import StackSettings
+from napari_sam.batch.settings import StackSettings
 from napari_sam.cli import build_parser, main
 from napari_sam.commands.everything import SETTING_FLAGS, stack_settings
 from napari_sam.engine.everything.linking import LinkingSettings, link_slices
-from napari_sam.engine.everything.segmenter import EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.io.samples import load_dsb2018
 
 SLICES = 2

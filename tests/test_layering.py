@@ -183,7 +183,12 @@ def _loaded(modules: list[str], names: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if m.split(".")[0] in names)
 
 
-@pytest.mark.parametrize("statement", ["import napari_sam", "import napari_sam.io.samples", "import napari_sam.cli"])
+@pytest.mark.parametrize("statement", [
+    "import napari_sam",
+    "import napari_sam.io.samples",
+    # every subcommand's flags and help, defaults included: `napari-sam --help` stays instant
+    "from napari_sam.cli import build_parser; build_parser()",
+])
 def test_cheap_imports_load_neither_torch_nor_napari(statement):
     state = _fresh_interpreter(statement)
     assert _loaded(state["modules"], ("torch", "napari")) == []

@@ -26,7 +26,7 @@ _LAZY = {
     "open_annotator": "napari_sam._widgets",
     "open_everything": "napari_sam._widgets",
     "AutomaticSegmenter": "napari_sam.engine.everything.segmenter",
-    "EverythingSettings": "napari_sam.engine.everything.segmenter",
+    "EverythingSettings": "napari_sam.engine.everything.settings",
     "segment_plane": "napari_sam.engine.everything.segmenter",
     "EverythingSession": "napari_sam.engine.everything.session",
 }

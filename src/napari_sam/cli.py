@@ -47,7 +47,7 @@ def _numbers(text: str, count: int, form: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from napari_sam.engine.model.registry import DEFAULT_MODEL  # not at the top: imports torch
+    from napari_sam.engine.model import DEFAULT_MODEL  # not at the top: imports torch
 
     parser = argparse.ArgumentParser(
         prog="napari-sam", description="Segment Anything for microscopy."

@@ -13,7 +13,8 @@ from napari_sam.training.loop import train
 from napari_sam.training.network import inference_model
 from napari_sam.training.optimization import iou_head_parameters, make_optimizer, parameter_groups
 from napari_sam.training.sampling import prepare_image, sample_objects
-from napari_sam.training.steps import PromptSettings, run_prompting
+from napari_sam.training.config import PromptSettings
+from napari_sam.training.steps import run_prompting
 
 # Small on purpose: the decoder is full size even in the tiny SAM (seconds per pass on 2 cores).
 FAST = {"steps": 2, "objects_per_step": 2, "prompts": PromptSettings(iterations=1, quiet_iterations=0),

@@ -6,11 +6,11 @@ import tifffile
 
 from napari_sam.cli import build_parser, main
 from napari_sam.commands.training import evaluation_settings, training_config
-from napari_sam.engine.everything.segmenter import EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.config import TrainingConfig
-from napari_sam.training.evaluation import EvaluationSettings
-from napari_sam.training.steps import PAPER_PROMPTS
+from napari_sam.training.config import EvaluationSettings
+from napari_sam.training.config import PAPER_PROMPTS
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter
 from napari_sam.engine.prediction.preprocess import compute_normalization
 
 LOOSE = EverythingSettings(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
@@ -113,7 +114,7 @@ def test_every_point_box_turns_skipping_off_and_needs_a_new_decoding(widget):
 def test_the_form_starts_at_the_engine_defaults(make_napari_viewer, tiny_model):
     """One source for each default: the fields read EverythingSettings and the batch defaults."""
     from napari_sam._widgets.everything import EverythingWidget
-    from napari_sam.batch.everything import StackSettings
+    from napari_sam.batch.settings import StackSettings
     from napari_sam.engine.tiling.grid import DEFAULT_HALO
 
     widget = EverythingWidget(make_napari_viewer(), model=tiny_model)

@@ -43,7 +43,7 @@ class EverythingWidget(QWidget):
     """Dock widget running segment-everything on an image layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
-        from napari_sam.engine.everything.segmenter import EverythingSettings
+        from napari_sam.engine.everything.settings import EverythingSettings
 
         super().__init__()
         self.viewer = napari_viewer
@@ -66,7 +66,7 @@ class EverythingWidget(QWidget):
 
     # ------------------------------------------------------------------ form
     def _build_ui(self) -> None:
-        from napari_sam.batch.everything import StackSettings
+        from napari_sam.batch.settings import StackSettings
         from napari_sam.engine.tiling.grid import DEFAULT_HALO
 
         stack = StackSettings()  # the defaults of `napari-sam segment-everything`

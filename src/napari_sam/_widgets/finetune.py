@@ -57,9 +57,9 @@ class FineTuneWidget(QWidget):
         self.timer.timeout.connect(self._show_progress)
 
     def _build_ui(self) -> None:
-        from napari_sam.engine.everything.segmenter import EverythingSettings
+        from napari_sam.engine.everything.settings import EverythingSettings
         from napari_sam.training.config import TrainingConfig
-        from napari_sam.training.steps import PAPER_PROMPTS
+        from napari_sam.training.config import PAPER_PROMPTS
 
         # The fields start at TrainingConfig's defaults: the recipe of docs/training.md's
         # experiment (about 6 s a step on 2 cores).

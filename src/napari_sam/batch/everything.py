@@ -19,9 +19,8 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from napari_sam.engine.everything.linking import LinkedLabels, LinkingSettings, 
 from napari_sam.engine.prediction.planes import stack_normalization
 from napari_sam.errors import InvalidInputError
 from napari_sam.io.everything_store import EverythingStore, StoreSignature
+from napari_sam.batch.settings import Execution, StackSettings
 from napari_sam.batch.tasks import (
     Segmenter,
     ModelSource,
@@ -45,31 +45,6 @@ from napari_sam.batch.tasks import (
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage "segment" or "link", done, total)
-
-
-@dataclass(frozen=True)
-class StackSettings:
-    """What to run on each slice and how to link (recorded in the output's attributes)."""
-
-    model: ModelSource = "vit_t"  # registry name, checkpoint path, or picklable factory
-    settings: Any = None  # EverythingSettings; None: the engine's defaults
-    tile: int | None = None  # tile interior side in pixels; None: whole planes
-    halo: int = 0  # tile overlap in pixels
-    linking: LinkingSettings | None = field(default_factory=LinkingSettings)  # None: no linking
-
-
-@dataclass(frozen=True)
-class Execution:
-    """Where slice tasks run."""
-
-    workers: int = 0  # 0: in this process; N: a local cluster of N worker processes
-    scheduler: str | None = None  # address of an existing dask scheduler (overrides workers)
-    threads: int | None = None  # torch threads per worker; None: cores / workers (in-process: unchanged)
-
-    def describe(self) -> str:
-        if self.scheduler:
-            return f"scheduler {self.scheduler}"
-        return "in-process" if self.workers == 0 else f"{self.workers} local workers"
 
 
 @dataclass(frozen=True)
@@ -244,7 +219,7 @@ def _check_z_range(z_range: tuple[int, int] | None, slices: int) -> tuple[int, i
 
 
 def _default_settings():
-    from napari_sam.engine.everything.segmenter import EverythingSettings
+    from napari_sam.engine.everything.settings import EverythingSettings
 
     return EverythingSettings()
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 # The flags' defaults and help texts are read from the model registry and the tiling.
-from napari_sam.engine.model.registry import DEFAULT_MODEL
+from napari_sam.engine.model import DEFAULT_MODEL
 from napari_sam.engine.tiling.grid import DEFAULT_HALO, DEFAULT_WINDOW
 
 

@@ -7,9 +7,9 @@ import os
 import sys
 
 # The flags' defaults and help texts are read from the settings they fill.
-from napari_sam.batch.everything import StackSettings
+from napari_sam.batch.settings import StackSettings
 from napari_sam.engine.everything.linking import LinkingSettings
-from napari_sam.engine.everything.segmenter import EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
 
 MAX_DEFAULT_WORKERS = 4  # each worker holds its own model and buffers (vit_t: about 1.4 GB at peak)
 
@@ -81,7 +81,8 @@ def register(commands) -> None:
 
 def run_segment_everything(args: argparse.Namespace) -> int:
     """``napari-sam segment-everything``: a stack into linked 3D labels, resumably."""
-    from napari_sam.batch.everything import Execution, segment_stack
+    from napari_sam.batch.settings import Execution
+    from napari_sam.batch.everything import segment_stack
     from napari_sam.batch.tasks import StackSource
     from napari_sam.commands.arguments import parse_z_range
 

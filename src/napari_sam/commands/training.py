@@ -17,12 +17,12 @@ from pathlib import Path
 
 # The flags' defaults and help texts are read from these settings (building the parser
 # therefore imports torch, as running any of these commands does anyway).
-from napari_sam.engine.everything.segmenter import EverythingSettings
-from napari_sam.engine.model.registry import DEFAULT_MODEL
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.model import DEFAULT_MODEL
 from napari_sam.training.config import TrainingConfig
-from napari_sam.training.evaluation import REGRESSION_TOLERANCE, EvaluationSettings
-from napari_sam.training.optimization import TRAINABLE_PARTS
-from napari_sam.training.steps import PAPER_PROMPTS, PromptSettings
+from napari_sam.training.config import REGRESSION_TOLERANCE, EvaluationSettings
+from napari_sam.training.config import TRAINABLE_PARTS
+from napari_sam.training.config import PAPER_PROMPTS, PromptSettings
 
 log = logging.getLogger(__name__)
 

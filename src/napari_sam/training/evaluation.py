@@ -25,24 +25,11 @@ from scipy import ndimage
 from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.metrics import mask_iou
 from napari_sam.errors import InvalidInputError
+from napari_sam.training.config import REGRESSION_TOLERANCE, EvaluationSettings
 from napari_sam.training.datasets import LabelledImage
 from napari_sam.training.embeddings import EmbeddingStore
 
 MEASURES = ("point", "box", "point_negative")
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """What :func:`evaluate` measures."""
-
-    clicks: int = 4  # iterative prompting: mean IoU after 1..clicks prompts
-    max_objects: int = 30  # objects per image (a fixed random draw), bounds the time
-    min_area: int = 20  # smaller objects are skipped
-    seed: int = 0  # seeds the draw of objects
-    batch_size: int = 16  # objects per decoder call
-    automatic: bool = False  # also segment everything and score AP at IoU 0.5..0.95 (slow)
-    automatic_iou_threshold: float | None = None  # its pred_iou_thresh (None: the default 0.88)
-    point_negative: bool = True  # also measure point + negative point (validation skips it)
 
 
 @dataclass(frozen=True)
@@ -146,7 +133,8 @@ def automatic_precisions(predictor, image: LabelledImage, embedding, iou_thresho
     Default settings, except ``pred_iou_thresh`` when ``iou_threshold`` is given (weights
     fine-tuned on other labels predict lower IoUs than the released ones).
     """
-    from napari_sam.engine.everything.segmenter import EverythingSettings, segment_plane
+    from napari_sam.engine.everything.settings import EverythingSettings
+    from napari_sam.engine.everything.segmenter import segment_plane
     from napari_sam.engine.metrics import average_precisions
 
     settings = None if iou_threshold is None else EverythingSettings(pred_iou_thresh=iou_threshold)
@@ -265,10 +253,6 @@ class RegressionCheck:
     def passed(self) -> bool:
         """True when no measure got worse by more than the tolerance."""
         return not self.worse
-
-
-# Mean IoU the reference set may lose before fine-tuning counts as a regression.
-REGRESSION_TOLERANCE = 0.01
 
 
 def check_regression(

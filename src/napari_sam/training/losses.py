@@ -14,18 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from napari_sam.training.config import LossWeights
 
 FOCAL_ALPHA = 0.25  # weight of the positive class (Lin et al.'s default)
 FOCAL_GAMMA = 2.0  # focusing exponent (Lin et al.'s default)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the three terms (the paper's 20:1 focal:dice, IoU MSE at 1)."""
-
-    focal: float = 20.0  # focal loss weight
-    dice: float = 1.0  # dice loss weight
-    iou: float = 1.0  # weight of the IoU-head MSE
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

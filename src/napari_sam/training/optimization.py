@@ -18,9 +18,7 @@ import torch
 from torch import nn
 
 from napari_sam.errors import InvalidInputError
-
-TRAINABLE_PARTS = ("decoder", "decoder+prompt", "encoder-last", "full")
-
+from napari_sam.training.config import TRAINABLE_PARTS
 
 def encoder_units(encoder: nn.Module) -> list[list[nn.Parameter]]:
     """The image encoder's parameters in depth order: stem, each block, neck.

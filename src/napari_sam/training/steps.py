@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from napari_sam.training.losses import LossWeights, prompt_loss, true_iou
+from napari_sam.training.config import LossWeights, PromptSettings
+from napari_sam.training.losses import prompt_loss, true_iou
 from napari_sam.training.prompting import (
     PromptState,
     add_point,
@@ -31,28 +32,6 @@ from napari_sam.training.sampling import ObjectBatch
 # gradients add up to the batch's. A 16-object step then peaks at 1.6 GB instead of 2.4 GB
 # (bench_training.py, decoder mode), in about the same time.
 CHUNK_OBJECTS = 8
-
-
-@dataclass(frozen=True)
-class PromptSettings:
-    """How prompts are simulated in one step (:data:`PAPER_PROMPTS`: the SAM paper's).
-
-    The defaults are the recipe validated in docs/training.md: one round, the first
-    prompt only. Each further round costs about one more decoder pass: a step of 16
-    objects took about 25 s with the paper's 11 rounds and 6 s with one on 2 CPU cores,
-    hours instead of minutes for a CPU run.
-    """
-
-    iterations: int = 1  # all iterations, the first prompt included (paper: 11, see above)
-    quiet_iterations: int = 0  # iterations without a new point; one iteration has none (paper: 2)
-    box_probability: float = 0.5  # chance that a step starts from boxes, else points (the paper's)
-    box_noise: float = 0.1  # box corner noise, fraction of the side (the paper's 10%)
-    max_box_noise: float = 20.0  # ... at most this many encoder pixels (the paper's 20)
-
-
-# The SAM paper's simulated interactive prompting: the first prompt, 8 points from the
-# error region, and 2 iterations without a new point (one at random, one last).
-PAPER_PROMPTS = PromptSettings(iterations=11, quiet_iterations=2)
 
 
 @dataclass(frozen=True)

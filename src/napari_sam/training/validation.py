@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from napari_sam.training.datasets import LabelledImage
 from napari_sam.training.embeddings import EmbeddingStore
-from napari_sam.training.evaluation import EvaluationSettings, evaluate
+from napari_sam.training.config import EvaluationSettings
+from napari_sam.training.evaluation import evaluate
 from napari_sam.training.network import TrainableSam, inference_model
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter, Candidates, EverythingSettings, PlaneSegmentation
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter, Candidates, PlaneSegmentation
 from napari_sam.engine.everything.linking import LinkingSettings, link_slices
 from napari_sam.engine.prediction.planes import PlaneKey, PlaneView, plane_layout, stack_normalization
 from napari_sam.engine.prediction.predictor import Predictor

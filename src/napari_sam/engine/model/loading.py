@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from napari_sam.engine.model.downloads import Progress, file_sha256
-from napari_sam.engine.model.registry import DEFAULT_MODEL, ModelSpec, get_model_spec
+from napari_sam.engine.model import DEFAULT_MODEL
+from napari_sam.engine.model.registry import ModelSpec, get_model_spec
 from napari_sam.engine.model.runtime import resolve_device, tune_allocator
 from napari_sam.engine.model.weights import fetch_weights, read_state_dict
 from napari_sam.errors import CheckpointError

@@ -15,7 +15,6 @@ from napari_sam.engine.network.tiny_vit import TinyViTConfig
 from napari_sam.engine.network.vit_encoder import ViTConfig
 from napari_sam.errors import UnknownModelError
 
-DEFAULT_MODEL = "vit_t"
 
 
 @dataclass(frozen=True)
