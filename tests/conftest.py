@@ -1,22 +1,25 @@
-"""Shared fixtures: a tiny SAM with seeded random weights, images, an isolated cache.
+"""Shared fixtures: a tiny SAM with seeded random weights, images, an isolated cache, and
+the data the tests read but do not make (Meta's reference outputs, the default weights).
 
 The tiny SAM is built from the package's real modules (only the image encoder is
 shrunk: width 32, two blocks, windowed attention only, since global attention over
 64x64 tokens is slow), so shapes, coordinates and error paths are those of the real
-models while every test stays fast on a CPU.
+models while every test stays fast on a CPU. Missing data fails a test under CI and skips
+it elsewhere, reported once at the end of the session (tests/reference_data.py).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from reference_data import MissingData, missing_default_weights, missing_reference, reference_folder
 from tiny_sam import tiny_architecture as _tiny_architecture
 
 TINY_ARCHITECTURE = _tiny_architecture()
+MISSING_DATA = pytest.StashKey[MissingData]()
 
 
 @pytest.fixture(scope="session")
@@ -56,18 +59,38 @@ def predictor_300x500(tiny_model, image_300x500):
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    """``../shared/reference`` (or ``$NAPARI_SAM_REFERENCE``): Meta's reference outputs.
+def reference_dir(request) -> Path:
+    """The folder of Meta's reference outputs (see tests/reference_data.py).
 
-    Tests that need it skip when it is absent, except under CI, where it must be present.
+    Missing: the test fails under CI and is skipped elsewhere, with one report at the end.
     """
-    repo = Path(__file__).resolve().parents[1]
-    folder = Path(os.environ.get("NAPARI_SAM_REFERENCE", repo.parent / "shared" / "reference"))
-    if not (folder / "dsb2018_vit_t.npz").is_file():
-        if os.environ.get("CI"):
-            raise RuntimeError(f"CI needs the reference outputs in {folder}")
-        pytest.skip(f"reference outputs not found in {folder}")
+    folder = reference_folder()
+    _missing_data(request.config).require(missing_reference(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def default_weights(request) -> Path:
+    """The cached, verified file of the default model's weights (missing: as reference_dir)."""
+    from napari_sam.engine.model import DEFAULT_MODEL
+    from napari_sam.engine.model.registry import MODELS
+    from napari_sam.engine.model.weights import weights_path
+
+    _missing_data(request.config).require(missing_default_weights())
+    return weights_path(MODELS[DEFAULT_MODEL])
+
+
+def _missing_data(config) -> MissingData:
+    return config.stash.setdefault(MISSING_DATA, MissingData())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say once, after the run, which tests were skipped for want of data and how to run them."""
+    lines = _missing_data(config).report(terminalreporter.stats.get("skipped", []))
+    if lines:
+        terminalreporter.section("tests skipped for missing data", sep="-", yellow=True)
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -99,16 +99,32 @@ def test_weights_list_names_every_model(capsys):
         assert name in listing
 
 
-def test_weights_path_of_cached_and_uncached(cache_dir, capsys):
-    from napari_sam.engine.model.registry import MODELS
-    from napari_sam.engine.model.weights import weights_path
+def test_weights_path_of_cached_and_uncached(cache_dir, default_weights, capsys, monkeypatch):
+    from napari_sam.engine.model import weights
 
     assert main(["weights", "path", "vit_b"]) == 1
     assert "not cached" in capsys.readouterr().err
     assert main(["weights", "fetch", "nonexistent"]) == 1
     assert "Unknown model" in capsys.readouterr().err
-    # A cached file with the right checksum is found; the note spares re-hashing.
-    assert str(weights_path(MODELS["vit_b"])).startswith(str(cache_dir))
+    # The released file in the cache is found, verified once, and its note spares re-hashing.
+    cached = cache_dir / "weights" / default_weights.name
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(default_weights)
+    assert main(["weights", "path", "vit_t"]) == 0
+    assert capsys.readouterr().out.strip() == str(cached)
+    assert cached.with_name(cached.name + ".verified").is_file()
+    with monkeypatch.context() as patched:
+        patched.setattr(weights, "file_sha256", lambda path: pytest.fail("hashed again"))
+        assert main(["weights", "path", "vit_t"]) == 0
+    assert capsys.readouterr().out.strip() == str(cached)
+    assert main(["weights", "list"]) == 0
+    listed = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed["vit_t"] == "yes" and listed["vit_b"] == "no"
+    # A damaged file in its place is not the cached weights.
+    cached.unlink()
+    cached.write_bytes(b"truncated")
+    assert main(["weights", "path", "vit_t"]) == 1
+    assert "not cached" in capsys.readouterr().err
 
 
 def test_demo_writes_labels_overlay_and_summary(tmp_path, capsys):

@@ -21,11 +21,12 @@ import tifffile
 import zarr
 from skimage.measure import label as connected_components
 
-from napari_sam.engine.everything.linking import LinkingSettings, link_slices
-from tiny_sam import random_model, tiny_architecture
-from napari_sam.errors import CacheMismatchError, InvalidInputError
-from napari_sam.batch.everything import Execution, StackSettings, segment_stack
+from napari_sam.batch.everything import segment_stack
+from napari_sam.batch.settings import Execution, StackSettings
 from napari_sam.batch.tasks import StackSource
+from napari_sam.engine.everything.linking import LinkingSettings, link_slices
+from napari_sam.errors import CacheMismatchError, InvalidInputError
+from tiny_sam import random_model, tiny_architecture
 
 SLICES = 6
 
@@ -112,7 +113,8 @@ def test_store_holds_sections_flags_and_linked_labels(reference):
     attrs = zarr.open_group(out, mode="r").attrs
     assert attrs["napari_sam"]["model_id"] == "random-seed0"
     assert attrs["napari_sam"]["settings"]["points_per_side"] == 4
-    assert attrs["run"]["objects"] == summary.objects and attrs["run"]["linking"]["iou_threshold"] == 0.3
+    assert attrs["run"]["objects"] == summary.objects
+    assert attrs["run"]["linking"] == LinkingSettings().to_dict()
     assert json.loads(json.dumps(attrs["run"]))["execution"] == "in-process"
 
 

@@ -14,7 +14,7 @@ import zarr.storage
 
 from napari_sam.engine.prediction.planes import plane_layout, read_plane
 from napari_sam.errors import InvalidInputError
-from napari_sam.io.volumes import TransposedArray, Volume, _tiff_axes, open_volume
+from napari_sam.io.volumes import TransposedArray, Volume, open_volume
 
 CZYX = np.arange(2 * 4 * 6 * 8, dtype=np.uint16).reshape(2, 4, 6, 8)
 
@@ -214,7 +214,10 @@ def test_tiff_unknown_axes_become_z_then_t(tmp_path):
     assert tifffile.TiffFile(tmp_path / "q.tif").series[0].axes == "QQYX"
     assert open_volume(tmp_path / "q.tif").axes == "tzyx"
     assert open_volume(tmp_path / "q.tif", axes="czyx").axes == "czyx"
-    assert _tiff_axes("IYXS", "x") == "zyxc"
+    rgb_stack = np.zeros((2, 6, 8, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "rgb_stack.tif", rgb_stack, photometric="rgb")
+    assert tifffile.TiffFile(tmp_path / "rgb_stack.tif").series[0].axes == "QYXS"
+    assert open_volume(tmp_path / "rgb_stack.tif").axes == "zyxc"
 
 
 def test_tiff_rgb_samples_are_channels(tmp_path):
@@ -348,14 +351,17 @@ def test_wrong_axes_length_for_a_tiff(tmp_path):
         open_volume(tmp_path / "a.tif", axes="yx")
 
 
-def test_unguessable_axes():
+def test_unguessable_axes(tmp_path):
     with pytest.raises(InvalidInputError, match=r"Cannot tell the axes .* shape \(2, 2, 4, 6, "
                                                 r"8\): pass axes=.* axes='tczyx'"):
         open_volume(np.zeros((2, 2, 4, 6, 8)))
-    with pytest.raises(InvalidInputError, match="Cannot map tifffile axes 'QQQYX'"):
-        _tiff_axes("QQQYX", "f.tif")
-    with pytest.raises(InvalidInputError, match="Cannot map tifffile axes 'CYXS'"):
-        _tiff_axes("CYXS", "f.tif")
+    tifffile.imwrite(tmp_path / "q3.tif", np.zeros((2, 2, 2, 6, 8), np.uint8))  # three unknown axes
+    with pytest.raises(InvalidInputError, match="tifffile axes 'QQQYX' of .*q3.tif .*axes='tczyx'"):
+        open_volume(tmp_path / "q3.tif")
+    tifffile.imwrite(tmp_path / "cs.tif", np.zeros((2, 6, 8, 3), np.uint8), photometric="rgb",
+                     metadata={"axes": "CYXS"})  # channels twice
+    with pytest.raises(InvalidInputError, match="tifffile axes 'CYXS' of .*cs.tif .*axes='czyx'"):
+        open_volume(tmp_path / "cs.tif")
 
 
 def test_missing_path_and_unknown_formats(tmp_path):

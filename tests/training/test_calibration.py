@@ -16,7 +16,7 @@ from napari_sam.training.config import TrainingConfig
 from napari_sam.training.embeddings import EmbeddingStore
 from napari_sam.training.loop import train
 from napari_sam.training.network import inference_model
-from napari_sam.training.steps import PromptSettings
+from napari_sam.training.config import PromptSettings
 
 
 def disc_logits(steepness: float, radii=(20, 30, 45, 60)) -> torch.Tensor:

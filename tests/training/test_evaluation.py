@@ -4,14 +4,8 @@ import numpy as np
 import pytest
 
 from napari_sam.errors import InvalidInputError
-from napari_sam.training.evaluation import (
-    EvaluationReport,
-    EvaluationSettings,
-    check_regression,
-    corrective_click,
-    evaluate,
-    interior_point,
-)
+from napari_sam.training.config import EvaluationSettings
+from napari_sam.training.evaluation import EvaluationReport, check_regression, corrective_click, evaluate, interior_point
 from napari_sam.training.records import add_metrics
 from napari_sam.training.reports import format_table, write_csv
 

@@ -35,7 +35,7 @@ def test_best_candidate_is_the_lowest_loss_and_iou_is_exact():
 
 
 def test_a_zero_iou_weight_leaves_the_iou_term_out_of_the_graph():
-    from napari_sam.training.losses import LossWeights
+    from napari_sam.training.config import LossWeights
 
     target = _target()
     logits = ((target * 2 - 1) * 10).requires_grad_(True)

@@ -1,20 +1,18 @@
 import pytest
 import torch
 
-from tiny_sam import random_model
 from napari_sam.engine.model.registry import get_model_spec
-from napari_sam.engine.model.weights import is_cached, read_state_dict, weights_path
+from napari_sam.engine.model.weights import read_state_dict
 from napari_sam.errors import CheckpointError
 from napari_sam.training.network import inference_model, load_trainable, save_weights
+from tiny_sam import random_model
 
 
-def test_saved_vit_t_has_the_released_keys_and_values(tmp_path):
+def test_saved_vit_t_has_the_released_keys_and_values(default_weights, tmp_path):
     spec = get_model_spec("vit_t")
-    if not is_cached(spec):
-        pytest.skip("the vit_t weights are not cached")
     trainable = load_trainable("vit_t")
     path = save_weights(trainable.module, tmp_path / "copy_vit_t.pt")
-    released = read_state_dict(weights_path(spec))
+    released = read_state_dict(default_weights)
     saved = read_state_dict(path)
     assert list(saved) == list(released)  # same keys, same order: Meta's and MobileSAM's loaders accept it
     assert all(torch.equal(saved[k], released[k]) for k in released)
@@ -31,10 +29,7 @@ def test_changed_weights_get_a_new_identity(tiny_architecture):
     assert before == "random-seed0" and after.startswith("mine@") and len(after) == len("mine@") + 12
 
 
-def test_folded_models_cannot_be_trained():
-    spec = get_model_spec("vit_t")
-    if not is_cached(spec):
-        pytest.skip("the vit_t weights are not cached")
+def test_folded_models_cannot_be_trained(default_weights):
     from napari_sam.engine.model.loading import load_model
 
     with pytest.raises(CheckpointError, match="batch norm folded"):

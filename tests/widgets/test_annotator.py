@@ -63,11 +63,30 @@ def test_point_preview_equals_the_engine_and_commit_undo(make_napari_viewer, qtb
     print(f"click on nucleus {ids[0]}: IoU with the human label {quality:.3f}")
     assert quality > 0.6
 
+    # One click is ambiguous: SAM's three candidates, the best shown, the others a key away.
+    clicked = widget.preview_result.objects[0]
+    assert len(clicked.prediction.scores) == 3 and clicked.chosen == clicked.prediction.best
+    widget.cycle_candidate()
+    following = (clicked.chosen + 1) % 3
+    shown = widget.preview_layer.data == 1
+    np.testing.assert_array_equal(shown, clicked.prediction.masks[following])
+    assert widget.status.text().startswith(f"candidate {following + 1} of 3")
+    widget.cycle_candidate()
+    widget.cycle_candidate()
+    np.testing.assert_array_equal(widget.preview_layer.data == 1, preview)
+
     widget.toggle_polarity()
     widget.points_layer.add(points[1])  # a background point on another nucleus
     assert widget.points_layer.features["positive"].tolist() == [True, False]
-    changed = widget.preview_layer.data == 1
-    assert not np.array_equal(changed, preview) or len(widget.preview_result.objects[0].prediction.scores) == 1
+    # The background point refines the same object, which is no longer ambiguous: one mask,
+    # the engine's for both points, holding the click and not the background point.
+    assert len(widget.preview_result.objects) == 1
+    assert len(widget.preview_result.objects[0].prediction.scores) == 1
+    refined = widget.preview_layer.data == 1
+    engine = shared_predictor.predict(points=points[:2], point_labels=[1, 0]).masks[0]
+    assert mask_iou(refined, engine) == 1.0
+    assert refined[int(points[0][0]), int(points[0][1])]
+    assert not refined[int(points[1][0]), int(points[1][1])]
 
     before = widget.objects_layer.data.copy()
     widget.id_box.setValue(1)
@@ -225,8 +244,8 @@ def test_a_cached_volume_is_never_encoded_again(make_napari_viewer, qtbot, dsb, 
 
 def test_large_planes_are_tiled_and_their_tiles_cached(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
     from napari_sam._widgets import open_annotator
-    from napari_sam.engine.tiling.prompting import TiledPlane
     from napari_sam.engine.annotation.tiled_session import TiledSession
+    from napari_sam.engine.tiling.prompting import TiledPlane
 
     image, truth, ids, boxes, points = dsb
     across = next(i for i, b in enumerate(boxes) if b[0] < 192 <= b[2] and b[3] < 160)  # crosses a tile border

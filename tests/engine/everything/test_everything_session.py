@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_sam.engine.everything.segmenter import EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.everything.session import EverythingSession
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import InvalidInputError

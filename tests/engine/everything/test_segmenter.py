@@ -1,17 +1,20 @@
 """Segment everything: mechanics on the tiny random SAM (grid, views, re-threshold, cancel).
 
-Quality with the real weights is in test_automatic_quality.py.
+Quality with the real weights is in test_segmenter_quality.py.
 """
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings, plan_views, segment_plane
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter, plan_views, segment_plane
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.everything.views import grid_points
 from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.engine.prediction.results import Embedding, LowResBatch
 from napari_sam.errors import InvalidInputError, OperationCancelled
 
 # Loose thresholds: the random model's scores are meaningless, but they must yield objects.
@@ -84,8 +87,10 @@ def test_rethreshold_reuses_the_decoding(predictor, decoded, monkeypatch):
 
 
 def test_progress_and_cancel(predictor, image_300x500, decoded):
-    seen = decoded[2]
-    assert seen[-1] == (36, 36) and len(seen) == 5
+    done = [0] + [d for d, total in decoded[2]]
+    assert {total for _, total in decoded[2]} == {36} and done[-1] == 36
+    steps = np.diff(done)  # reported batch by batch
+    assert (steps > 0).all() and steps.max() <= LOOSE.points_per_batch
     with pytest.raises(OperationCancelled, match="cancelled"):
         AutomaticSegmenter(predictor, LOOSE).initialise(image_300x500, should_stop=lambda: True)
 
@@ -103,42 +108,105 @@ def test_a_volume_is_refused_with_the_remedy(predictor):
         segment_plane(predictor, np.zeros((3, 4, 5, 6)))
 
 
-def _grid_state(settings, local):
-    """A grid state over a 512 x 512 window encoded at 2x (one low-res cell = 2 pixels)."""
-    from napari_sam.engine.everything.views import _GridState
-    from napari_sam.engine.prediction.results import Embedding
+class StubDecoder:
+    """Stands in for a predictor on a 512 x 512 window encoded at 2x (one low-res cell = 2 pixels).
 
-    embedding = Embedding(torch.ones(1, 8, 64, 64), (1024, 1024), (512, 512), "stub", None)
-    return _GridState(embedding, np.asarray(local, float), settings)
+    ``finds(row, col)`` gives the window pixels (rows slice, cols slice) of the confident
+    mask a point prompt returns, or None for nothing. Every decoded point is recorded.
+    """
+
+    def __init__(self, finds):
+        self.finds = finds
+        self.model = SimpleNamespace(input_size=1024)
+        self.decoded: list[tuple[float, float]] = []
+        self.batch_sizes: list[int] = []
+
+    def set_embedding(self, embedding):
+        self.embedding = embedding
+
+    def predict_low_res(self, points, multimask=True):
+        points = np.asarray(points).reshape(-1, 2)
+        logits = torch.full((len(points), 3, 256, 256), -10.0)
+        for index, (row, col) in enumerate(points):
+            self.decoded.append((float(row), float(col)))
+            found = self.finds(row, col)
+            if found is not None:
+                rows, cols = (slice(s.start // 2, s.stop // 2) for s in found)  # low-res cells
+                logits[index, :, rows, cols] = 10.0
+        self.batch_sizes.append(len(points))
+        return LowResBatch(logits=logits, scores=torch.full((len(points), 3), 0.99))
 
 
-def test_skip_distance_skips_points_near_a_confident_mask_only():
-    # a confident mask over rows/cols 100..139 (low-res cells 50..69); points 1, 3 and 9
-    # pixels outside its edge fall in cells 70, 71 and 74
-    points = [[120, 120], [120, 140], [120, 142], [120, 148]]
-    for distance, kept in [(0.0, [1, 2, 3]), (2.0, [2, 3]), (4.0, [3]), (8.0, [3]), (10.0, [])]:
-        grid = _grid_state(replace(EverythingSettings(), skip_margin=None, skip_distance=distance), points)
-        grid.covered[50:70, 50:70] = True
-        assert grid.select(np.arange(4)).tolist() == kept, distance
-        assert grid.skipped == 4 - len(kept)
+def run_grid(finds, settings, features=None):
+    """(stub, candidates) of a 16 x 16 grid over a 512 x 512 plane with the given embedding."""
+    features = torch.ones(1, 8, 64, 64) if features is None else features
+    embedding = Embedding(features, (1024, 1024), (512, 512), "stub", None)
+    stub = StubDecoder(finds)
+    segmenter = AutomaticSegmenter(stub, replace(settings, points_per_side=16))
+    candidates = segmenter.initialise(np.zeros((512, 512)), embed=lambda window: embedding)
+    return stub, candidates
 
 
-def test_first_batch_is_the_warm_up_then_full_batches():
-    from napari_sam.engine.everything.views import SKIP_WARMUP, _batches
-
-    assert _batches(100, 32) == [(0, SKIP_WARMUP), (SKIP_WARMUP, 32), (32, 64), (64, 96), (96, 100)]
-    assert _batches(10, 32) == [(0, 10)] and _batches(0, 32) == []
-    assert _batches(20, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 20)]
+GRID = [(16.0 + 32 * i, 16.0 + 32 * j) for i in range(16) for j in range(16)]  # cell-centred
+SQUARE = (slice(192, 224), slice(192, 224))  # a confident mask, away from the coarse grid points
 
 
-def test_background_rule_waits_for_an_example_of_an_object():
+def distance_to_square(point):
+    """Pixels from a point to SQUARE along the farther axis (0 inside)."""
+    return max(max(s.start - p, p - (s.stop - 1), 0) for p, s in zip(point, SQUARE))
+
+
+@pytest.mark.parametrize("distance", [0.0, 8.0, 24.0])  # grid points lie 0, 16-17, 48-49 ... away
+def test_points_within_the_skip_distance_of_a_confident_mask_are_not_decoded(distance):
+    settings = replace(
+        EverythingSettings(), points_per_batch=16, skip_margin=None, skip_distance=distance
+    )
+    stub, candidates = run_grid(lambda row, col: SQUARE, settings)  # every point finds the square
+    expected = {p for p in GRID if distance_to_square(p) > distance}
+    assert set(stub.decoded) == expected
+    assert candidates.points_decoded == len(expected)
+    assert candidates.points_skipped == len(GRID) - len(expected)
+
+
+def quadrant_object(row, col):
+    """A small confident mask around points in the bottom-right quadrant; nothing elsewhere."""
+    if row >= 256 and col >= 256:
+        return slice(int(row) - 6, int(row) + 6), slice(int(col) - 6, int(col) + 6)
+    return None
+
+
+def two_textures():
+    """Embedding vectors: one kind over the bottom-right quadrant, an orthogonal one elsewhere."""
+    features = torch.zeros(1, 2, 64, 64)
+    features[0, 0] = 1.0
+    features[0, :, 32:, 32:] = torch.tensor([0.0, 1.0])[:, None, None]
+    return features
+
+
+def test_background_is_skipped_once_the_coarse_grid_has_found_an_object():
     settings = replace(EverythingSettings(), skip_covered=False, skip_margin=0.05)
-    grid = _grid_state(settings, [[8 + 16 * i, 8] for i in range(32)])
-    grid.decoded, grid.empty = 16, list(range(16))  # the coarse points all found nothing
-    assert grid.select(np.arange(16, 32)).tolist() == list(range(16, 32))
-    grid.found = [0]  # one object point: identical embeddings are then a tie, not background
-    assert grid.select(np.arange(16, 32)).tolist() == list(range(16, 32))
-    grid.found, grid.empty = [], list(range(16))
-    grid.vectors[5] = -grid.vectors[5]  # an object unlike everything else
-    grid.found = [5]
-    assert grid.select(np.arange(16, 32)).tolist() == []
+    stub, candidates = run_grid(quadrant_object, settings, two_textures())
+    inside = {p for p in GRID if p[0] >= 256 and p[1] >= 256}
+    coarse = {(16.0 + 128 * i, 16.0 + 128 * j) for i in range(4) for j in range(4)}  # decoded first
+    assert inside <= set(stub.decoded)  # every point on object-like embedding is decoded
+    assert set(stub.decoded) - inside <= coarse  # after the coarse grid, no background point is
+    assert candidates.points_skipped == len(GRID) - len(stub.decoded) > len(GRID) / 2
+
+
+@pytest.mark.parametrize("finds, features", [
+    (lambda row, col: None, two_textures()),  # no example of an object: nothing to compare with
+    (quadrant_object, None),  # identical embeddings everywhere: a tie, not background
+])
+def test_background_rule_needs_an_object_and_an_embedding_unlike_it(finds, features):
+    settings = replace(EverythingSettings(), skip_covered=False, skip_margin=0.05)
+    stub, candidates = run_grid(finds, settings, features)
+    assert sorted(stub.decoded) == sorted(GRID) and candidates.points_skipped == 0
+
+
+def test_no_decoder_call_holds_more_than_points_per_batch():
+    settings = replace(
+        EverythingSettings(), points_per_batch=20, skip_covered=False, skip_margin=None
+    )
+    stub, candidates = run_grid(quadrant_object, settings)
+    assert max(stub.batch_sizes) <= 20
+    assert sum(stub.batch_sizes) == len(GRID) == candidates.points_decoded

@@ -12,7 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter, EverythingSettings
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter
 from napari_sam.engine.metrics import average_precision, instance_overlap
 
 MARGIN = 0.02  # run-to-run float differences move an object or two

@@ -5,8 +5,6 @@ import torch
 from torch import nn
 
 from napari_sam.engine.model.downloads import file_sha256
-from tiny_sam import random_model
-
 from napari_sam.engine.model.loading import build_sam, load_model
 from napari_sam.engine.model.registry import MODELS
 from napari_sam.errors import CheckpointError, UnknownModelError
@@ -114,11 +112,3 @@ def test_build_sam_loads_a_state_dict_exactly():
     loaded = build_sam(MODELS["vit_t"], state).state_dict()
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
-
-
-def test_random_model_is_ready_for_inference(tiny_architecture):
-    model = random_model(tiny_architecture, seed=7, name="bench")
-    assert model.model_id == "bench-seed7" and model.device == "cpu"
-    assert model.spec.sha256 == "" and model.input_size == 1024
-    assert not model.module.training
-    assert not any(p.requires_grad for p in model.module.parameters())

@@ -1,25 +1,19 @@
 """The optional ONNX Runtime encoder: same embeddings and masks as the PyTorch encoder.
 
 Skipped where onnxruntime is not installed (the ``onnx`` extra). The parity test uses the
-real MobileSAM weights and the reference fixture of ``test_parity.py``.
+real MobileSAM weights and the reference outputs of ``test_parity.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from napari_sam.errors import InvalidInputError, MissingDependencyError
-
-REPO = Path(__file__).resolve().parents[2]
-REFERENCE = Path(os.environ.get("NAPARI_SAM_REFERENCE", REPO.parent / "shared" / "reference"))
-FIXTURE = REFERENCE / "dsb2018_vit_t.npz"  # as in test_parity.py
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +65,12 @@ def test_missing_onnxruntime_says_how_to_install(tiny_model, tmp_path, monkeypat
         onnx_encoder.use_onnx_encoder(tiny_model, path=tmp_path / "encoder.onnx")
 
 
-def test_masks_match_reference_with_real_weights(onnx_encoder, tmp_path):
+def test_masks_match_reference_with_real_weights(onnx_encoder, reference_dir, tmp_path):
     from napari_sam.demo import mask_iou
     from napari_sam.engine.model.loading import load_model
     from napari_sam.engine.prediction.predictor import Predictor
 
-    if not FIXTURE.is_file():
-        pytest.skip(f"reference fixture not found at {FIXTURE}")
-    reference = dict(np.load(FIXTURE))
+    reference = dict(np.load(reference_dir / "dsb2018_vit_t.npz"))
     model = onnx_encoder.use_onnx_encoder(load_model("vit_t", device="cpu"), tmp_path / "vit_t.onnx")
     predictor = Predictor(model)
     features = predictor.set_image(reference["image"]).features.numpy()

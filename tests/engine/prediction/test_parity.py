@@ -1,31 +1,20 @@
 """Parity with Meta's reference SamPredictor, with the real MobileSAM weights.
 
-The fixture ``../shared/reference/dsb2018_vit_t.npz`` holds the reference embedding and
-masks for 24 nuclei of the DSB2018 image (see its README). Our engine must reproduce
-them: masks at IoU >= 0.99 on average and >= 0.95 each, predicted IoU within 0.01.
+The reference file ``dsb2018_vit_t.npz`` (found by the ``reference_dir`` fixture) holds the
+reference embedding and masks for 24 nuclei of the DSB2018 image (see its README). Our
+engine must reproduce them: masks at IoU >= 0.99 on average and >= 0.95 each, predicted
+IoU within 0.01.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from napari_sam.demo import mask_iou
 
-REPO = Path(__file__).resolve().parents[2]
-REFERENCE = Path(os.environ.get("NAPARI_SAM_REFERENCE", REPO.parent / "shared" / "reference"))
-FIXTURE = REFERENCE / "dsb2018_vit_t.npz"
-
 # Mean IoU of the reference's own masks against the human labels (its README).
 REFERENCE_QUALITY = {"point": 0.581, "box": 0.809, "pos_neg": 0.561, "box_refined": 0.808}
-
-if not FIXTURE.is_file():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"CI needs the parity fixture at {FIXTURE}")
-    pytest.skip(f"reference fixture not found at {FIXTURE}", allow_module_level=True)
 
 
 def unpack(bits: np.ndarray) -> np.ndarray:
@@ -33,8 +22,8 @@ def unpack(bits: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return dict(np.load(FIXTURE))
+def reference(reference_dir):
+    return dict(np.load(reference_dir / "dsb2018_vit_t.npz"))
 
 
 @pytest.fixture(scope="module")
