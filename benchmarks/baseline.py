@@ -18,12 +18,14 @@ from napari_sam.engine.prediction.results import Embedding
 def reference_style_predict(sam, embedding: Embedding, point_rc: np.ndarray) -> np.ndarray:
     """One positive point -> (3, rows, cols) bool masks, computed the reference way."""
     with torch.inference_mode():
-        xy = to_encoder_xy(np.asarray(point_rc, float)[None], embedding.original_size, embedding.input_size)
+        xy = to_encoder_xy(
+            np.asarray(point_rc, float)[None], embedding.original_size, embedding.input_size
+        )
         coords = torch.as_tensor(xy, dtype=torch.float32)[None]
         labels = torch.ones((1, 1), dtype=torch.int64)
         sparse, dense = sam.prompt_encoder((coords, labels), None, None)
         pe = sam.prompt_encoder.dense_positional_encoding()
-        logits, iou = sam.mask_decoder(embedding.features, pe, sparse, dense)
+        logits, _iou = sam.mask_decoder(embedding.features, pe, sparse, dense)
         logits = logits[:, 1:]
         size = sam.input_size
         full = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from baseline import reference_style_predict  # noqa: E402
+from baseline import reference_style_predict
 
 CLICKS = 50
 
@@ -66,14 +66,18 @@ def main() -> None:
         reference_style_predict(predictor.model.module, predictor.embedding, point)
         baseline_times.append(time.perf_counter() - start)
     median = lambda values: round(1000 * statistics.median(values), 1)  # noqa: E731
-    print(json.dumps({
-        "benchmark": "annotator_point_to_preview",
-        "clicks": CLICKS,
-        "widget_ms_median": median(widget_times),
-        "widget_ms_p90": round(1000 * sorted(widget_times)[int(0.9 * CLICKS)], 1),
-        "engine_predict_ms_median": median(engine_times),
-        "reference_style_ms_median": median(baseline_times),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "annotator_point_to_preview",
+                "clicks": CLICKS,
+                "widget_ms_median": median(widget_times),
+                "widget_ms_p90": round(1000 * sorted(widget_times)[int(0.9 * CLICKS)], 1),
+                "engine_predict_ms_median": median(engine_times),
+                "reference_style_ms_median": median(baseline_times),
+            }
+        )
+    )
     widget.close_session()
     viewer.close()
 

@@ -27,7 +27,9 @@ def make_volume(path: Path, planes: int):
 
     if path.exists():
         return zarr.open_array(path, mode="r")
-    array = zarr.create_array(path, shape=(planes, SIDE, SIDE), chunks=(1, 512, 512), dtype="uint16")
+    array = zarr.create_array(
+        path, shape=(planes, SIDE, SIDE), chunks=(1, 512, 512), dtype="uint16"
+    )
     rng = np.random.default_rng(0)
     for z in range(planes):
         seeds = np.zeros((SIDE // 8, SIDE // 8), np.float32)
@@ -43,7 +45,9 @@ def step(mode: str, planes: int, folder: Path) -> dict:
 
     volume = make_volume(folder / f"volume{planes}.zarr", planes)
     start = time.perf_counter()
-    session = open_cached_session(volume, folder / f"cache{planes}.zarr", capacity=1, tile=0)  # whole planes
+    session = open_cached_session(
+        volume, folder / f"cache{planes}.zarr", capacity=1, tile=0
+    )  # whole planes
     calls = []
     original = session.predictor.encode
     session.predictor.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
@@ -54,8 +58,10 @@ def step(mode: str, planes: int, folder: Path) -> dict:
     else:
         session.preview((planes // 2,), points=[(1024, 1024)])
         result.update(first_mask_s=round(time.perf_counter() - start, 3))
-    result.update(encoder_calls=len(calls),
-                  peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    result.update(
+        encoder_calls=len(calls),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
     return result
 
 
@@ -67,12 +73,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="napari-sam-bench-") as folder:
         for planes in (8, 64):
             for mode in ("embed", "reopen"):
-                out = subprocess.run([sys.executable, __file__, mode, str(planes), folder],
-                                     check=True, capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [sys.executable, __file__, mode, str(planes), folder],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
     rss = {r["planes"]: r["peak_rss_mb"] for r in results if r["mode"] == "embed"}
-    print(json.dumps({"benchmark": "embedding_cache", "runs": results,
-                      "rss_growth_8_to_64": round(rss[64] / rss[8] - 1, 3)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "embedding_cache",
+                "runs": results,
+                "rss_growth_8_to_64": round(rss[64] / rss[8] - 1, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from baseline import reference_style_predict  # noqa: E402
+from baseline import reference_style_predict
 
-from napari_sam.demo import prompts_from_labels  # noqa: E402
-from napari_sam.engine.prediction.predictor import Predictor  # noqa: E402
-from napari_sam.io.samples import load_dsb2018  # noqa: E402
+from napari_sam.demo import prompts_from_labels
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.io.samples import load_dsb2018
 
 CALLS = 100
 
@@ -46,20 +46,29 @@ def main() -> None:
     sam = predictor.model.module
     ours = median_ms(lambda p: predictor.predict(points=p[None], multimask=True).masks, points)
     baseline = median_ms(lambda p: reference_style_predict(sam, embedding, p), points)
-    agree = np.mean([
-        (predictor.predict(points=p[None], multimask=True).masks == reference_style_predict(sam, embedding, p)).mean()
-        for p in points[:10]
-    ])
-    print(json.dumps({
-        "benchmark": "click_to_mask",
-        "image": list(image.shape),
-        "calls": CALLS,
-        "ours_ms_median": round(ours, 2),
-        "reference_style_ms_median": round(baseline, 2),
-        "speedup": round(baseline / ours, 2),
-        "pixel_agreement": round(float(agree), 6),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }))
+    agree = np.mean(
+        [
+            (
+                predictor.predict(points=p[None], multimask=True).masks
+                == reference_style_predict(sam, embedding, p)
+            ).mean()
+            for p in points[:10]
+        ]
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "click_to_mask",
+                "image": list(image.shape),
+                "calls": CALLS,
+                "ours_ms_median": round(ours, 2),
+                "reference_style_ms_median": round(baseline, 2),
+                "speedup": round(baseline / ours, 2),
+                "pixel_agreement": round(float(agree), 6),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ def main(mode: str) -> None:
     import torch
 
     from napari_sam.engine.model.loading import SamModel, build_sam, load_model
-    from napari_sam.engine.prediction.predictor import Predictor
     from napari_sam.engine.model.registry import MODELS
     from napari_sam.engine.model.weights import fetch_weights, read_state_dict
+    from napari_sam.engine.prediction.predictor import Predictor
     from napari_sam.io.samples import load_dsb2018
 
     name = os.environ.get("NAPARI_SAM_BENCH_MODEL", "vit_t")
@@ -46,16 +46,20 @@ def main(mode: str) -> None:
         start = time.perf_counter()
         predictor.set_image(image)
         times.append(time.perf_counter() - start)
-    print(json.dumps({
-        "benchmark": "encoder",
-        "mode": mode,
-        "model": name,
-        "threads": torch.get_num_threads(),
-        "first_call_s": round(first, 3),
-        "median_s": round(statistics.median(times), 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "features_checksum": float(np.float64(predictor.embedding.features.double().sum())),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "encoder",
+                "mode": mode,
+                "model": name,
+                "threads": torch.get_num_threads(),
+                "first_call_s": round(first, 3),
+                "median_s": round(statistics.median(times), 3),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "features_checksum": float(np.float64(predictor.embedding.features.double().sum())),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,18 +41,22 @@ def main() -> None:
                 predictor.encode(image)
                 times[key].append(time.perf_counter() - start)
     eager, onnx = (statistics.median(times[key]) for key in ("eager", "onnx"))
-    print(json.dumps({
-        "benchmark": "encoder_onnx",
-        "model": name,
-        "threads": torch.get_num_threads(),
-        "eager_s": round(eager, 3),
-        "onnx_s": round(onnx, 3),
-        "speedup": round(eager / onnx, 2),
-        "export_s": round(export_s, 2),
-        "embedding_max_abs_diff": float((features["eager"] - features["onnx"]).abs().max()),
-        "eager_times_s": [round(t, 3) for t in times["eager"]],
-        "onnx_times_s": [round(t, 3) for t in times["onnx"]],
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "encoder_onnx",
+                "model": name,
+                "threads": torch.get_num_threads(),
+                "eager_s": round(eager, 3),
+                "onnx_s": round(onnx, 3),
+                "speedup": round(eager / onnx, 2),
+                "export_s": round(export_s, 2),
+                "embedding_max_abs_diff": float((features["eager"] - features["onnx"]).abs().max()),
+                "eager_times_s": [round(t, 3) for t in times["eager"]],
+                "onnx_times_s": [round(t, 3) for t in times["onnx"]],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

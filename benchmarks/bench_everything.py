@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.engine.everything.settings import EverythingSettings
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter
 from napari_sam.engine.everything.filters import mask_boxes, nms, stability_scores
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.metrics import average_precisions
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.prompts import to_encoder_xy
@@ -35,7 +35,9 @@ from napari_sam.io.samples import load_dsb2018
 REFERENCE = dict(skip_covered=False, skip_margin=None, drop_background=False)
 
 
-def ours(predictor: Predictor, image: np.ndarray, settings: EverythingSettings) -> tuple[np.ndarray, int]:
+def ours(
+    predictor: Predictor, image: np.ndarray, settings: EverythingSettings
+) -> tuple[np.ndarray, int]:
     segmenter = AutomaticSegmenter(predictor, settings)
     candidates = segmenter.initialise(image)
     return segmenter.generate(candidates).labels, candidates.points_decoded
@@ -47,19 +49,29 @@ def reference_style(predictor: Predictor, image: np.ndarray) -> tuple[np.ndarray
     embedding = predictor.encode(image)
     n, batch = 32, 64
     grid = (np.arange(n) + 0.5) / n
-    points = np.stack(np.meshgrid(grid * image.shape[0], grid * image.shape[1], indexing="ij"), -1).reshape(-1, 2)
+    points = np.stack(
+        np.meshgrid(grid * image.shape[0], grid * image.shape[1], indexing="ij"), -1
+    ).reshape(-1, 2)
     masks, scores = [], []
     with torch.inference_mode():
         pe = sam.prompt_encoder.dense_positional_encoding()
         for start in range(0, len(points), batch):
-            xy = to_encoder_xy(points[start : start + batch, None], embedding.original_size, embedding.input_size)
+            xy = to_encoder_xy(
+                points[start : start + batch, None], embedding.original_size, embedding.input_size
+            )
             coords = torch.as_tensor(xy, dtype=torch.float32)
-            sparse, dense = sam.prompt_encoder((coords, torch.ones(coords.shape[:2], dtype=torch.int64)), None, None)
+            sparse, dense = sam.prompt_encoder(
+                (coords, torch.ones(coords.shape[:2], dtype=torch.int64)), None, None
+            )
             logits, iou = sam.mask_decoder(embedding.features, pe, sparse, dense)
             logits, iou = logits[:, 1:].flatten(0, 1), iou[:, 1:].flatten()
-            full = F.interpolate(logits[:, None], (sam.input_size,) * 2, mode="bilinear", align_corners=False)
+            full = F.interpolate(
+                logits[:, None], (sam.input_size,) * 2, mode="bilinear", align_corners=False
+            )
             full = full[..., : embedding.input_size[0], : embedding.input_size[1]]
-            full = F.interpolate(full, embedding.original_size, mode="bilinear", align_corners=False)[:, 0]
+            full = F.interpolate(
+                full, embedding.original_size, mode="bilinear", align_corners=False
+            )[:, 0]
             keep = (iou >= 0.88) & (stability_scores(full, 1.0) >= 0.95)
             masks.append(full[keep] > 0)
             scores.append(iou[keep])
@@ -83,12 +95,22 @@ def main() -> None:
         labels, decoded = ours(predictor, image, settings)
     seconds = time.perf_counter() - start
     ap = average_precisions(labels, truth, (0.5, 0.75))
-    print(json.dumps({
-        "benchmark": "segment_everything", "mode": mode, "image": list(image.shape),
-        "seconds": round(seconds, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "points_decoded": decoded, "objects": int(len(np.unique(labels)) - 1),
-        "ap50": round(ap[0.5], 4), "ap75": round(ap[0.75], 4), "torch_threads": torch.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "segment_everything",
+                "mode": mode,
+                "image": list(image.shape),
+                "seconds": round(seconds, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "points_decoded": decoded,
+                "objects": int(len(np.unique(labels)) - 1),
+                "ap50": round(ap[0.5], 4),
+                "ap75": round(ap[0.75], 4),
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

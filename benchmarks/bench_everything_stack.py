@@ -31,7 +31,9 @@ def write_subset(path: Path, slices: int) -> None:
 
     image, _ = load_cells3d_nuclei()
     middle = image.shape[0] // 2
-    tifffile.imwrite(path, image[middle - slices // 2: middle - slices // 2 + slices], metadata={"axes": "ZYX"})
+    tifffile.imwrite(
+        path, image[middle - slices // 2 : middle - slices // 2 + slices], metadata={"axes": "ZYX"}
+    )
 
 
 class TreeMemory:
@@ -67,17 +69,30 @@ class TreeMemory:
 
 
 def step(workers: int, stack: Path, out: Path, points_per_side: int | None) -> dict:
-    from napari_sam.engine.everything.settings import EverythingSettings
-    from napari_sam.batch.settings import Execution, StackSettings
     from napari_sam.batch.everything import segment_stack
+    from napari_sam.batch.settings import Execution, StackSettings
     from napari_sam.batch.tasks import StackSource
+    from napari_sam.engine.everything.settings import EverythingSettings
 
-    settings = EverythingSettings() if points_per_side is None else EverythingSettings(points_per_side=points_per_side)
+    settings = (
+        EverythingSettings()
+        if points_per_side is None
+        else EverythingSettings(points_per_side=points_per_side)
+    )
     with TreeMemory() as memory:
-        summary = segment_stack(StackSource(str(stack)), out, StackSettings(settings=settings), Execution(workers=workers))
+        summary = segment_stack(
+            StackSource(str(stack)),
+            out,
+            StackSettings(settings=settings),
+            Execution(workers=workers),
+        )
     return {
-        "workers": workers, "slices": summary.slices, "objects": summary.objects, "sections": summary.sections,
-        "segment_s": summary.segment_seconds, "link_s": summary.link_seconds,
+        "workers": workers,
+        "slices": summary.slices,
+        "objects": summary.objects,
+        "sections": summary.sections,
+        "segment_s": summary.segment_seconds,
+        "link_s": summary.link_seconds,
         "slices_per_minute": round(summary.slices_per_minute, 2),
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "tree_peak_rss_mb": round(memory.peak / 2**20, 1),
@@ -88,7 +103,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=SLICES)
     parser.add_argument("--points-per-side", type=int)
-    parser.add_argument("--step", nargs=3, metavar=("WORKERS", "STACK", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--step", nargs=3, metavar=("WORKERS", "STACK", "OUT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.step:
         workers, stack, out = args.step
@@ -99,18 +116,37 @@ def main() -> None:
         stack = Path(folder) / "cells3d_subset.tif"
         write_subset(stack, args.slices)
         for workers in (0, 2):
-            command = [sys.executable, __file__, "--step", str(workers), str(stack), f"{folder}/out{workers}.zarr"]
+            command = [
+                sys.executable,
+                __file__,
+                "--step",
+                str(workers),
+                str(stack),
+                f"{folder}/out{workers}.zarr",
+            ]
             if args.points_per_side:
                 command += ["--points-per-side", str(args.points_per_side)]
             started = time.perf_counter()
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs.append({**json.loads(output.strip().splitlines()[-1]),
-                         "process_s": round(time.perf_counter() - started, 1)})
+            runs.append(
+                {
+                    **json.loads(output.strip().splitlines()[-1]),
+                    "process_s": round(time.perf_counter() - started, 1),
+                }
+            )
     same = runs[0]["objects"] == runs[1]["objects"]
-    print(json.dumps({
-        "benchmark": "everything_stack", "runs": runs, "same_object_count": same,
-        "cluster_speedup": round(runs[1]["slices_per_minute"] / runs[0]["slices_per_minute"], 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "everything_stack",
+                "runs": runs,
+                "same_object_count": same,
+                "cluster_speedup": round(
+                    runs[1]["slices_per_minute"] / runs[0]["slices_per_minute"], 2
+                ),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,17 @@ def stub_encode(predictor):
     from napari_sam.engine.prediction.results import Embedding
 
     def encode(image, normalization=None, should_stop=None):
-        resized = resize_longest_side(normalization.apply(np.asarray(image)), predictor.model.input_size)
+        resized = resize_longest_side(
+            normalization.apply(np.asarray(image)), predictor.model.input_size
+        )
         features = torch.full((1, 256, 64, 64), float(resized.mean()))
-        return Embedding(features, resized.shape[:2], np.shape(image)[:2], predictor.model.model_id, normalization)
+        return Embedding(
+            features,
+            resized.shape[:2],
+            np.shape(image)[:2],
+            predictor.model.model_id,
+            normalization,
+        )
 
     return encode
 
@@ -50,18 +58,29 @@ def step(mode: str, planes: int, folder: Path) -> dict:
     volume = make_volume(folder / f"volume{planes}.zarr", planes)
     start = time.perf_counter()
     stub = mode == "embed-stub"
-    session = open_cached_session(volume, folder / f"tiles{planes}{'-stub' * stub}.zarr", capacity=1)
+    session = open_cached_session(
+        volume, folder / f"tiles{planes}{'-stub' * stub}.zarr", capacity=1
+    )
     if stub:
         session.predictor.encode = stub_encode(session.predictor)
         mode = "embed"
     calls = []
     original = session.predictor.encode
     session.predictor.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
-    result = {"mode": mode, "planes": planes, "tile": session.tile, "halo": session.halo, "stub_encoder": stub}
+    result = {
+        "mode": mode,
+        "planes": planes,
+        "tile": session.tile,
+        "halo": session.halo,
+        "stub_encoder": stub,
+    }
     if mode == "embed":
         summary = embed_volume(session)
-        result.update(seconds=summary.seconds, tiles=summary.encoded,
-                      seconds_per_tile=round(summary.seconds / max(1, summary.encoded), 3))
+        result.update(
+            seconds=summary.seconds,
+            tiles=summary.encoded,
+            seconds_per_tile=round(summary.seconds / max(1, summary.encoded), 3),
+        )
     else:
         key = (planes // 2,)
         ready = session.has_embedding(key)
@@ -69,8 +88,10 @@ def step(mode: str, planes: int, folder: Path) -> dict:
         result.update(ready_on_open=ready, encoder_calls_open=len(calls))
         session.preview(key, points=[(1024, 1024)])
         result.update(first_mask_s=round(time.perf_counter() - start, 3))
-    result.update(encoder_calls=len(calls),
-                  peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    result.update(
+        encoder_calls=len(calls),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
     return result
 
 
@@ -83,13 +104,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="napari-sam-bench-") as folder:
         for planes in (8, 64):
             for mode in ("embed-stub",) if stub else ("embed", "reopen"):
-                out = subprocess.run([sys.executable, __file__, mode, str(planes), folder],
-                                     check=True, capture_output=True, text=True).stdout
+                out = subprocess.run(
+                    [sys.executable, __file__, mode, str(planes), folder],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
                 print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     rss = {r["planes"]: r["peak_rss_mb"] for r in results if r["mode"] == "embed"}
-    print(json.dumps({"benchmark": "tiled_embedding_cache" + ("_stub_encoder" if stub else ""), "runs": results,
-                      "rss_growth_8_to_64": round(rss[64] / rss[8] - 1, 3)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "tiled_embedding_cache" + ("_stub_encoder" if stub else ""),
+                "runs": results,
+                "rss_growth_8_to_64": round(rss[64] / rss[8] - 1, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

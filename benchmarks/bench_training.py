@@ -29,19 +29,23 @@ def measure(mode: str, objects: int, iterations: int, steps: int, threads: int) 
     import torch
 
     from napari_sam.training.checkpoints import LoopState
-    from napari_sam.training.config import TrainingConfig
+    from napari_sam.training.config import PromptSettings, TrainingConfig
     from napari_sam.training.development_data import load_bbbc007
     from napari_sam.training.embeddings import EmbeddingStore
     from napari_sam.training.loop import _one_step
     from napari_sam.training.network import inference_model, load_trainable
     from napari_sam.training.optimization import make_optimizer, parameter_groups
-    from napari_sam.training.config import PromptSettings
 
     torch.set_num_threads(threads)
     images = load_bbbc007()[:1]
     trainable = load_trainable("vit_t")
-    config = TrainingConfig(trainable=mode, steps=steps + 1, objects_per_step=objects, warmup_steps=1,
-                            prompts=PromptSettings(iterations=iterations, quiet_iterations=min(1, iterations - 1)))
+    config = TrainingConfig(
+        trainable=mode,
+        steps=steps + 1,
+        objects_per_step=objects,
+        warmup_steps=1,
+        prompts=PromptSettings(iterations=iterations, quiet_iterations=min(1, iterations - 1)),
+    )
     sam = trainable.module
     groups = parameter_groups(sam, mode, config.encoder_blocks, 0.8, 0.1, config.freeze_iou_head)
     optimizer = make_optimizer(groups, 1e-5)  # as train() builds it: IoU head frozen by default
@@ -58,11 +62,18 @@ def measure(mode: str, objects: int, iterations: int, steps: int, threads: int) 
         cpu.append(time.process_time() - cpu_start)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trained = sum(p.numel() for p in sam.parameters() if p.requires_grad)
-    return {"mode": mode, "objects": objects, "iterations": iterations, "threads": threads,
-            "seconds_per_step": float(np.median(times[1:])), "step_seconds": [round(t, 2) for t in times[1:]],
-            "cpu_seconds_per_step": float(np.median(cpu[1:])),  # over all threads; robust to other jobs
-            "load_average": round(__import__("os").getloadavg()[0], 1),
-            "peak_rss_mib": round(peak_mib), "trainable_parameters": trained}
+    return {
+        "mode": mode,
+        "objects": objects,
+        "iterations": iterations,
+        "threads": threads,
+        "seconds_per_step": float(np.median(times[1:])),
+        "step_seconds": [round(t, 2) for t in times[1:]],
+        "cpu_seconds_per_step": float(np.median(cpu[1:])),  # over all threads; robust to other jobs
+        "load_average": round(__import__("os").getloadavg()[0], 1),
+        "peak_rss_mib": round(peak_mib),
+        "trainable_parameters": trained,
+    }
 
 
 def main() -> None:
@@ -74,12 +85,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(measure(args.mode, args.objects, args.iterations, args.steps, args.threads)))
+        print(
+            json.dumps(measure(args.mode, args.objects, args.iterations, args.steps, args.threads))
+        )
         return
     rows = []
     for mode in MODES:
-        command = [sys.executable, __file__, mode, "--objects", str(args.objects), "--iterations",
-                   str(args.iterations), "--steps", str(args.steps), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            mode,
+            "--objects",
+            str(args.objects),
+            "--iterations",
+            str(args.iterations),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+        ]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

@@ -32,8 +32,8 @@ import torch
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QEventLoop, QTimer
 
-from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.model.threads import TorchThread
+from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.io.samples import load_dsb2018
 
 REPEATS = int(os.environ.get("BENCH_WORKER_REPEATS", "5"))

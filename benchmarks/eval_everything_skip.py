@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.everything.segmenter import AutomaticSegmenter
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.metrics import average_precisions
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.io.samples import load_cells3d_nuclei, load_dsb2018
@@ -58,7 +58,9 @@ def images(quick: bool, bbbc_stride: int):
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    stride = int(sys.argv[sys.argv.index("--bbbc-stride") + 1]) if "--bbbc-stride" in sys.argv else 1
+    stride = (
+        int(sys.argv[sys.argv.index("--bbbc-stride") + 1]) if "--bbbc-stride" in sys.argv else 1
+    )
     out = Path(__file__).parent / "results" / "everything_skip.json"
     # --resume keeps the rows of an interrupted run (written after every image)
     rows = json.loads(out.read_text()) if "--resume" in sys.argv and out.is_file() else []
@@ -73,22 +75,36 @@ def main() -> None:
         for name, settings in todo.items():
             segmenter = AutomaticSegmenter(predictor, settings)
             start = time.perf_counter()
-            candidates = segmenter.initialise(item.image, item.normalization, embed=lambda window: embedding)
+            candidates = segmenter.initialise(
+                item.image, item.normalization, embed=lambda window: embedding
+            )
             result = segmenter.generate(candidates)
             seconds = time.perf_counter() - start
             ap = average_precisions(result.labels, item.labels, (0.5, 0.75))
-            rows.append({"image": item.name, "setting": name, "decoded": candidates.points_decoded,
-                         "objects": result.count, "ap50": ap[0.5], "ap75": ap[0.75],
-                         "decode_seconds": round(seconds, 2)})
+            rows.append(
+                {
+                    "image": item.name,
+                    "setting": name,
+                    "decoded": candidates.points_decoded,
+                    "objects": result.count,
+                    "ap50": ap[0.5],
+                    "ap75": ap[0.75],
+                    "decode_seconds": round(seconds, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         out.write_text(json.dumps(rows, indent=1))
     names = {item.name for item in chosen}
     rows = [r for r in rows if r["setting"] in SETTINGS and r["image"] in names]
-    print(f"\n{'setting':26s} {'decoded':>8s} {'AP50 mean':>10s} {'AP75 mean':>10s}  (over {len(rows) // len(SETTINGS)} images)")
+    print(
+        f"\n{'setting':26s} {'decoded':>8s} {'AP50 mean':>10s} {'AP75 mean':>10s}  (over {len(rows) // len(SETTINGS)} images)"
+    )
     for name in SETTINGS:
         mine = [r for r in rows if r["setting"] == name]
-        print(f"{name:26s} {sum(r['decoded'] for r in mine):8d} {np.mean([r['ap50'] for r in mine]):10.4f} "
-              f"{np.mean([r['ap75'] for r in mine]):10.4f}")
+        print(
+            f"{name:26s} {sum(r['decoded'] for r in mine):8d} {np.mean([r['ap50'] for r in mine]):10.4f} "
+            f"{np.mean([r['ap75'] for r in mine]):10.4f}"
+        )
 
 
 if __name__ == "__main__":

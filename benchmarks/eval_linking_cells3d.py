@@ -24,21 +24,32 @@ MIN_EXTENTS = (1, 2, 3, 5, 8)
 def segment(folder: Path, workers: int, points_per_side: int | None) -> Path:
     import tifffile
 
-    from napari_sam.engine.everything.settings import EverythingSettings
-    from napari_sam.batch.settings import Execution, StackSettings
     from napari_sam.batch.everything import segment_stack
+    from napari_sam.batch.settings import Execution, StackSettings
     from napari_sam.batch.tasks import StackSource
+    from napari_sam.engine.everything.settings import EverythingSettings
     from napari_sam.io.samples import load_cells3d_nuclei
 
     image, _ = load_cells3d_nuclei()
     source = folder / "cells3d_nuclei.tif"
     if not source.exists():
         tifffile.imwrite(source, image, metadata={"axes": "ZYX"})
-    settings = EverythingSettings() if points_per_side is None else EverythingSettings(points_per_side=points_per_side)
-    summary = segment_stack(StackSource(str(source)), folder / "cells3d.zarr", StackSettings(settings=settings),
-                            Execution(workers=workers), progress=lambda stage, done, total: print(
-                                f"{stage} {done}/{total}", flush=True))
-    print(json.dumps({"segmented": summary.segmented, "slice_seconds": summary.slice_seconds}), flush=True)
+    settings = (
+        EverythingSettings()
+        if points_per_side is None
+        else EverythingSettings(points_per_side=points_per_side)
+    )
+    summary = segment_stack(
+        StackSource(str(source)),
+        folder / "cells3d.zarr",
+        StackSettings(settings=settings),
+        Execution(workers=workers),
+        progress=lambda stage, done, total: print(f"{stage} {done}/{total}", flush=True),
+    )
+    print(
+        json.dumps({"segmented": summary.segmented, "slice_seconds": summary.slice_seconds}),
+        flush=True,
+    )
     return folder / "cells3d.zarr"
 
 
@@ -54,20 +65,46 @@ def evaluate(store: Path) -> dict:
     slice_ap = [average_precision(s, t) for s, t in zip(sections, truth) if t.any() or s.any()]
     grid = []
     for iou, extent, gap in itertools.product(IOU_THRESHOLDS, MIN_EXTENTS, (True, False)):
-        linked = link_slices(sections, LinkingSettings(iou_threshold=iou, min_extent=extent, gap_closing=gap))
+        linked = link_slices(
+            sections, LinkingSettings(iou_threshold=iou, min_extent=extent, gap_closing=gap)
+        )
         ap = average_precisions(linked.labels, truth, (0.5, 0.75))
-        grid.append({"iou_threshold": iou, "min_extent": extent, "gap_closing": gap, "objects": linked.objects,
-                     "ap50": round(ap[0.5], 4), "ap75": round(ap[0.75], 4)})
-    default = next(g for g in grid if (g["iou_threshold"], g["min_extent"], g["gap_closing"]) ==
-                   (LinkingSettings().iou_threshold, LinkingSettings().min_extent, LinkingSettings().gap_closing))
+        grid.append(
+            {
+                "iou_threshold": iou,
+                "min_extent": extent,
+                "gap_closing": gap,
+                "objects": linked.objects,
+                "ap50": round(ap[0.5], 4),
+                "ap75": round(ap[0.75], 4),
+            }
+        )
+    default = next(
+        g
+        for g in grid
+        if (g["iou_threshold"], g["min_extent"], g["gap_closing"])
+        == (
+            LinkingSettings().iou_threshold,
+            LinkingSettings().min_extent,
+            LinkingSettings().gap_closing,
+        )
+    )
     best = max(grid, key=lambda g: (g["ap50"], g["ap75"]))
-    return {"benchmark": "cells3d_3d_everything", "true_objects": int(len(np.unique(truth)) - 1),
-            "slice_ap50_mean": round(float(np.mean(slice_ap)), 4), "default": default, "best": best, "grid": grid}
+    return {
+        "benchmark": "cells3d_3d_everything",
+        "true_objects": int(len(np.unique(truth)) - 1),
+        "slice_ap50_mean": round(float(np.mean(slice_ap)), 4),
+        "default": default,
+        "best": best,
+        "grid": grid,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out/eval_cells3d", help="folder for the volume and the sections")
+    parser.add_argument(
+        "--out", default="out/eval_cells3d", help="folder for the volume and the sections"
+    )
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--points-per-side", type=int)
     args = parser.parse_args()

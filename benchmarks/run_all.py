@@ -30,7 +30,10 @@ def main() -> None:
     encoder_ours = run("bench_encoder.py", "ours")
     click = run("bench_click.py")
     annotator = run("bench_annotator.py", display=True)
-    everything = {mode: run("bench_everything.py", mode) for mode in ("ours", "reference_equivalent", "reference_style")}
+    everything = {
+        mode: run("bench_everything.py", mode)
+        for mode in ("ours", "reference_equivalent", "reference_style")
+    }
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
         "encoder_eager": encoder_eager,
@@ -42,26 +45,32 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     speedup = encoder_eager["median_s"] / encoder_ours["median_s"]
-    table = "\n".join([
-        "| measurement (vit_t, DSB2018 512x512, CPU) | ours | reference-style | ratio |",
-        "|---|---|---|---|",
-        f"| encoder, seconds per image (median of 5) | {encoder_ours['median_s']:.2f} | "
-        f"{encoder_eager['median_s']:.2f} | {speedup:.2f}x |",
-        f"| encoder peak RSS, MB | {encoder_ours['peak_rss_mb']:.0f} | {encoder_eager['peak_rss_mb']:.0f} | |",
-        f"| click to 3 masks at 512x512, ms (median of {click['calls']}) | "
-        f"{click['ours_ms_median']:.1f} | {click['reference_style_ms_median']:.1f} | {click['speedup']:.2f}x |",
-        f"| pixel agreement of the click masks | {click['pixel_agreement']:.6f} | | |",
-        f"| napari: point added -> preview shown, ms (median of {annotator['clicks']}) | "
-        f"{annotator['widget_ms_median']:.1f} | {annotator['reference_style_ms_median']:.1f} (decoder only) | |",
-        *everything_rows(everything),
-    ])
+    table = "\n".join(
+        [
+            "| measurement (vit_t, DSB2018 512x512, CPU) | ours | reference-style | ratio |",
+            "|---|---|---|---|",
+            f"| encoder, seconds per image (median of 5) | {encoder_ours['median_s']:.2f} | "
+            f"{encoder_eager['median_s']:.2f} | {speedup:.2f}x |",
+            f"| encoder peak RSS, MB | {encoder_ours['peak_rss_mb']:.0f} | {encoder_eager['peak_rss_mb']:.0f} | |",
+            f"| click to 3 masks at 512x512, ms (median of {click['calls']}) | "
+            f"{click['ours_ms_median']:.1f} | {click['reference_style_ms_median']:.1f} | {click['speedup']:.2f}x |",
+            f"| pixel agreement of the click masks | {click['pixel_agreement']:.6f} | | |",
+            f"| napari: point added -> preview shown, ms (median of {annotator['clicks']}) | "
+            f"{annotator['widget_ms_median']:.1f} | {annotator['reference_style_ms_median']:.1f} (decoder only) | |",
+            *everything_rows(everything),
+        ]
+    )
     (HERE / "results" / "latest.md").write_text(table + "\n")
     print(table)
 
 
 def everything_rows(everything: dict) -> list[str]:
     """Segment-everything rows: our defaults and the reference algorithm, same run."""
-    ours, equivalent, style = everything["ours"], everything["reference_equivalent"], everything["reference_style"]
+    ours, equivalent, style = (
+        everything["ours"],
+        everything["reference_equivalent"],
+        everything["reference_style"],
+    )
     return [
         f"| segment everything, seconds incl. encoder ({ours['points_decoded']} vs 1024 grid points) | "
         f"{ours['seconds']:.1f} | {style['seconds']:.1f} | {style['seconds'] / ours['seconds']:.1f}x |",

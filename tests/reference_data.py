@@ -109,4 +109,3 @@ def _text(report) -> str:
     """The message of a skip report (pytest keeps it as (path, line, message))."""
     longrepr = report.longrepr
     return str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
-

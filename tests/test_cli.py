@@ -31,7 +31,10 @@ def test_predict_box_writes_the_nucleus(dsb, tmp_path, capsys):
     path, labels, ids, boxes, _ = dsb
     out, overlay = tmp_path / "mask.tif", tmp_path / "mask.png"
     box = ",".join(str(int(v)) for v in boxes[0])
-    assert main(["predict", str(path), "--box", box, "--out", str(out), "--overlay", str(overlay)]) == 0
+    assert (
+        main(["predict", str(path), "--box", box, "--out", str(out), "--overlay", str(overlay)])
+        == 0
+    )
     mask = tifffile.imread(out)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
     assert mask_iou(mask.astype(bool), labels == ids[0]) > 0.75
@@ -45,7 +48,10 @@ def test_predict_point_and_negative(dsb, tmp_path):
     target = labels == ids[3]
     point = f"{int(points[3][0])},{int(points[3][1])}"
     negative = f"{int(points[4][0])},{int(points[4][1])}"
-    assert main(["predict", str(path), "--point", point, "--negative", negative, "--out", str(out)]) == 0
+    assert (
+        main(["predict", str(path), "--point", point, "--negative", negative, "--out", str(out)])
+        == 0
+    )
     mask = np.load(out).astype(bool)
     assert mask[int(points[3][0]), int(points[3][1])]
     assert not mask[int(points[4][0]), int(points[4][1])]
@@ -79,7 +85,19 @@ def test_predict_errors_exit_1_with_a_message(dsb, tmp_path, capsys, arguments, 
 
 
 def test_predict_missing_image(tmp_path, capsys):
-    assert main(["predict", str(tmp_path / "none.tif"), "--point", "1,1", "--out", str(tmp_path / "m.tif")]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "none.tif"),
+                "--point",
+                "1,1",
+                "--out",
+                str(tmp_path / "m.tif"),
+            ]
+        )
+        == 1
+    )
     assert "not found" in capsys.readouterr().err
 
 

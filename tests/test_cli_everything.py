@@ -29,18 +29,33 @@ def stack_file(tmp_path_factory):
 
 def test_segments_links_records_and_resumes(stack_file, tmp_path, capsys):
     out = tmp_path / "labels.zarr"
-    command = ["segment-everything", str(stack_file), "--out", str(out), "--workers", "0",
-               "--points-per-side", "4", "--min-extent", "1"]
+    command = [
+        "segment-everything",
+        str(stack_file),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--points-per-side",
+        "4",
+        "--min-extent",
+        "1",
+    ]
     assert main(command) == 0
     captured = capsys.readouterr()
-    found = re.search(r"(\d+) objects in 2 slices \(2 segmented now, 0 already done\), [\d.]+ s, [\d.]+ slices/min "
-                      r"\(in-process, vit_t@", captured.out)
+    found = re.search(
+        r"(\d+) objects in 2 slices \(2 segmented now, 0 already done\), [\d.]+ s, [\d.]+ slices/min "
+        r"\(in-process, vit_t@",
+        captured.out,
+    )
     assert found, captured.out
     assert "segmenting: 100%" in captured.err and "linking: 100%" in captured.err
     group = zarr.open_group(out, mode="r")
     sections, labels = np.asarray(group["sections"][...]), np.asarray(group["labels"][...])
     assert sections.max() > 0 and int(found.group(1)) == labels.max()
-    np.testing.assert_array_equal(labels, link_slices(sections, LinkingSettings(min_extent=1)).labels)
+    np.testing.assert_array_equal(
+        labels, link_slices(sections, LinkingSettings(min_extent=1)).labels
+    )
     assert group.attrs["napari_sam"]["settings"]["points_per_side"] == 4
     assert group.attrs["run"]["linking"]["min_extent"] == 1
 
@@ -50,32 +65,72 @@ def test_segments_links_records_and_resumes(stack_file, tmp_path, capsys):
     assert group["labels"][...].max() == group["objects"][...].sum()
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--z-range", "a:b"], r"A z-range is START:STOP \(two integers\); got 'a:b'"),
-    (["--z-range", "3:1"], "A z-range START:STOP needs 0 <= START < STOP; got '3:1'"),
-    (["--z-range", "2:9"], "z-range 2:9 does not fit slices 0..2"),
-    (["--link-iou", "0"], r"iou_threshold must be in \(0, 1\]"),
-    (["--points-per-side", "0"], "Invalid segment-everything settings: points_per_side=0"),
-    (["--every-point", "--skip-distance", "2"], r"--every-point decodes every grid point: drop \['skip_distance'\]"),
-    (["--skip-distance", "-1"], "Invalid segment-everything settings: skip_distance=-1.0"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--z-range", "a:b"], r"A z-range is START:STOP \(two integers\); got 'a:b'"),
+        (["--z-range", "3:1"], "A z-range START:STOP needs 0 <= START < STOP; got '3:1'"),
+        (["--z-range", "2:9"], "z-range 2:9 does not fit slices 0..2"),
+        (["--link-iou", "0"], r"iou_threshold must be in \(0, 1\]"),
+        (["--points-per-side", "0"], "Invalid segment-everything settings: points_per_side=0"),
+        (
+            ["--every-point", "--skip-distance", "2"],
+            r"--every-point decodes every grid point: drop \['skip_distance'\]",
+        ),
+        (["--skip-distance", "-1"], "Invalid segment-everything settings: skip_distance=-1.0"),
+    ],
+)
 def test_errors_exit_1_with_a_message(stack_file, tmp_path, capsys, extra, message):
-    assert main(["segment-everything", str(stack_file), "--out", str(tmp_path / "x.zarr"), *extra]) == 1
+    assert (
+        main(["segment-everything", str(stack_file), "--out", str(tmp_path / "x.zarr"), *extra])
+        == 1
+    )
     assert re.search(message, capsys.readouterr().err)
 
 
 def test_workers_and_scheduler_exclude_each_other(stack_file, tmp_path):
     with pytest.raises(SystemExit, match="2"):
-        main(["segment-everything", str(stack_file), "--out", str(tmp_path / "x.zarr"), "--workers", "1",
-              "--scheduler", "tcp://127.0.0.1:1"])
+        main(
+            [
+                "segment-everything",
+                str(stack_file),
+                "--out",
+                str(tmp_path / "x.zarr"),
+                "--workers",
+                "1",
+                "--scheduler",
+                "tcp://127.0.0.1:1",
+            ]
+        )
 
 
 def test_every_point_decodes_the_whole_grid(stack_file, tmp_path):
     out = tmp_path / "every.zarr"
-    assert main(["segment-everything", str(stack_file), "--out", str(out), "--workers", "0", "--z-range", "0:1",
-                 "--points-per-side", "3", "--every-point", "--no-link"]) == 0
+    assert (
+        main(
+            [
+                "segment-everything",
+                str(stack_file),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--z-range",
+                "0:1",
+                "--points-per-side",
+                "3",
+                "--every-point",
+                "--no-link",
+            ]
+        )
+        == 0
+    )
     settings = zarr.open_group(out, mode="r").attrs["napari_sam"]["settings"]
-    assert (settings["skip_covered"], settings["skip_margin"], settings["skip_distance"]) == (False, None, 0.0)
+    assert (settings["skip_covered"], settings["skip_margin"], settings["skip_distance"]) == (
+        False,
+        None,
+        0.0,
+    )
 
 
 def parse(*flags):
@@ -96,9 +151,20 @@ def test_no_flags_run_the_engine_defaults(capsys):
 
 
 def test_flags_change_only_their_settings():
-    settings = stack_settings(parse("--points-per-side", "8", "--keep-background",
-                                    "--link-iou", "0.5", "--no-gap-closing",
-                                    "--halo", "16", "--tile", "256"))
+    settings = stack_settings(
+        parse(
+            "--points-per-side",
+            "8",
+            "--keep-background",
+            "--link-iou",
+            "0.5",
+            "--no-gap-closing",
+            "--halo",
+            "16",
+            "--tile",
+            "256",
+        )
+    )
     expected = replace(EverythingSettings(), points_per_side=8, drop_background=False)
     assert settings.settings == expected
     assert settings.linking == replace(LinkingSettings(), iou_threshold=0.5, gap_closing=False)

@@ -63,8 +63,13 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             module = node.module or ""
             found.append((node.lineno, module))
             # `from napari_sam.engine.prediction import prompts` imports a module too
-            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names
-                      if (PACKAGE.parent / (module + "." + alias.name).replace(".", "/")).with_suffix(".py").is_file()]
+            found += [
+                (node.lineno, f"{module}.{alias.name}")
+                for alias in node.names
+                if (PACKAGE.parent / (module + "." + alias.name).replace(".", "/"))
+                .with_suffix(".py")
+                .is_file()
+            ]
     return found
 
 
@@ -129,7 +134,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[str]:
         state[node] = 1
         for child in sorted(graph.get(node, ())):
             if state.get(child) == 1:
-                cycles.append(" -> ".join(trail[trail.index(child):] + [child]))
+                cycles.append(" -> ".join(trail[trail.index(child) :] + [child]))
             elif child not in state:
                 visit(child, [*trail, child])
         state[node] = 2
@@ -157,7 +162,9 @@ def test_the_rules_catch_a_violation():
     """The checks above can fail: known-bad imports are refused."""
     assert not allowed("napari_sam.engine.prediction.predictor", "napari_sam.io.volumes")
     assert not allowed("napari_sam.engine.model.loading", "napari_sam.engine.prediction.results")
-    assert not allowed("napari_sam.engine.everything.session", "napari_sam.engine.annotation.session")
+    assert not allowed(
+        "napari_sam.engine.everything.session", "napari_sam.engine.annotation.session"
+    )
     assert not allowed("napari_sam.io.embedding_cache", "napari_sam.batch.tasks")
     assert not allowed("napari_sam.training.loop", "napari_sam._widgets.finetune")
     assert not allowed("napari_sam.commands.training", "napari_sam._widgets.finetune")
@@ -175,7 +182,9 @@ def _fresh_interpreter(statement: str) -> dict:
         f"{statement}\n"
         "print(json.dumps({'modules': sorted(sys.modules), 'environ_changed': before != dict(os.environ)}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
     return json.loads(result.stdout.splitlines()[-1])
 
 
@@ -183,12 +192,15 @@ def _loaded(modules: list[str], names: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if m.split(".")[0] in names)
 
 
-@pytest.mark.parametrize("statement", [
-    "import napari_sam",
-    "import napari_sam.io.samples",
-    # every subcommand's flags and help, defaults included: `napari-sam --help` stays instant
-    "from napari_sam.cli import build_parser; build_parser()",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import napari_sam",
+        "import napari_sam.io.samples",
+        # every subcommand's flags and help, defaults included: `napari-sam --help` stays instant
+        "from napari_sam.cli import build_parser; build_parser()",
+    ],
+)
 def test_cheap_imports_load_neither_torch_nor_napari(statement):
     state = _fresh_interpreter(statement)
     assert _loaded(state["modules"], ("torch", "napari")) == []

@@ -41,11 +41,18 @@ def random_model(
 
     torch.manual_seed(seed)
     spec = ModelSpec(
-        name=name, description="random weights", architecture=architecture,
-        filename="", sha256="", size=0, license="none",
+        name=name,
+        description="random weights",
+        architecture=architecture,
+        filename="",
+        sha256="",
+        size=0,
+        license="none",
     )
     module = build_sam(spec).eval()
     fold_batchnorm(module)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    return SamModel(module=module.to(device), spec=spec, model_id=f"{name}-seed{seed}", device=device)
+    return SamModel(
+        module=module.to(device), spec=spec, model_id=f"{name}-seed{seed}", device=device
+    )

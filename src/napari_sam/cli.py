@@ -21,7 +21,11 @@ log = logging.getLogger("napari_sam")
 
 # Larger subcommands live in their own modules under napari_sam.commands; each exposes
 # ``register(commands)``, which adds its parser and sets ``handler`` to its run function.
-COMMAND_MODULES = ("napari_sam.commands.embed", "napari_sam.commands.everything", "napari_sam.commands.training")
+COMMAND_MODULES = (
+    "napari_sam.commands.embed",
+    "napari_sam.commands.everything",
+    "napari_sam.commands.training",
+)
 
 
 def coordinate_pair(text: str) -> tuple[float, float]:
@@ -57,21 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser(
-        "predict", help="segment one object from point and/or box prompts",
+        "predict",
+        help="segment one object from point and/or box prompts",
         description="Segment one object of a 2D image from prompts; writes a 0/1 mask.",
     )
     predict.add_argument("image", help="2D image file (.tif, .png, .jpg, .npy)")
-    predict.add_argument("--point", type=coordinate_pair, action="append", default=[],
-                         metavar="ROW,COL", help="a point on the object (repeatable)")
-    predict.add_argument("--negative", type=coordinate_pair, action="append", default=[],
-                         metavar="ROW,COL", help="a point on the background (repeatable)")
-    predict.add_argument("--box", type=box_corners, metavar="ROW0,COL0,ROW1,COL1",
-                         help="a box around the object, corners inclusive")
+    predict.add_argument(
+        "--point",
+        type=coordinate_pair,
+        action="append",
+        default=[],
+        metavar="ROW,COL",
+        help="a point on the object (repeatable)",
+    )
+    predict.add_argument(
+        "--negative",
+        type=coordinate_pair,
+        action="append",
+        default=[],
+        metavar="ROW,COL",
+        help="a point on the background (repeatable)",
+    )
+    predict.add_argument(
+        "--box",
+        type=box_corners,
+        metavar="ROW0,COL0,ROW1,COL1",
+        help="a box around the object, corners inclusive",
+    )
     predict.add_argument("--out", required=True, help="output mask (.tif, .png or .npy)")
     predict.add_argument("--overlay", help="also write the mask over the image as a PNG")
-    predict.add_argument("--model", default=DEFAULT_MODEL,
-                         help="model name or checkpoint file (default %(default)s)")
-    predict.add_argument("--channel", type=int, help="channel index for multichannel images (last axis)")
+    predict.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model name or checkpoint file (default %(default)s)"
+    )
+    predict.add_argument(
+        "--channel", type=int, help="channel index for multichannel images (last axis)"
+    )
     predict.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -83,10 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     path = actions.add_parser("path", help="print the path of cached weights")
     path.add_argument("name", metavar="NAME")
 
-    demo = commands.add_parser("demo", help="segment everything on the bundled DSB2018 nuclei image (the main job)")
+    demo = commands.add_parser(
+        "demo", help="segment everything on the bundled DSB2018 nuclei image (the main job)"
+    )
     demo.add_argument("--out", default="out/demo", help="output folder (default %(default)s)")
-    demo.add_argument("--model", default=DEFAULT_MODEL,
-                      help="model name or checkpoint file (default %(default)s)")
+    demo.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model name or checkpoint file (default %(default)s)"
+    )
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(commands)
     return parser
@@ -121,12 +148,16 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_sam.io.overlay import save_overlay
 
     if not (args.point or args.negative or args.box):
-        raise InvalidInputError("Give at least one prompt: --point ROW,COL or --box ROW0,COL0,ROW1,COL1.")
+        raise InvalidInputError(
+            "Give at least one prompt: --point ROW,COL or --box ROW0,COL0,ROW1,COL1."
+        )
     if args.negative and not (args.point or args.box):
         raise InvalidInputError("--negative points only refine an object: add --point or --box.")
     for existing in (args.out, args.overlay):
         if existing and not args.overwrite and _exists(existing):
-            raise InvalidInputError(f"{existing} already exists: choose another name or pass --overwrite.")
+            raise InvalidInputError(
+                f"{existing} already exists: choose another name or pass --overwrite."
+            )
     image = read_image(args.image)
     normalization = compute_normalization(image, channel=args.channel)
     predictor = Predictor(args.model, device=args.device)
@@ -158,14 +189,19 @@ def run_weights(args: argparse.Namespace) -> int:
         print(f"{'name':<12} {'size':>9}  {'cached':<6}  {'licence':<10}  description")
         for spec in MODELS.values():
             cached = "yes" if weights_path(spec).is_file() else "no"
-            print(f"{spec.name:<12} {spec.size / 1e6:>7.1f}MB  {cached:<6}  {spec.license:<10}  {spec.description}")
+            print(
+                f"{spec.name:<12} {spec.size / 1e6:>7.1f}MB  {cached:<6}  {spec.license:<10}  {spec.description}"
+            )
         return 0
     if args.action == "path":
         spec = get_model_spec(args.name)
         path = weights_path(spec)
         if not is_cached(spec):
-            print(f"napari-sam: {args.name} is not cached; run `napari-sam weights fetch {args.name}` "
-                  f"(it would live at {path})", file=sys.stderr)
+            print(
+                f"napari-sam: {args.name} is not cached; run `napari-sam weights fetch {args.name}` "
+                f"(it would live at {path})",
+                file=sys.stderr,
+            )
             return 1
         print(path)
         return 0
@@ -215,8 +251,9 @@ class _DownloadBar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=self.name,
-                            file=sys.stderr)
+            self.bar = tqdm(
+                total=total or None, unit="B", unit_scale=True, desc=self.name, file=sys.stderr
+            )
         self.bar.update(done - self.bar.n)
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.metrics import mask_iou  # noqa: F401  (scripts and tests import it from here)
+from napari_sam.engine.metrics import mask_iou
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +64,16 @@ def prompts_from_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return ids, np.array(boxes, float), np.array(points, float)
 
 
-
-
 def run_demo(
-    out_dir: str | Path, model: str = "vit_t", clicks: int = 20,
+    out_dir: str | Path,
+    model: str = "vit_t",
+    clicks: int = 20,
     progress: Callable[[str], None] | None = None,
 ) -> DemoSummary:
     """Segment the bundled DSB2018 nuclei from prompts and write results to ``out_dir``."""
     from napari_sam.engine.everything.segmenter import segment_plane
-    from napari_sam.engine.prediction.labels import paint_masks
     from napari_sam.engine.metrics import average_precisions
+    from napari_sam.engine.prediction.labels import paint_masks
     from napari_sam.engine.prediction.predictor import Predictor
     from napari_sam.io.images import write_labels
     from napari_sam.io.overlay import save_overlay
@@ -90,7 +90,9 @@ def run_demo(
     everything = segment_plane(predictor, image)
     everything_seconds = time.perf_counter() - start
     ap = average_precisions(everything.labels, truth, (0.5, 0.75))
-    say(f"{everything.count} objects in {everything_seconds:.1f} s; now one box per annotated nucleus")
+    say(
+        f"{everything.count} objects in {everything_seconds:.1f} s; now one box per annotated nucleus"
+    )
     start = time.perf_counter()
     embedding = predictor.set_image(image)
     encoder_seconds = time.perf_counter() - start

@@ -56,8 +56,12 @@ def embedding_segmenter(predictor, plane, normalization, settings, *, tile=None,
 
     embedding = predictor.encode(plane, normalization)
     rows, cols = embedding.input_size
-    features = torch.nn.functional.interpolate(embedding.features[:, :1], scale_factor=16)[0, 0, :rows, :cols]
-    features = torch.nn.functional.interpolate(features[None, None], size=plane.shape[:2])[0, 0].numpy()
+    features = torch.nn.functional.interpolate(embedding.features[:, :1], scale_factor=16)[
+        0, 0, :rows, :cols
+    ]
+    features = torch.nn.functional.interpolate(features[None, None], size=plane.shape[:2])[
+        0, 0
+    ].numpy()
     grey = normalization.apply(plane)[..., 0]
     labels = connected_components((grey > 100) & (features > np.median(features)))
     delay = float(os.environ.get("NAPARI_SAM_TEST_SLICE_DELAY", "0"))
@@ -75,10 +79,17 @@ def stack_file(tmp_path_factory, make_image):
 
 
 def run(stack_file, out, execution=None, **options):
-    stack_settings = StackSettings(model=tiny_factory(), settings=settings(),
-                                   linking=options.pop("linking", LinkingSettings()))
-    return segment_stack(StackSource(str(stack_file)), out, stack_settings, execution or Execution(threads=1),
-                         segmenter=embedding_segmenter, **options)
+    stack_settings = StackSettings(
+        model=tiny_factory(), settings=settings(), linking=options.pop("linking", LinkingSettings())
+    )
+    return segment_stack(
+        StackSource(str(stack_file)),
+        out,
+        stack_settings,
+        execution or Execution(threads=1),
+        segmenter=embedding_segmenter,
+        **options,
+    )
 
 
 def read(out, name):
@@ -142,10 +153,17 @@ def test_killed_run_resumes_to_the_same_labels(stack_file, reference, tmp_path):
         "import sys, test_batch_everything as t; from pathlib import Path; "
         "t.run(Path(sys.argv[1]), Path(sys.argv[2]))"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]),
-           "NAPARI_SAM_TEST_SLICE_DELAY": "0.5"}
-    process = subprocess.Popen([sys.executable, "-c", script, str(stack_file), str(out)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]),
+        "NAPARI_SAM_TEST_SLICE_DELAY": "0.5",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(stack_file), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while completed(out) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -170,9 +188,13 @@ def test_two_local_worker_processes_give_the_same_labels(stack_file, reference, 
 def test_errors(stack_file, reference, tmp_path):
     other = StackSettings(model=tiny_factory(), settings=StandInSettings(points_per_side=5))
     with pytest.raises(CacheMismatchError, match=r"settings: store has .*'points_per_side': 4"):
-        segment_stack(StackSource(str(stack_file)), reference[0], other, segmenter=embedding_segmenter)
+        segment_stack(
+            StackSource(str(stack_file)), reference[0], other, segmenter=embedding_segmenter
+        )
     (tmp_path / "other").mkdir()
-    with pytest.raises(CacheMismatchError, match="exists but is not a napari-sam segment-everything store"):
+    with pytest.raises(
+        CacheMismatchError, match="exists but is not a napari-sam segment-everything store"
+    ):
         run(stack_file, tmp_path / "other")
     with pytest.raises(InvalidInputError, match=r"z-range 4:9 does not fit slices 0..6"):
         run(stack_file, tmp_path / "z.zarr", z_range=(4, 9))
@@ -180,7 +202,9 @@ def test_errors(stack_file, reference, tmp_path):
         run(stack_file, tmp_path / "w.zarr", Execution(workers=-1))
     tz = tmp_path / "tz.tif"
     tifffile.imwrite(tz, np.zeros((2, 2, 16, 16), np.uint16), metadata={"axes": "TZYX"})
-    with pytest.raises(InvalidInputError, match="has axes 'tzyx': segment-everything links slices along one"):
+    with pytest.raises(
+        InvalidInputError, match="has axes 'tzyx': segment-everything links slices along one"
+    ):
         run(tz, tmp_path / "tz.zarr")
 
 
@@ -188,8 +212,15 @@ def test_overwrite_replaces_a_store_for_other_settings(stack_file, reference, tm
     out = tmp_path / "again.zarr"
     run(stack_file, out, z_range=(0, 1))
     other = StackSettings(model=tiny_factory(), settings=StandInSettings(points_per_side=5))
-    summary = segment_stack(StackSource(str(stack_file)), out, other, Execution(threads=1), z_range=(0, 2),
-                            overwrite=True, segmenter=embedding_segmenter)
+    summary = segment_stack(
+        StackSource(str(stack_file)),
+        out,
+        other,
+        Execution(threads=1),
+        z_range=(0, 2),
+        overwrite=True,
+        segmenter=embedding_segmenter,
+    )
     assert (summary.segmented, summary.reused) == (2, 0)
     assert zarr.open_group(out, mode="r").attrs["napari_sam"]["settings"]["points_per_side"] == 5
 

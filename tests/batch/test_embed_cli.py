@@ -37,7 +37,9 @@ def kill_mid_run(cache, extra=(), at_least=2) -> int:
     """Start ``napari-sam embed`` in a subprocess, SIGKILL it once ``at_least`` units are done."""
     process = subprocess.Popen(
         [sys.executable, "-m", "napari_sam.cli", "embed", *extra, "--cache", str(cache)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     deadline = time.monotonic() + 300
     while complete(cache) < at_least and process.poll() is None and time.monotonic() < deadline:
@@ -69,7 +71,15 @@ def test_killed_run_resumes_to_the_same_cache(stack_file, tmp_path, capsys):
 
 
 def test_killed_tiled_run_resumes_to_the_same_cache(stack_file, tmp_path, capsys):
-    args = [str(stack_file), "--tile", "128", "--halo", "16", "--z-range", "0:3"]  # 2 x 2 tiles, 3 planes
+    args = [
+        str(stack_file),
+        "--tile",
+        "128",
+        "--halo",
+        "16",
+        "--z-range",
+        "0:3",
+    ]  # 2 x 2 tiles, 3 planes
     killed, clean = tmp_path / "killed.zarr", tmp_path / "clean.zarr"
     done_before = kill_mid_run(killed, args, at_least=3)
     assert 3 <= done_before < 12, "the kill should land mid-run"

@@ -3,15 +3,18 @@ and segment-everything)."""
 
 import pytest
 
-from napari_sam.errors import InvalidInputError
 from napari_sam.commands.arguments import parse_z_range
+from napari_sam.errors import InvalidInputError
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("0:5", (0, 5)),
-    ("12:13", (12, 13)),
-    (" 2 : 9 ", (2, 9)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0:5", (0, 5)),
+        ("12:13", (12, 13)),
+        (" 2 : 9 ", (2, 9)),
+    ],
+)
 def test_start_stop_is_parsed(text, expected):
     assert parse_z_range(text) == expected
 

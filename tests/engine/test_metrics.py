@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from napari_sam.engine.metrics import average_precision, average_precisions, instance_overlap, mask_iou
+from napari_sam.engine.metrics import (
+    average_precision,
+    average_precisions,
+    instance_overlap,
+    mask_iou,
+)
 from napari_sam.errors import InvalidInputError
 
 

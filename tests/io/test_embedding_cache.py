@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from napari_sam.batch.embedding import embed_volume, open_cached_session
 from napari_sam.engine.annotation.session import AnnotationSession
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import CacheMismatchError
-from napari_sam.batch.embedding import embed_volume, open_cached_session
 from napari_sam.io.embedding_cache import EmbeddingCache, cache_signature
 
 
@@ -42,7 +42,9 @@ def test_cache_round_trip_equals_direct_encoding(tmp_path, volume, predictor):
 
 
 def test_float16_features_keep_masks(tmp_path, volume, predictor):
-    session = open_cached_session(volume, tmp_path / "h.zarr", model=predictor, feature_dtype="float16")
+    session = open_cached_session(
+        volume, tmp_path / "h.zarr", model=predictor, feature_dtype="float16"
+    )
     embed_volume(session, planes=[(1,)])
     half = session.store.backend.load((1,))
     full = predictor.encode(volume[1], session.normalization)

@@ -140,7 +140,8 @@ def test_load_cells3d_nuclei_fetches_once_then_reads_the_cache(
 
     assert calls == [CELLS3D_IMAGE.member, CELLS3D_LABELS.member]
     assert sorted(p.name for p in (cache_dir / "samples").iterdir()) == [
-        "cells3d_nuclei.tif", "cells3d_nuclei_labels.tif"
+        "cells3d_nuclei.tif",
+        "cells3d_nuclei_labels.tif",
     ]
     assert reports[-1] == (5_276_565 + 125_337,) * 2  # one count over both files
     np.testing.assert_array_equal(image, cells3d[0])

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_sam.engine.prediction.predictor import Predictor
-from napari_sam.engine.tiling.prompting import TiledPlane
-from napari_sam.engine.annotation.tiled_session import TiledSession
-from napari_sam.engine.tiling.grid import tile_grid
-from napari_sam.errors import CacheMismatchError, InvalidInputError
 from napari_sam.batch.embedding import embed_volume, open_cached_session
+from napari_sam.engine.annotation.tiled_session import TiledSession
+from napari_sam.engine.prediction.predictor import Predictor
+from napari_sam.engine.tiling.grid import tile_grid
+from napari_sam.engine.tiling.prompting import TiledPlane
+from napari_sam.errors import CacheMismatchError, InvalidInputError
 from napari_sam.io.embedding_cache import CacheSignature
 
 TILE, HALO = 96, 16  # a 200 x 260 plane: a 3 x 3 grid of windows up to 128 x 128
@@ -33,14 +33,21 @@ def counting(predictor):
 
 
 def open_tiled(volume, path, predictor, **settings):
-    return open_cached_session(volume, path, model=predictor, **{"tile": TILE, "halo": HALO, **settings})
+    return open_cached_session(
+        volume, path, model=predictor, **{"tile": TILE, "halo": HALO, **settings}
+    )
 
 
 def test_tiled_round_trip_equals_direct_encoding_of_each_window(tmp_path, volume, predictor):
     session = open_tiled(volume, tmp_path / "t.zarr", predictor)
     assert isinstance(session, TiledSession)
     summary = embed_volume(session)
-    assert (summary.planes, summary.tiles_per_plane, summary.encoded, summary.reused) == (2, 9, 18, 0)
+    assert (summary.planes, summary.tiles_per_plane, summary.encoded, summary.reused) == (
+        2,
+        9,
+        18,
+        0,
+    )
     reopened = open_tiled(volume, tmp_path / "t.zarr", Predictor(predictor.model))
     calls = counting(reopened.predictor)
     assert embed_volume(reopened).reused == 18 and calls == []
@@ -56,11 +63,22 @@ def test_tiled_round_trip_equals_direct_encoding_of_each_window(tmp_path, volume
             assert stored.original_size == volume[z][tile.window].shape
 
 
-@pytest.mark.parametrize("settings, field", [({"tile": 64}, "tile"), ({"halo": 8}, "halo"),
-                                             ({"tile": 0}, "tile"), ({"upscale": 1.5}, "upscale")])
-def test_other_tile_settings_are_refused_with_the_remedy(tmp_path, volume, predictor, settings, field):
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"tile": 64}, "tile"),
+        ({"halo": 8}, "halo"),
+        ({"tile": 0}, "tile"),
+        ({"upscale": 1.5}, "upscale"),
+    ],
+)
+def test_other_tile_settings_are_refused_with_the_remedy(
+    tmp_path, volume, predictor, settings, field
+):
     open_tiled(volume, tmp_path / "t.zarr", predictor)
-    with pytest.raises(CacheMismatchError, match=rf"(?s){field}: cache has .*--tile/--halo/--upscale.*overwrite"):
+    with pytest.raises(
+        CacheMismatchError, match=rf"(?s){field}: cache has .*--tile/--halo/--upscale.*overwrite"
+    ):
         open_tiled(volume, tmp_path / "t.zarr", predictor, **settings)
     fresh = open_tiled(volume, tmp_path / "t.zarr", predictor, overwrite=True, **settings)
     assert fresh.cache.completed() == []
@@ -80,8 +98,10 @@ def test_a_damaged_tile_chunk_is_recomputed_alone(tmp_path, volume, predictor):
     summary = embed_volume(reopened)
     assert (summary.encoded, summary.reused, len(calls)) == (1, 17, 1)
     window = tile_grid((200, 260), TILE, HALO)[7].window
-    np.testing.assert_array_equal(reopened.cache.load((1,), tile=(2, 1)).features.numpy(),
-                                  predictor.encode(volume[1][window], reopened.normalization).features.numpy())
+    np.testing.assert_array_equal(
+        reopened.cache.load((1,), tile=(2, 1)).features.numpy(),
+        predictor.encode(volume[1][window], reopened.normalization).features.numpy(),
+    )
 
 
 class WriteLog:
@@ -107,7 +127,9 @@ class WriteLog:
 def test_completion_flag_is_written_last(tmp_path, volume, predictor):
     session = open_tiled(volume, tmp_path / "t.zarr", predictor)
     cache, log = session.cache, []
-    embedding = predictor.encode(volume[0][tile_grid((200, 260), TILE, HALO)[4].window], session.normalization)
+    embedding = predictor.encode(
+        volume[0][tile_grid((200, 260), TILE, HALO)[4].window], session.normalization
+    )
     cache.group = WriteLog(cache.group, log)
     cache.save((0,), embedding, tile=(1, 1))
     assert log == ["features", "input_size", "checksum", "complete"]
@@ -125,20 +147,28 @@ def test_tiles_of_a_zarr_volume_read_only_their_chunks(tmp_path, volume, predict
     expected = 0
     for tile in tile_grid((200, 260), TILE, HALO):
         rows, cols = tile.window
-        expected += len(range(rows.start // 50, (rows.stop - 1) // 50 + 1)) * len(range(cols.start // 65, (cols.stop - 1) // 65 + 1))
+        expected += len(range(rows.start // 50, (rows.stop - 1) // 50 + 1)) * len(
+            range(cols.start // 65, (cols.stop - 1) // 65 + 1)
+        )
     assert len(store.reads) == expected  # 36 chunk reads, never the 16 chunks of a plane at once
     assert all(key.startswith("c/1/") for key in store.reads)
 
 
-def test_tiled_plane_takes_grid_tiles_from_the_cache_and_keeps_moved_windows_in_memory(tmp_path, volume, predictor):
+def test_tiled_plane_takes_grid_tiles_from_the_cache_and_keeps_moved_windows_in_memory(
+    tmp_path, volume, predictor
+):
     session = open_tiled(volume, tmp_path / "t.zarr", predictor)
     embed_volume(session, planes=[(0,)])
     fresh = Predictor(predictor.model)
     calls = counting(fresh)
-    plane = TiledPlane(fresh, volume[0], session.normalization, TILE, HALO, backend=session.cache.tiles((0,)))
+    plane = TiledPlane(
+        fresh, volume[0], session.normalization, TILE, HALO, backend=session.cache.tiles((0,))
+    )
     grid = plane.embedding(plane.tiles[4])  # the old call form with a Tile
     assert calls == [] and plane.encoder_calls == 0 and plane.ready()
-    np.testing.assert_array_equal(grid.features.numpy(), session.cache.load((0,), tile=(1, 1)).features.numpy())
+    np.testing.assert_array_equal(
+        grid.features.numpy(), session.cache.load((0,), tile=(1, 1)).features.numpy()
+    )
     moved = (slice(30, 158), slice(50, 178))  # not a grid window
     first = plane.embedding(moved)
     assert plane.embedding(moved) is first and len(calls) == 1

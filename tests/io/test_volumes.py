@@ -34,8 +34,9 @@ class CountingStore(zarr.storage.WrapperStore):
 
 def counting_array(tmp_path) -> tuple[zarr.Array, CountingStore]:
     """CZYX (2, 4, 6, 8) stored in chunks of (1, 2, 3, 4): 2 x 2 x 2 x 2 = 16 chunks."""
-    array = zarr.create_array(tmp_path / "c.zarr", shape=CZYX.shape, chunks=(1, 2, 3, 4),
-                              dtype=CZYX.dtype)
+    array = zarr.create_array(
+        tmp_path / "c.zarr", shape=CZYX.shape, chunks=(1, 2, 3, 4), dtype=CZYX.dtype
+    )
     array[:] = CZYX
     store = CountingStore(zarr.storage.LocalStore(tmp_path / "c.zarr", read_only=True))
     return zarr.open_array(store, mode="r"), store
@@ -51,13 +52,28 @@ def write_ome_zarr(path, version: str) -> None:
     group = zarr.open_group(path, mode="w", zarr_format=2 if version == "0.4" else 3)
     group.create_array("0", data=CZYX)
     group.create_array("1", data=CZYX[:, :, ::2, ::2])
-    axes = [{"name": "c", "type": "channel"}, {"name": "z", "type": "space", "unit": "micrometer"},
-            {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    datasets = [{"path": str(level), "coordinateTransformations": [
-        {"type": "scale", "scale": [1.0, 2.0, 0.25 * 2**level, 0.25 * 2**level]},
-        {"type": "translation", "translation": [0.0, 0.0, 0.0, 0.0]}]} for level in (0, 1)]
-    multiscale = {"version": version, "axes": axes, "datasets": datasets,
-                  "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.5, 1.0, 1.0]}]}
+    axes = [
+        {"name": "c", "type": "channel"},
+        {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"},
+    ]
+    datasets = [
+        {
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 2.0, 0.25 * 2**level, 0.25 * 2**level]},
+                {"type": "translation", "translation": [0.0, 0.0, 0.0, 0.0]},
+            ],
+        }
+        for level in (0, 1)
+    ]
+    multiscale = {
+        "version": version,
+        "axes": axes,
+        "datasets": datasets,
+        "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.5, 1.0, 1.0]}],
+    }
     if version == "0.4":
         group.attrs["multiscales"] = [multiscale]
     else:
@@ -77,10 +93,17 @@ def test_numpy_passes_through_with_guessed_axes():
     assert (volume.stack_axes, volume.channel_axis) == ("z", False)
 
 
-@pytest.mark.parametrize("shape, axes", [
-    ((6, 8), "yx"), ((6, 8, 3), "yxc"), ((4, 6, 8), "zyx"), ((2, 4, 6, 8), "tzyx"),
-    ((4, 6, 8, 4), "zyxc"), ((2, 4, 6, 8, 3), "tzyxc"),
-])
+@pytest.mark.parametrize(
+    "shape, axes",
+    [
+        ((6, 8), "yx"),
+        ((6, 8, 3), "yxc"),
+        ((4, 6, 8), "zyx"),
+        ((2, 4, 6, 8), "tzyx"),
+        ((4, 6, 8, 4), "zyxc"),
+        ((2, 4, 6, 8, 3), "tzyxc"),
+    ],
+)
 def test_axes_guessed_without_metadata_never_invent_channels(shape, axes):
     assert open_volume(np.zeros(shape, np.uint8)).axes == axes
 
@@ -93,8 +116,9 @@ def test_explicit_axes_are_lower_cased_and_reorder_the_view():
 
 
 def test_zarr_dimension_names_give_the_axes(tmp_path):
-    array = zarr.create_array(tmp_path / "a.zarr", shape=(3, 6, 8), dtype="u1",
-                              dimension_names=["c", "y", "x"])
+    array = zarr.create_array(
+        tmp_path / "a.zarr", shape=(3, 6, 8), dtype="u1", dimension_names=["c", "y", "x"]
+    )
     assert open_volume(array).axes == "cyx"
     assert open_volume(tmp_path / "a.zarr").axes == "cyx"
     assert open_volume(tmp_path / "a.zarr", axes="zyx").axes == "zyx"
@@ -112,14 +136,24 @@ def test_npy_file_is_memory_mapped(tmp_path):
 
 @pytest.mark.parametrize("wrap", ["numpy", "dask", "zarr"])
 def test_planes_view_equals_moveaxis(wrap):
-    data = {"numpy": lambda: CZYX, "dask": lambda: da.from_array(CZYX, chunks=(1, 2, 3, 4)),
-            "zarr": lambda: zarr.array(CZYX, chunks=(1, 2, 3, 4))}[wrap]()
+    data = {
+        "numpy": lambda: CZYX,
+        "dask": lambda: da.from_array(CZYX, chunks=(1, 2, 3, 4)),
+        "zarr": lambda: zarr.array(CZYX, chunks=(1, 2, 3, 4)),
+    }[wrap]()
     view = open_volume(data, axes="czyx").planes_view()
     expected = np.moveaxis(CZYX, 0, -1)  # (z, y, x, c)
     assert view.shape == (4, 6, 8, 2)
     assert np.array_equal(np.asarray(view), expected)
-    for key in [2, -1, (1, slice(3, 5), Ellipsis, 0), (3, slice(None), 2), (Ellipsis, 1),
-                (slice(1, 4, 2), 0), (np.int64(2), 5, 7)]:
+    for key in [
+        2,
+        -1,
+        (1, slice(3, 5), Ellipsis, 0),
+        (3, slice(None), 2),
+        (Ellipsis, 1),
+        (slice(1, 4, 2), 0),
+        (np.int64(2), 5, 7),
+    ]:
         assert np.array_equal(np.asarray(view[key]), expected[key]), key
     layout = plane_layout(view.shape, channel_axis=True)  # the engine's reading of the view
     assert (layout.stack_shape, layout.plane_shape) == ((4,), (6, 8))
@@ -172,8 +206,9 @@ def test_ome_group_plane_reads_only_its_chunks(tmp_path):
 
 
 def test_tiff_plane_reads_only_its_pages(tmp_path, monkeypatch):
-    tifffile.imwrite(tmp_path / "ij.tif", CZYX.transpose(1, 0, 2, 3), imagej=True,
-                     metadata={"axes": "ZCYX"})  # 8 pages: z-major, then channels
+    tifffile.imwrite(
+        tmp_path / "ij.tif", CZYX.transpose(1, 0, 2, 3), imagej=True, metadata={"axes": "ZCYX"}
+    )  # 8 pages: z-major, then channels
     stores = []
     aszarr = tifffile.TiffPageSeries.aszarr
 
@@ -188,9 +223,13 @@ def test_tiff_plane_reads_only_its_pages(tmp_path, monkeypatch):
 
 
 def test_tiff_imagej_axes_spacing_and_resolution(tmp_path):
-    tifffile.imwrite(tmp_path / "ij.tif", CZYX.transpose(1, 0, 2, 3), imagej=True,
-                     resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"axes": "ZCYX", "spacing": 2.5, "unit": "um"})
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        CZYX.transpose(1, 0, 2, 3),
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "ZCYX", "spacing": 2.5, "unit": "um"},
+    )
     volume = open_volume(tmp_path / "ij.tif")
     assert (volume.axes, volume.shape) == ("zcyx", (4, 2, 6, 8))
     assert volume.scale == (2.5, 1.0, 0.5, 0.5)
@@ -204,8 +243,9 @@ def test_tiff_shaped_axes_and_time_interval(tmp_path):
     volume = open_volume(tmp_path / "s.tif")
     assert (volume.axes, volume.scale) == ("zyx", (1.0, 1.0, 1.0))
     assert np.array_equal(volume.data[2], CZYX[0, 2])
-    tifffile.imwrite(tmp_path / "t.tif", CZYX, imagej=True, metadata={"axes": "TZYX",
-                                                                     "finterval": 30.0})
+    tifffile.imwrite(
+        tmp_path / "t.tif", CZYX, imagej=True, metadata={"axes": "TZYX", "finterval": 30.0}
+    )
     assert open_volume(tmp_path / "t.tif").scale == (30.0, 1.0, 1.0, 1.0)
 
 
@@ -229,15 +269,19 @@ def test_tiff_rgb_samples_are_channels(tmp_path):
 
 
 def test_tiff_centimetre_resolution_in_micrometres(tmp_path):
-    tifffile.imwrite(tmp_path / "cm.tif", CZYX[0, 0], resolution=(40_000, 20_000),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        tmp_path / "cm.tif", CZYX[0, 0], resolution=(40_000, 20_000), resolutionunit="CENTIMETER"
+    )
     assert open_volume(tmp_path / "cm.tif").scale == pytest.approx((0.5, 0.25))
 
 
 def test_ome_tiff_physical_sizes(tmp_path):
-    tifffile.imwrite(tmp_path / "a.ome.tif", CZYX.transpose(1, 0, 2, 3), ome=True,
-                     metadata={"axes": "ZCYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4,
-                               "PhysicalSizeZ": 1.5})
+    tifffile.imwrite(
+        tmp_path / "a.ome.tif",
+        CZYX.transpose(1, 0, 2, 3),
+        ome=True,
+        metadata={"axes": "ZCYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4, "PhysicalSizeZ": 1.5},
+    )
     volume = open_volume(tmp_path / "a.ome.tif")
     assert (volume.axes, volume.scale) == ("zcyx", (1.5, 1.0, 0.4, 0.3))
 
@@ -250,8 +294,11 @@ def test_tiff_series_chosen_by_key(tmp_path):
     assert (first.axes, first.shape, second.axes, second.shape) == ("yx", (6, 8), "zyx", (4, 6, 8))
     assert np.array_equal(second.data[1], CZYX[1, 1])
     assert "series 1" in second.source
-    with pytest.raises(InvalidInputError, match=r"key=2 does not exist in TIFF .*m.tif: it has 2 series; "
-                                                r"pass key= an integer from 0 to 1\."):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"key=2 does not exist in TIFF .*m.tif: it has 2 series; "
+        r"pass key= an integer from 0 to 1\.",
+    ):
         open_volume(tmp_path / "m.tif", key=2)
     with pytest.raises(InvalidInputError, match="key='raw' does not exist"):
         open_volume(tmp_path / "m.tif", key="raw")
@@ -259,15 +306,22 @@ def test_tiff_series_chosen_by_key(tmp_path):
 
 def test_tiff_pyramid_level(tmp_path):
     with tifffile.TiffWriter(tmp_path / "p.ome.tif") as writer:
-        writer.write(CZYX[0], subifds=1, photometric="minisblack",
-                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        writer.write(
+            CZYX[0],
+            subifds=1,
+            photometric="minisblack",
+            metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
         writer.write(CZYX[0, :, ::2, ::2], subfiletype=1, photometric="minisblack")
     low = open_volume(tmp_path / "p.ome.tif", level=1)
     assert (low.axes, low.shape, low.scale) == ("zyx", (4, 3, 4), (1.0, 1.0, 1.0))
     assert np.array_equal(low.data[...], CZYX[0, :, ::2, ::2])
     assert open_volume(tmp_path / "p.ome.tif").scale == (1.0, 0.5, 0.5)
-    with pytest.raises(InvalidInputError, match=r"level=2 does not exist in series 0 of .*: it has "
-                                                r"2 resolution levels \(0 is full resolution\)"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"level=2 does not exist in series 0 of .*: it has "
+        r"2 resolution levels \(0 is full resolution\)",
+    ):
         open_volume(tmp_path / "p.ome.tif", level=2)
 
 
@@ -282,11 +336,17 @@ def test_zarr_group_key_selects_an_array(tmp_path):
     assert (raw.axes, raw.shape) == ("czyx", CZYX.shape)
     assert np.array_equal(raw.data[1, 2], CZYX[1, 2])
     assert open_volume(group, key="labels/cells").axes == "zyx"
-    with pytest.raises(InvalidInputError, match=r"is a group, not an image: pass key= with "
-                                                r"one of 'labels/cells', 'raw'"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"is a group, not an image: pass key= with "
+        r"one of 'labels/cells', 'raw'",
+    ):
         open_volume(tmp_path / "g.zarr")
-    with pytest.raises(InvalidInputError, match=r"key='nuclei' is not in .* Available: "
-                                                r"'labels/cells', 'raw'"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"key='nuclei' is not in .* Available: "
+        r"'labels/cells', 'raw'",
+    ):
         open_volume(tmp_path / "g.zarr", key="nuclei")
     with pytest.raises(InvalidInputError, match="key=None, level=1 were given but .* single image"):
         open_volume(tmp_path / "g.zarr", key="raw", level=1)
@@ -304,8 +364,11 @@ def test_ome_zarr_levels_axes_and_scale(tmp_path, version):
     assert (low.shape, low.scale) == ((2, 4, 3, 4), (1.0, 3.0, 0.5, 0.5))
     assert low.planes_scale == (3.0, 0.5, 0.5, 1.0)
     assert np.array_equal(low.planes_view()[2], np.moveaxis(CZYX[:, 2, ::2, ::2], 0, -1))
-    with pytest.raises(InvalidInputError, match=r"level=2 does not exist in OME-Zarr .* it has "
-                                                r"2 resolution levels .* from 0 to 1\."):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"level=2 does not exist in OME-Zarr .* it has "
+        r"2 resolution levels .* from 0 to 1\.",
+    ):
         open_volume(tmp_path / "ome.zarr", level=2)
 
 
@@ -320,8 +383,12 @@ def test_ome_zarr_inside_a_group_is_listed_and_opened(tmp_path):
 def test_ome_zarr_unknown_axis_name_needs_axes(tmp_path):
     group = zarr.open_group(tmp_path / "o.zarr", mode="w")
     group.create_array("0", data=CZYX[0])
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [{
-        "axes": [{"name": "angle"}, {"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}]}
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {"axes": [{"name": "angle"}, {"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}
+        ],
+    }
     with pytest.raises(InvalidInputError, match="Axis 'angle' .* is not one of t, c, z, y, x"):
         open_volume(tmp_path / "o.zarr")
     assert open_volume(tmp_path / "o.zarr", axes="tyx").scale == (1.0, 1.0, 1.0)
@@ -330,18 +397,28 @@ def test_ome_zarr_unknown_axis_name_needs_axes(tmp_path):
 # Errors
 
 
-@pytest.mark.parametrize("axes, problem", [
-    ("zyq", r"letters \['q'\] are not axis names"), ("zzx", "a letter appears twice"),
-    ("czy", "'y' and 'x' are required"), ("yx", "2 letters for 3-D data"),
-])
+@pytest.mark.parametrize(
+    "axes, problem",
+    [
+        ("zyq", r"letters \['q'\] are not axis names"),
+        ("zzx", "a letter appears twice"),
+        ("czy", "'y' and 'x' are required"),
+        ("yx", "2 letters for 3-D data"),
+    ],
+)
 def test_invalid_axes(axes, problem):
-    with pytest.raises(InvalidInputError, match=rf"Invalid axes '{axes}' .*{problem}.* "
-                                                r"e.g. axes='zyx'"):
+    with pytest.raises(
+        InvalidInputError,
+        match=rf"Invalid axes '{axes}' .*{problem}.* "
+        r"e.g. axes='zyx'",
+    ):
         open_volume(np.zeros((4, 6, 8)), axes=axes)
 
 
 def test_axes_must_be_a_string():
-    with pytest.raises(InvalidInputError, match="Invalid axes 3 for x \\(3-D\\): it is not a string"):
+    with pytest.raises(
+        InvalidInputError, match="Invalid axes 3 for x \\(3-D\\): it is not a string"
+    ):
         Volume(np.zeros((4, 6, 8)), 3, (1.0,) * 3, "x")
 
 
@@ -352,14 +429,21 @@ def test_wrong_axes_length_for_a_tiff(tmp_path):
 
 
 def test_unguessable_axes(tmp_path):
-    with pytest.raises(InvalidInputError, match=r"Cannot tell the axes .* shape \(2, 2, 4, 6, "
-                                                r"8\): pass axes=.* axes='tczyx'"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"Cannot tell the axes .* shape \(2, 2, 4, 6, "
+        r"8\): pass axes=.* axes='tczyx'",
+    ):
         open_volume(np.zeros((2, 2, 4, 6, 8)))
     tifffile.imwrite(tmp_path / "q3.tif", np.zeros((2, 2, 2, 6, 8), np.uint8))  # three unknown axes
     with pytest.raises(InvalidInputError, match="tifffile axes 'QQQYX' of .*q3.tif .*axes='tczyx'"):
         open_volume(tmp_path / "q3.tif")
-    tifffile.imwrite(tmp_path / "cs.tif", np.zeros((2, 6, 8, 3), np.uint8), photometric="rgb",
-                     metadata={"axes": "CYXS"})  # channels twice
+    tifffile.imwrite(
+        tmp_path / "cs.tif",
+        np.zeros((2, 6, 8, 3), np.uint8),
+        photometric="rgb",
+        metadata={"axes": "CYXS"},
+    )  # channels twice
     with pytest.raises(InvalidInputError, match="tifffile axes 'CYXS' of .*cs.tif .*axes='czyx'"):
         open_volume(tmp_path / "cs.tif")
 
@@ -378,9 +462,12 @@ def test_missing_path_and_unknown_formats(tmp_path):
 
 
 def test_key_and_level_rejected_for_single_images(tmp_path):
-    with pytest.raises(InvalidInputError, match="key='raw', level=0 were given but numpy array "
-                                                "holds a single image at one resolution: leave "
-                                                "key=None and level=0"):
+    with pytest.raises(
+        InvalidInputError,
+        match="key='raw', level=0 were given but numpy array "
+        "holds a single image at one resolution: leave "
+        "key=None and level=0",
+    ):
         open_volume(CZYX, key="raw")
     with pytest.raises(InvalidInputError, match="level=1 were given but dask array holds"):
         open_volume(da.zeros((6, 8)), level=1)
@@ -390,22 +477,31 @@ def test_key_and_level_rejected_for_single_images(tmp_path):
 
 
 def test_scale_length_must_match_axes():
-    with pytest.raises(InvalidInputError, match=r"Scale \(1.0, 1.0\) has 2 values for axes "
-                                                "'zyx'"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"Scale \(1.0, 1.0\) has 2 values for axes "
+        "'zyx'",
+    ):
         Volume(np.zeros((4, 6, 8)), "zyx", (1, 1), "test")
 
 
 def test_unsupported_indices_on_a_reordered_view():
     view = TransposedArray(CZYX, (1, 2, 3, 0))
     for key in ([0, 1], np.array([0, 1]), (0, 0, 0, 0, 0), (..., 0, ...)):
-        with pytest.raises(InvalidInputError, match=r"not supported on a reordered view of 4 "
-                                                    r"axes: use at most 4 integers"):
+        with pytest.raises(
+            InvalidInputError,
+            match=r"not supported on a reordered view of 4 "
+            r"axes: use at most 4 integers",
+        ):
             view[key]
 
 
 def test_import_loads_no_torch_or_gui():
-    code = ("import sys, napari_sam.io.volumes; "
-            "print(sorted(m for m in ('torch', 'napari', 'qtpy', 'magicgui') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    code = (
+        "import sys, napari_sam.io.volumes; "
+        "print(sorted(m for m in ('torch', 'napari', 'qtpy', 'magicgui') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

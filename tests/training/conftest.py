@@ -48,8 +48,8 @@ def labelled_images():
 @pytest.fixture
 def trainable(tiny_architecture):
     """A fresh tiny trainable SAM (seed 0) per test: tests change its weights."""
-    from tiny_sam import random_model
     from napari_sam.training.network import load_trainable
+    from tiny_sam import random_model
 
     return load_trainable(random_model(tiny_architecture, seed=0))
 

@@ -12,11 +12,10 @@ from napari_sam.training.calibration import (
     point_logits,
     stability_each,
 )
-from napari_sam.training.config import TrainingConfig
+from napari_sam.training.config import PromptSettings, TrainingConfig
 from napari_sam.training.embeddings import EmbeddingStore
 from napari_sam.training.loop import train
 from napari_sam.training.network import inference_model
-from napari_sam.training.config import PromptSettings
 
 
 def disc_logits(steepness: float, radii=(20, 30, 45, 60)) -> torch.Tensor:
@@ -50,7 +49,9 @@ def test_prompts_whose_masks_changed_do_not_move_the_median():
 def test_sharper_logits_are_left_alone():
     assert fit_logit_scale(disc_logits(2.0), stability_each(disc_logits(1.0))) == 1.0
     assert fit_logit_scale(torch.zeros((0, 256, 256)), torch.zeros(0)) == 1.0
-    assert fit_logit_scale(disc_logits(1e-3), stability_each(disc_logits(1.0)), max_scale=8.0) == 8.0
+    assert (
+        fit_logit_scale(disc_logits(1e-3), stability_each(disc_logits(1.0)), max_scale=8.0) == 8.0
+    )
 
 
 def test_the_folded_scale_multiplies_the_logits_and_keeps_every_mask(trainable, labelled_images):
@@ -63,29 +64,55 @@ def test_the_folded_scale_multiplies_the_logits_and_keeps_every_mask(trainable, 
     assert torch.equal(after > 0, before > 0)
 
 
-FAST = {"steps": 2, "objects_per_step": 2, "prompts": PromptSettings(iterations=1, quiet_iterations=0),
-        "validate_every": 2, "validation_objects": 1, "checkpoint_every": 1, "warmup_steps": 1,
-        "learning_rate": 1e-3}
+FAST = {
+    "steps": 2,
+    "objects_per_step": 2,
+    "prompts": PromptSettings(iterations=1, quiet_iterations=0),
+    "validate_every": 2,
+    "validation_objects": 1,
+    "checkpoint_every": 1,
+    "warmup_steps": 1,
+    "learning_rate": 1e-3,
+}
 
 
-def test_training_folds_the_calibration_into_the_saved_weights(tiny_architecture, labelled_images, tmp_path):
-    from tiny_sam import random_model
+def test_training_folds_the_calibration_into_the_saved_weights(
+    tiny_architecture, labelled_images, tmp_path
+):
     from napari_sam.training.network import load_trainable
+    from tiny_sam import random_model
 
     runs = {}
     for calibrate in (False, True):
         torch.manual_seed(0)
-        trainable = load_trainable(random_model(tiny_architecture, seed=0, name="tiny"))  # not "random-": calibrated
-        result = train(trainable, labelled_images[:2], labelled_images[2:], tmp_path / str(calibrate),
-                       TrainingConfig(**FAST, calibrate_logits=calibrate))
-        runs[calibrate] = (result, read_state_dict(result.weights), json.loads(result.card.read_text()))
+        trainable = load_trainable(
+            random_model(tiny_architecture, seed=0, name="tiny")
+        )  # not "random-": calibrated
+        result = train(
+            trainable,
+            labelled_images[:2],
+            labelled_images[2:],
+            tmp_path / str(calibrate),
+            TrainingConfig(**FAST, calibrate_logits=calibrate),
+        )
+        runs[calibrate] = (
+            result,
+            read_state_dict(result.weights),
+            json.loads(result.card.read_text()),
+        )
     (plain, plain_weights, plain_card), (calibrated, weights, card) = runs[False], runs[True]
     assert plain.calibration is None and plain_card["training"]["logit_calibration"] is None
     scale = calibrated.calibration.scale
     assert card["training"]["logit_calibration"]["scale"] == pytest.approx(scale, abs=1e-4)
-    assert calibrated.calibration.prompts == sum(len(image.object_ids(20)) for image in labelled_images[:2])
+    assert calibrated.calibration.prompts == sum(
+        len(image.object_ids(20)) for image in labelled_images[:2]
+    )
     assert calibrated.calibration.calibrated_median >= calibrated.calibration.tuned_median
-    scaled = {f"mask_decoder.output_hypernetworks_mlps.{i}.layers.2.{p}" for i in range(4) for p in ("weight", "bias")}
+    scaled = {
+        f"mask_decoder.output_hypernetworks_mlps.{i}.layers.2.{p}"
+        for i in range(4)
+        for p in ("weight", "bias")
+    }
     for key, value in weights.items():  # only the hypernetworks' last layers differ, by the scale
         expected = plain_weights[key] * scale if key in scaled else plain_weights[key]
         assert torch.allclose(value, expected, rtol=1e-5, atol=1e-7), key

@@ -5,7 +5,13 @@ import pytest
 
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.config import EvaluationSettings
-from napari_sam.training.evaluation import EvaluationReport, check_regression, corrective_click, evaluate, interior_point
+from napari_sam.training.evaluation import (
+    EvaluationReport,
+    check_regression,
+    corrective_click,
+    evaluate,
+    interior_point,
+)
 from napari_sam.training.records import add_metrics
 from napari_sam.training.reports import format_table, write_csv
 
@@ -17,7 +23,11 @@ def test_interior_point_and_corrective_click():
     predicted = truth.copy()
     predicted[5:25, 15:25] = False  # missed right half: a positive click inside it
     point, label = corrective_click(predicted, truth, None)
-    assert label == 1 and truth[int(point[0]), int(point[1])] and not predicted[int(point[0]), int(point[1])]
+    assert (
+        label == 1
+        and truth[int(point[0]), int(point[1])]
+        and not predicted[int(point[0]), int(point[1])]
+    )
     predicted = truth.copy()
     predicted[30:38, 30:38] = True  # a false positive blob larger than any miss
     predicted[5, 5] = False
@@ -36,9 +46,14 @@ def test_evaluate_reports_means_per_prompt_and_click(tiny_model, labelled_images
     assert report.iterative_box[0] == pytest.approx(report.box)
     values = [report.point, report.box, report.point_negative, *report.iterative_point]
     assert all(0.0 <= v <= 1.0 for v in values)
-    assert 0.0 < report.predicted_iou < 1.5  # the IoU head's output is unbounded, random weights near 0..1
-    without = evaluate(tiny_model, labelled_images[:1], EvaluationSettings(clicks=1, max_objects=2,
-                                                                           point_negative=False))
+    assert (
+        0.0 < report.predicted_iou < 1.5
+    )  # the IoU head's output is unbounded, random weights near 0..1
+    without = evaluate(
+        tiny_model,
+        labelled_images[:1],
+        EvaluationSettings(clicks=1, max_objects=2, point_negative=False),
+    )
     assert np.isnan(without.point_negative) and without.point == pytest.approx(report.point)
     with pytest.raises(InvalidInputError, match="clicks must be at least 1"):
         evaluate(tiny_model, labelled_images[:1], EvaluationSettings(clicks=0))
@@ -61,7 +76,10 @@ def test_regression_check_flags_only_real_drops(tmp_path):
     table = format_table(rows)
     assert "0.800" in table and "0.700" in table
     lines = write_csv(tmp_path / "e.csv", rows).read_text().splitlines()
-    assert lines[0] == "data,model,model_id,objects,measure,clicks,mean_iou" and len(lines) == 1 + 2 * 10
+    assert (
+        lines[0] == "data,model,model_id,objects,measure,clicks,mean_iou"
+        and len(lines) == 1 + 2 * 10
+    )
     assert "held-out,before,m,10,predicted_iou,1,nan" in lines  # not measured in these reports
 
 
@@ -82,9 +100,16 @@ def test_automatic_ap_is_reported_per_threshold(tiny_model, labelled_images, mon
 
     image = labelled_images[0]
     # segment-everything itself is tested in tests/engine; here: its labels scored at 0.5..0.95
-    monkeypatch.setattr(segmenter, "segment_plane",
-                        lambda predictor, plane, normalization, settings, embed: SimpleNamespace(labels=image.labels))
-    report = evaluate(tiny_model, [image], EvaluationSettings(clicks=1, max_objects=1, automatic=True))
+    monkeypatch.setattr(
+        segmenter,
+        "segment_plane",
+        lambda predictor, plane, normalization, settings, embed: SimpleNamespace(
+            labels=image.labels
+        ),
+    )
+    report = evaluate(
+        tiny_model, [image], EvaluationSettings(clicks=1, max_objects=1, automatic=True)
+    )
     assert list(report.automatic_ap) == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
     assert set(report.automatic_ap.values()) == {1.0}
     assert "AP50" in format_table([("d", "m", report)])

@@ -54,6 +54,8 @@ def test_first_points_lie_on_the_object_and_box_noise_is_bounded():
     assert targets[torch.arange(4), 0, cells[:, 0], cells[:, 1]].all()
     assert state.single_point and state.labels.tolist() == [[1]] * 4
     big = torch.tensor([[0.0, 0.0, 1000.0, 1000.0]] * 200)
-    noisy = first_prompts(torch.zeros(200, 1, 256, 256), big, True, rng, input_size=(1024, 1024)).boxes
+    noisy = first_prompts(
+        torch.zeros(200, 1, 256, 256), big, True, rng, input_size=(1024, 1024)
+    ).boxes
     shift = (noisy - big).abs()
     assert shift.max() <= 20.0 + 1e-4 and shift.mean() > 5.0  # 10% of 1000 px, clipped at 20

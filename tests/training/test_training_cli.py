@@ -8,9 +8,7 @@ from napari_sam.cli import build_parser, main
 from napari_sam.commands.training import evaluation_settings, training_config
 from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.errors import InvalidInputError
-from napari_sam.training.config import TrainingConfig
-from napari_sam.training.config import EvaluationSettings
-from napari_sam.training.config import PAPER_PROMPTS
+from napari_sam.training.config import PAPER_PROMPTS, EvaluationSettings, TrainingConfig
 
 
 @pytest.fixture
@@ -21,8 +19,9 @@ def tiny_cli(monkeypatch, tiny_model, tiny_architecture):
     from tiny_sam import random_model
 
     original = network.load_trainable
-    monkeypatch.setattr(network, "load_trainable",
-                        lambda *args, **kwargs: original(random_model(tiny_architecture)))
+    monkeypatch.setattr(
+        network, "load_trainable", lambda *args, **kwargs: original(random_model(tiny_architecture))
+    )
     monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: tiny_model)
 
 
@@ -40,10 +39,35 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
     train = _folder(tmp_path / "train", discs, [((30, 30), (60, 60))])
     test = _folder(tmp_path / "test", discs, [((40, 40), (70, 20))])
     out = tmp_path / "out"
-    code = main(["train", "--train-folder", str(train), "--test-folder", str(test),
-                 "--reference-folder", str(test), "--out", str(out), "--steps", "1", "--objects", "1",
-                 "--iterations", "1", "--quiet-iterations", "0", "--validation-fraction", "0",
-                 "--clicks", "1", "--max-objects", "1", "--tolerance", "1.0"])
+    code = main(
+        [
+            "train",
+            "--train-folder",
+            str(train),
+            "--test-folder",
+            str(test),
+            "--reference-folder",
+            str(test),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--objects",
+            "1",
+            "--iterations",
+            "1",
+            "--quiet-iterations",
+            "0",
+            "--validation-fraction",
+            "0",
+            "--clicks",
+            "1",
+            "--max-objects",
+            "1",
+            "--tolerance",
+            "1.0",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "finetuned_random.pt: 1 steps (completed) in " in printed
@@ -53,7 +77,9 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
     assert set(card["metrics"]) == {"test", "reference", "regression_check"}
     assert card["metrics"]["regression_check"]["passed"] is True
     assert (out / "evaluation.csv").read_text().count("\n") == 1 + 4 * 6
-    assert card["training"]["settings"]["freeze_iou_head"] is True and card["iou_head"].startswith("released")
+    assert card["training"]["settings"]["freeze_iou_head"] is True and card["iou_head"].startswith(
+        "released"
+    )
     assert card["training"]["settings"]["validation_objects"] == TrainingConfig().validation_objects
 
 
@@ -64,7 +90,15 @@ def test_train_without_images_is_an_error(tmp_path, capsys):
 
 def test_bad_z_range_is_an_error(tmp_path, discs, capsys):
     folder = _folder(tmp_path / "d", discs, [((30, 30),)])
-    code = main(["evaluate", "--test-pair", str(folder / "img0.tif"), str(folder / "img0_labels.tif"), "3-4"])
+    code = main(
+        [
+            "evaluate",
+            "--test-pair",
+            str(folder / "img0.tif"),
+            str(folder / "img0_labels.tif"),
+            "3-4",
+        ]
+    )
     assert code == 1 and "START:STOP" in capsys.readouterr().err
 
 
@@ -83,9 +117,29 @@ def test_train_without_evaluation_measures_nothing(tmp_path, discs, tiny_cli, ca
     train = _folder(tmp_path / "train", discs, [((30, 30), (60, 60))])
     test = _folder(tmp_path / "test", discs, [((40, 40), (70, 20))])
     out = tmp_path / "out"
-    code = main(["train", "--train-folder", str(train), "--test-folder", str(test), "--out", str(out),
-                 "--steps", "1", "--objects", "1", "--iterations", "1", "--quiet-iterations", "0",
-                 "--validation-fraction", "0", "--no-evaluation", "--train-iou-head"])
+    code = main(
+        [
+            "train",
+            "--train-folder",
+            str(train),
+            "--test-folder",
+            str(test),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--objects",
+            "1",
+            "--iterations",
+            "1",
+            "--quiet-iterations",
+            "0",
+            "--validation-fraction",
+            "0",
+            "--no-evaluation",
+            "--train-iou-head",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "before" not in printed and not (out / "evaluation.csv").exists()
     card = json.loads((out / "finetuned_random.json").read_text())
@@ -101,22 +155,34 @@ def test_train_without_tuning_flags_runs_the_default_config():
     assert evaluation_settings(evaluate) == EvaluationSettings()
 
 
-@pytest.mark.parametrize(("flags", "changed"), [
-    (["--steps", "7"], {"steps": 7}),
-    (["--objects", "3"], {"objects_per_step": 3}),
-    (["--lr", "0.002"], {"learning_rate": 0.002}),
-    (["--warmup", "4"], {"warmup_steps": 4}),
-    (["--trainable", "full", "--encoder-blocks", "3"], {"trainable": "full", "encoder_blocks": 3}),
-    (["--layer-decay", "0.5", "--drop-path", "0.1"], {"layer_decay": 0.5, "drop_path": 0.1}),
-    (["--crop", "64", "--flips"], {"crop_size": 64, "flips": True}),
-    (["--train-iou-head", "--no-calibration"],
-     {"freeze_iou_head": False, "calibrate_logits": False}),
-    (["--validate-every", "3", "--validation-objects", "5", "--patience", "2"],
-     {"validate_every": 3, "validation_objects": 5, "patience": 2}),
-    (["--max-minutes", "2.5", "--seed", "4", "--name", "b"],
-     {"max_minutes": 2.5, "seed": 4, "name": "b"}),
-    (["--max-minutes", "0"], {"max_minutes": None}),  # 0 lifts the time limit
-])
+@pytest.mark.parametrize(
+    ("flags", "changed"),
+    [
+        (["--steps", "7"], {"steps": 7}),
+        (["--objects", "3"], {"objects_per_step": 3}),
+        (["--lr", "0.002"], {"learning_rate": 0.002}),
+        (["--warmup", "4"], {"warmup_steps": 4}),
+        (
+            ["--trainable", "full", "--encoder-blocks", "3"],
+            {"trainable": "full", "encoder_blocks": 3},
+        ),
+        (["--layer-decay", "0.5", "--drop-path", "0.1"], {"layer_decay": 0.5, "drop_path": 0.1}),
+        (["--crop", "64", "--flips"], {"crop_size": 64, "flips": True}),
+        (
+            ["--train-iou-head", "--no-calibration"],
+            {"freeze_iou_head": False, "calibrate_logits": False},
+        ),
+        (
+            ["--validate-every", "3", "--validation-objects", "5", "--patience", "2"],
+            {"validate_every": 3, "validation_objects": 5, "patience": 2},
+        ),
+        (
+            ["--max-minutes", "2.5", "--seed", "4", "--name", "b"],
+            {"max_minutes": 2.5, "seed": 4, "name": "b"},
+        ),
+        (["--max-minutes", "0"], {"max_minutes": None}),  # 0 lifts the time limit
+    ],
+)
 def test_each_training_flag_sets_its_setting(flags, changed):
     config = training_config(build_parser().parse_args(["train", "--out", "x", *flags]))
     assert {name: getattr(config, name) for name in changed} == changed
@@ -124,10 +190,17 @@ def test_each_training_flag_sets_its_setting(flags, changed):
 
 
 def test_the_paper_prompting_is_two_flags_away():
-    args = build_parser().parse_args([
-        "train", "--out", "x", "--iterations", str(PAPER_PROMPTS.iterations),
-        "--quiet-iterations", str(PAPER_PROMPTS.quiet_iterations),
-    ])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--out",
+            "x",
+            "--iterations",
+            str(PAPER_PROMPTS.iterations),
+            "--quiet-iterations",
+            str(PAPER_PROMPTS.quiet_iterations),
+        ]
+    )
     assert training_config(args).prompts == PAPER_PROMPTS
 
 

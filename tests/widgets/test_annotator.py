@@ -47,8 +47,10 @@ def wait_for_embedding(widget, qtbot):
     )
 
 
-def test_point_preview_equals_the_engine_and_commit_undo(make_napari_viewer, qtbot, dsb, shared_predictor):
-    image, truth, ids, boxes, points = dsb
+def test_point_preview_equals_the_engine_and_commit_undo(
+    make_napari_viewer, qtbot, dsb, shared_predictor
+):
+    image, truth, ids, _boxes, points = dsb
     existing = np.zeros_like(truth, dtype=np.int32)
     existing[truth == ids[5]] = 50  # an object the user made earlier
     viewer = make_napari_viewer()
@@ -119,12 +121,12 @@ def test_boxes_give_separate_objects(make_napari_viewer, qtbot, dsb, shared_pred
 
 
 def test_stack_planes_are_segmented_separately(make_napari_viewer, qtbot, dsb, shared_predictor):
-    image, truth, ids, _, points = dsb
+    image, _truth, _ids, _, points = dsb
     stack = np.stack([image[:256, :256], image[256:, 256:]])
     viewer = make_napari_viewer()
     widget = open_widget(viewer, qtbot, shared_predictor, stack, name="stack")
     assert widget.plane_key() == (0,)
-    inside = [p for p in points if p[0] < 256 and p[1] < 256][0]
+    inside = next(p for p in points if p[0] < 256 and p[1] < 256)
     widget.points_layer.add([0, *inside])
     first = widget.preview_layer.data[0].copy()
     assert first[int(inside[0]), int(inside[1])] == 1
@@ -133,7 +135,7 @@ def test_stack_planes_are_segmented_separately(make_napari_viewer, qtbot, dsb, s
     wait_for_embedding(widget, qtbot)
     assert widget.plane_key() == (1,)
     assert widget.preview_result is None or widget.preview_layer.data[1].max() == 0
-    other = [p - 256 for p in points if p[0] >= 256 and p[1] >= 256][0]
+    other = next(p - 256 for p in points if p[0] >= 256 and p[1] >= 256)
     widget.points_layer.add([1, *other])
     assert widget.preview_layer.data[1][int(other[0]), int(other[1])] == 1
     np.testing.assert_array_equal(widget.preview_layer.data[0], first)  # plane 0 kept
@@ -182,7 +184,7 @@ def test_refine_an_existing_label_in_place(make_napari_viewer, qtbot, dsb, share
     image, truth, ids, _, _ = dsb
     rough = np.zeros_like(truth, dtype=np.int32)
     rough[truth == ids[20]] = 7
-    rows, cols = np.nonzero(rough == 7)
+    rows, _cols = np.nonzero(rough == 7)
     rough[rows.min() : rows.min() + 4, :] = 0  # a cruder outline: the top rows missing
     viewer = make_napari_viewer()
     widget = open_widget(viewer, qtbot, shared_predictor, image, labels=rough)
@@ -197,7 +199,9 @@ def test_refine_an_existing_label_in_place(make_napari_viewer, qtbot, dsb, share
     widget.close_session()
 
 
-def test_record_replays_the_same_objects(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
+def test_record_replays_the_same_objects(
+    make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path
+):
     image, _, _, boxes, points = dsb
     viewer = make_napari_viewer()
     widget = open_widget(viewer, qtbot, shared_predictor, image)
@@ -215,7 +219,9 @@ def test_record_replays_the_same_objects(make_napari_viewer, qtbot, dsb, shared_
     widget.close_session()
 
 
-def test_a_cached_volume_is_never_encoded_again(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
+def test_a_cached_volume_is_never_encoded_again(
+    make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path
+):
     from napari_sam.batch.embedding import embed_volume, open_cached_session
 
     stack = np.stack([dsb[0][:256, :256], dsb[0][256:, 256:]])
@@ -242,13 +248,17 @@ def test_a_cached_volume_is_never_encoded_again(make_napari_viewer, qtbot, dsb, 
         shared_predictor.encode = original
 
 
-def test_large_planes_are_tiled_and_their_tiles_cached(make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path):
+def test_large_planes_are_tiled_and_their_tiles_cached(
+    make_napari_viewer, qtbot, dsb, shared_predictor, tmp_path
+):
     from napari_sam._widgets import open_annotator
     from napari_sam.engine.annotation.tiled_session import TiledSession
     from napari_sam.engine.tiling.prompting import TiledPlane
 
     image, truth, ids, boxes, points = dsb
-    across = next(i for i, b in enumerate(boxes) if b[0] < 192 <= b[2] and b[3] < 160)  # crosses a tile border
+    across = next(
+        i for i, b in enumerate(boxes) if b[0] < 192 <= b[2] and b[3] < 160
+    )  # crosses a tile border
     calls, original = [], shared_predictor.encode
     shared_predictor.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
     try:
@@ -266,16 +276,27 @@ def test_large_planes_are_tiled_and_their_tiles_cached(make_napari_viewer, qtbot
             widget.start()
             wait_for_embedding(widget, qtbot)
             encoded.append(len(calls) - before)
-            assert isinstance(widget.session, TiledSession) and len(widget.session.plane(()).tiles) == 9
+            assert (
+                isinstance(widget.session, TiledSession)
+                and len(widget.session.plane(()).tiles) == 9
+            )
             widget.points_layer.add(points[across])
             preview = widget.preview_layer.data == 1
             widget.close_session()
         assert encoded == [9, 0]
-        engine = TiledPlane(shared_predictor, image, widget.session.normalization, 192, 32,
-                            backend=widget.session.cache.tiles(()))
+        engine = TiledPlane(
+            shared_predictor,
+            image,
+            widget.session.normalization,
+            192,
+            32,
+            backend=widget.session.cache.tiles(()),
+        )
         assert mask_iou(preview, engine.predict(points=points[across : across + 1]).masks[0]) == 1.0
         quality = mask_iou(preview, truth == ids[across])
-        print(f"click on nucleus {ids[across]} across a tile border: IoU with the human label {quality:.3f}")
+        print(
+            f"click on nucleus {ids[across]} across a tile border: IoU with the human label {quality:.3f}"
+        )
         assert quality > 0.6
     finally:
         shared_predictor.encode = original

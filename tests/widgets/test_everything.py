@@ -10,13 +10,21 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.everything.segmenter import AutomaticSegmenter
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.prediction.preprocess import compute_normalization
 
-LOOSE = EverythingSettings(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                           keep_iou_floor=-10.0, keep_stability_floor=0.0, skip_covered=False, skip_margin=None,
-                           drop_background=False)
+LOOSE = EverythingSettings(
+    points_per_side=4,
+    points_per_batch=8,
+    pred_iou_thresh=0.0,
+    stability_score_thresh=0.0,
+    keep_iou_floor=-10.0,
+    keep_stability_floor=0.0,
+    skip_covered=False,
+    skip_margin=None,
+    drop_background=False,
+)
 
 
 @pytest.fixture
@@ -60,7 +68,9 @@ def test_preview_equals_the_engine_and_rethresholds_live(widget, qtbot, image_30
     assert "0 objects" in widget.status.text()
 
 
-def test_stack_run_makes_a_new_layer_and_never_overwrites(make_napari_viewer, qtbot, tiny_model, image_300x500):
+def test_stack_run_makes_a_new_layer_and_never_overwrites(
+    make_napari_viewer, qtbot, tiny_model, image_300x500
+):
     from napari_sam._widgets.everything import EverythingWidget
 
     viewer = make_napari_viewer()
@@ -83,26 +93,34 @@ def test_stack_run_makes_a_new_layer_and_never_overwrites(make_napari_viewer, qt
     # Same planes -> same 2D labels, linked into objects that span all three planes.
     assert result.max() > 0
     for label in np.unique(result[1])[1:]:
-        assert (result[0] == label).sum() == (result[2] == label).sum() == (result[1] == label).sum()
+        assert (
+            (result[0] == label).sum() == (result[2] == label).sum() == (result[1] == label).sum()
+        )
 
 
 def test_cancel_writes_nothing(widget, qtbot):
     viewer, widget = widget
     widget._ensure_session()
-    widget._start(lambda stop: widget.session.segment_stack(should_stop=lambda: True),
-                  lambda result: widget._add_result(result, viewer.layers["blobs"]), "running")
+    widget._start(
+        lambda stop: widget.session.segment_stack(should_stop=lambda: True),
+        lambda result: widget._add_result(result, viewer.layers["blobs"]),
+        "running",
+    )
     wait_idle(widget, qtbot)
     assert "SAM everything" not in viewer.layers
     assert "Cancelled" in widget.status.text()
 
 
 def test_every_point_box_turns_skipping_off_and_needs_a_new_decoding(widget):
-    viewer, widget = widget
+    _viewer, widget = widget
     widget.settings = EverythingSettings()
     assert not widget.every_point_box.isChecked()
     default = widget.current_settings()
     assert (default.skip_covered, default.skip_margin, default.skip_distance) == (
-        True, EverythingSettings().skip_margin, EverythingSettings().skip_distance)
+        True,
+        EverythingSettings().skip_margin,
+        EverythingSettings().skip_distance,
+    )
     assert widget._ensure_session()
     first = widget.session
     widget.every_point_box.setChecked(True)
@@ -120,7 +138,8 @@ def test_the_form_starts_at_the_engine_defaults(make_napari_viewer, tiny_model):
     widget = EverythingWidget(make_napari_viewer(), model=tiny_model)
     assert widget.current_settings() == EverythingSettings()
     assert {name: box.value() for name, box in widget.threshold_boxes.items()} == {
-        name: getattr(EverythingSettings(), name) for name in widget.threshold_boxes}
+        name: getattr(EverythingSettings(), name) for name in widget.threshold_boxes
+    }
     assert (widget.tile_box.value() or None) == StackSettings().tile
     assert widget.halo_box.value() == DEFAULT_HALO
     assert widget.link_box.isChecked() == (StackSettings().linking is not None)

@@ -13,7 +13,9 @@ def _discs(shape=(96, 96), centres=((24, 24), (24, 70), (70, 40), (66, 76)), rad
     labels = np.zeros(shape, np.int32)
     for index, (r, c) in enumerate(centres, 1):
         labels[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = index
-    image = (200 + 2000 * (labels > 0) + np.random.default_rng(0).normal(0, 60, shape)).astype(np.uint16)
+    image = (200 + 2000 * (labels > 0) + np.random.default_rng(0).normal(0, 60, shape)).astype(
+        np.uint16
+    )
     return image, labels
 
 
@@ -28,8 +30,11 @@ def tiny_training(monkeypatch, tiny_architecture):
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    monkeypatch.setattr(annotations, "load_trainable",
-                        lambda model, architecture=None: load_trainable(random_model(tiny_architecture)))
+    monkeypatch.setattr(
+        annotations,
+        "load_trainable",
+        lambda model, architecture=None: load_trainable(random_model(tiny_architecture)),
+    )
     yield
     torch.set_num_threads(threads)
 
@@ -82,7 +87,9 @@ def test_cancel_keeps_a_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.result is None and "Cancelled" in widget.status.text()
     (checkpoint,) = tmp_path.glob("*/checkpoint.pt")
-    assert torch.load(checkpoint, weights_only=True)["config"]["freeze_iou_head"] is False  # the box is read
+    assert (
+        torch.load(checkpoint, weights_only=True)["config"]["freeze_iou_head"] is False
+    )  # the box is read
 
 
 def test_empty_labels_are_refused(make_napari_viewer, tmp_path, monkeypatch):

@@ -56,7 +56,7 @@ def test_open_3d_sample_adds_volume_and_labels(make_napari_viewer):
 
 def test_annotator_is_in_the_plugins_menu(make_napari_viewer):
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-microscopy", "SAM annotator")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-sam-microscopy", "SAM annotator")
     from napari_sam._widgets.annotator import AnnotatorWidget
 
     assert isinstance(widget, AnnotatorWidget)

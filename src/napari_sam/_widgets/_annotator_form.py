@@ -7,8 +7,17 @@ from __future__ import annotations
 
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-    QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 KEYS = {
@@ -38,10 +47,16 @@ class AnnotatorForm(QWidget):
         self.start_button = QPushButton("Start on this image")
         self.cancel_button = QPushButton("Cancel encoding")
         self.cancel_button.setEnabled(False)
-        self.commit_button, self.clear_button = QPushButton("Commit [Shift-C]"), QPushButton("Clear [Shift-X]")
+        self.commit_button, self.clear_button = (
+            QPushButton("Commit [Shift-C]"),
+            QPushButton("Clear [Shift-X]"),
+        )
         self.cycle_button = QPushButton("Next candidate [Shift-M]")
         self.refine_box = QCheckBox("refine the selected label of the objects layer")
-        self.save_button, self.load_button = QPushButton("Save record..."), QPushButton("Replay record...")
+        self.save_button, self.load_button = (
+            QPushButton("Save record..."),
+            QPushButton("Replay record..."),
+        )
         self.polarity_label, self.status = QLabel(), QLabel("Pick an image and press Start.")
         self.status.setWordWrap(True)
         form = QFormLayout()
@@ -92,16 +107,21 @@ class AnnotatorForm(QWidget):
             box.setRange(-1, 8192)
             box.setValue(-1)
             box.setSpecialValueText(auto)
-        self.tile_box.setToolTip("Tile side in pixels for large planes (auto: 768 when a plane is larger "
-                                 "than 1.5x the encoder's 1024 pixels; 0: never tile).")
-        self.halo_box.setToolTip("Overlap around each tile: about the radius of the largest object.")
+        self.tile_box.setToolTip(
+            "Tile side in pixels for large planes (auto: 768 when a plane is larger "
+            "than 1.5x the encoder's 1024 pixels; 0: never tile)."
+        )
+        self.halo_box.setToolTip(
+            "Overlap around each tile: about the radius of the largest object."
+        )
         self.upscale_box = QDoubleSpinBox()
         self.upscale_box.setRange(0.25, 8.0)
         self.upscale_box.setSingleStep(0.5)
         self.upscale_box.setValue(1.0)
         self.upscale_box.setPrefix("upscale ")
-        self.upscale_box.setToolTip("Encoder pixels per image pixel: 2 gives small cells 4x the pixels "
-                                    "(and 4x the tiles).")
+        self.upscale_box.setToolTip(
+            "Encoder pixels per image pixel: 2 gives small cells 4x the pixels (and 4x the tiles)."
+        )
         row = QHBoxLayout()
         for box in (self.tile_box, self.halo_box, self.upscale_box):
             row.addWidget(box)
@@ -110,16 +130,25 @@ class AnnotatorForm(QWidget):
     def tiling(self) -> dict:
         """The tiling chosen in the form, as keyword arguments of the session factories."""
         tile, halo = self.tile_box.value(), self.halo_box.value()
-        return {"tile": None if tile < 0 else tile, "halo": None if halo < 0 else halo,
-                "upscale": self.upscale_box.value()}
+        return {
+            "tile": None if tile < 0 else tile,
+            "halo": None if halo < 0 else halo,
+            "upscale": self.upscale_box.value(),
+        }
 
     def reset_choices(self, *_: object) -> None:
         """Refresh the layer lists (napari calls this when layers change)."""
         ours = {self.points_layer, self.boxes_layer, self.preview_layer}
-        for box, kind, extra in ((self.image_box, Image, []), (self.labels_box, Labels, [NEW_LAYER])):
+        for box, kind, extra in (
+            (self.image_box, Image, []),
+            (self.labels_box, Labels, [NEW_LAYER]),
+        ):
             current = box.currentText()
             box.clear()
-            box.addItems(extra + [l.name for l in self.viewer.layers if isinstance(l, kind) and l not in ours])
+            box.addItems(
+                extra
+                + [l.name for l in self.viewer.layers if isinstance(l, kind) and l not in ours]
+            )
             if current and box.findText(current) >= 0:
                 box.setCurrentText(current)
 
@@ -133,7 +162,7 @@ class AnnotatorForm(QWidget):
 
         return handler
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+    def closeEvent(self, event) -> None:
         self.close_session()
         super().closeEvent(event)
 
@@ -148,4 +177,3 @@ class AnnotatorForm(QWidget):
         if getattr(self, "_torch", None) is not None:
             self._torch.shutdown(wait=False)
             self._torch = None
-

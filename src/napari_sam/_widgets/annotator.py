@@ -20,7 +20,6 @@ from napari_sam.engine.annotation.objects import boxes_on_plane, on_plane, plan_
 from napari_sam.errors import NapariSamError, OperationCancelled
 
 
-
 class AnnotatorWidget(AnnotatorForm):
     """Dock widget for interactive SAM segmentation of an image layer."""
 
@@ -61,19 +60,31 @@ class AnnotatorWidget(AnnotatorForm):
                 from napari_sam.batch.embedding import open_cached_session
 
                 self.session = open_cached_session(
-                    layer.data, cache, self._shared_model(), channel_axis=channel_axis, channel=channel,
+                    layer.data,
+                    cache,
+                    self._shared_model(),
+                    channel_axis=channel_axis,
+                    channel=channel,
                     **self.tiling(),
                 )
             else:
                 self.session = open_session(
-                    self._shared_model(), layer.data, channel_axis=channel_axis, channel=channel, **self.tiling()
+                    self._shared_model(),
+                    layer.data,
+                    channel_axis=channel_axis,
+                    channel=channel,
+                    **self.tiling(),
                 )
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
         self.image_layer = layer
         self._make_layers(layer)
-        tiles = f", tiles of {self.session.tile} + halo {self.session.halo}" if getattr(self.session, "tile", None) else ""
+        tiles = (
+            f", tiles of {self.session.tile} + halo {self.session.halo}"
+            if getattr(self.session, "tile", None)
+            else ""
+        )
         self.status.setText(f"{self.session.model_id} on {name!r}{tiles}: add points or boxes.")
         self._ensure_embedding()
 
@@ -85,24 +96,42 @@ class AnnotatorWidget(AnnotatorForm):
         return Predictor(self.model_name)
 
     def _make_layers(self, image: Image) -> None:
-        spatial = self.session.layout.shape[: len(self.session.layout.shape) - int(self.session.layout.channel_axis)]
-        geometry = dict(scale=image.scale[: len(spatial)], translate=image.translate[: len(spatial)])
+        spatial = self.session.layout.shape[
+            : len(self.session.layout.shape) - int(self.session.layout.channel_axis)
+        ]
+        geometry = dict(
+            scale=image.scale[: len(spatial)], translate=image.translate[: len(spatial)]
+        )
         for layer in (self.points_layer, self.boxes_layer, self.preview_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-        self.preview_layer = self.viewer.add_labels(np.zeros(spatial, np.uint16), name="SAM preview", opacity=0.5, **geometry)
+        self.preview_layer = self.viewer.add_labels(
+            np.zeros(spatial, np.uint16), name="SAM preview", opacity=0.5, **geometry
+        )
         target = self.labels_box.currentText()
         if target and target != NEW_LAYER:
             self.objects_layer = self.viewer.layers[target]
         else:
-            self.objects_layer = self.viewer.add_labels(np.zeros(spatial, np.int32), name="SAM objects", **geometry)
+            self.objects_layer = self.viewer.add_labels(
+                np.zeros(spatial, np.int32), name="SAM objects", **geometry
+            )
         self.boxes_layer = self.viewer.add_shapes(
-            ndim=len(spatial), name="SAM boxes", edge_color="yellow", face_color="transparent", edge_width=2, **geometry
+            ndim=len(spatial),
+            name="SAM boxes",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            **geometry,
         )
         self.points_layer = self.viewer.add_points(
-            np.zeros((0, len(spatial))), ndim=len(spatial), name="SAM points", size=8,
-            features={"positive": np.zeros(0, bool)}, face_color="positive",
-            face_color_cycle={True: "lime", False: "red"}, **geometry,
+            np.zeros((0, len(spatial))),
+            ndim=len(spatial),
+            name="SAM points",
+            size=8,
+            features={"positive": np.zeros(0, bool)},
+            face_color="positive",
+            face_color_cycle={True: "lime", False: "red"},
+            **geometry,
         )
         self.points_layer.feature_defaults["positive"] = self.positive
         self.points_layer.mode = "add"
@@ -147,7 +176,9 @@ class AnnotatorWidget(AnnotatorForm):
             self._torch = TorchThread()  # allocates from the main arena: see docs/threading.md
 
         def job():  # the napari worker only waits; the encoder runs on the torch thread
-            return self._torch.run(session.embed, key, should_stop=lambda: holder[0].abort_requested)
+            return self._torch.run(
+                session.embed, key, should_stop=lambda: holder[0].abort_requested
+            )
 
         # Our handler replaces superqt's default, which would re-raise a cancellation.
         worker = create_worker(
@@ -203,7 +234,11 @@ class AnnotatorWidget(AnnotatorForm):
     # ---------------------------------------------------------------- prompts and preview
     def _on_prompts(self, event=None) -> None:
         action = str(getattr(event, "action", ""))
-        if action.endswith(("ADDING", "REMOVING", "CHANGING")) or action in ("adding", "removing", "changing"):
+        if action.endswith(("ADDING", "REMOVING", "CHANGING")) or action in (
+            "adding",
+            "removing",
+            "changing",
+        ):
             return  # napari announces edits before making them; act on the result
         self.update_preview()
 
@@ -214,7 +249,11 @@ class AnnotatorWidget(AnnotatorForm):
         here = on_plane(coords, key)
         points = coords[here][:, -2:]
         labels = np.asarray(self.points_layer.features["positive"], bool)[here].astype(int)
-        rectangles = [d for d, kind in zip(self.boxes_layer.data, self.boxes_layer.shape_type) if kind == "rectangle"]
+        rectangles = [
+            d
+            for d, kind in zip(self.boxes_layer.data, self.boxes_layer.shape_type)
+            if kind == "rectangle"
+        ]
         return points, labels, boxes_on_plane(rectangles, key)
 
     def update_preview(self) -> None:
@@ -229,7 +268,9 @@ class AnnotatorWidget(AnnotatorForm):
         mode = "per_point" if self.mode_box.currentIndex() == 1 else "single"
         refined = self._refined_mask(key)
         try:
-            self.preview_result = self.session.preview(key, points, labels, boxes, mode=mode, mask_input=refined)
+            self.preview_result = self.session.preview(
+                key, points, labels, boxes, mode=mode, mask_input=refined
+            )
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
@@ -244,7 +285,11 @@ class AnnotatorWidget(AnnotatorForm):
 
     def _show_preview(self) -> None:
         key = self.plane_key()
-        plane = self.preview_result.labels(self.session.layout.plane_shape) if self.preview_result else 0
+        plane = (
+            self.preview_result.labels(self.session.layout.plane_shape)
+            if self.preview_result
+            else 0
+        )
         data = self.preview_layer.data
         data[key] = plane
         self.preview_layer.refresh()
@@ -253,7 +298,10 @@ class AnnotatorWidget(AnnotatorForm):
             scores = ", ".join(f"{s:.2f}" for s in objects[0].prediction.scores)
             self.status.setText(f"candidate {objects[0].chosen + 1} of 3 (predicted IoU {scores})")
         elif objects:
-            self.status.setText(f"{len(objects)} object(s), predicted IoU " + ", ".join(f"{o.score:.2f}" for o in objects))
+            self.status.setText(
+                f"{len(objects)} object(s), predicted IoU "
+                + ", ".join(f"{o.score:.2f}" for o in objects)
+            )
         else:
             self.status.setText("No object: add a positive point or a box.")
 
@@ -291,31 +339,47 @@ class AnnotatorWidget(AnnotatorForm):
         plane = np.asarray(layer.data[key])
         refined = self._refined_mask(key)
         ids = None if refined is None else [int(layer.selected_label)]
-        plan = plan_commit(plane, self.preview_result.masks()[:1] if ids else self.preview_result.masks(),
-                           self.id_box.value(), self.overwrite_box.isChecked(), ids=ids)
+        plan = plan_commit(
+            plane,
+            self.preview_result.masks()[:1] if ids else self.preview_result.masks(),
+            self.id_box.value(),
+            self.overwrite_box.isChecked(),
+            ids=ids,
+        )
         with layer.block_history():
             if refined is not None:  # pixels the corrected object no longer covers
                 rows, cols = np.nonzero(refined & ~self.preview_result.masks()[0])
                 layer.data_setitem(tuple(np.full(len(rows), k) for k in key) + (rows, cols), 0)
             for label in set(plan.ids) - {0}:
                 chosen = plan.values == label
-                index = tuple(np.full(int(chosen.sum()), k) for k in key) + (plan.rows[chosen], plan.cols[chosen])
+                index = tuple(np.full(int(chosen.sum()), k) for k in key) + (
+                    plan.rows[chosen],
+                    plan.cols[chosen],
+                )
                 layer.data_setitem(index, label)
         self._remember(plan)
         if ids is None:
             self.id_box.setValue(max(plan.ids + (self.id_box.value() - 1,)) + 1)
-        note = f"; {plan.blocked_pixels} pixels of other objects kept" if plan.blocked_pixels else ""
+        note = (
+            f"; {plan.blocked_pixels} pixels of other objects kept" if plan.blocked_pixels else ""
+        )
         self.clear_prompts()
-        self.status.setText(f"Committed object(s) {', '.join(map(str, plan.ids))}{note}. Undo: select the layer, Ctrl-Z.")
+        self.status.setText(
+            f"Committed object(s) {', '.join(map(str, plan.ids))}{note}. Undo: select the layer, Ctrl-Z."
+        )
 
     def _remember(self, plan) -> None:
         from napari_sam.engine.annotation.records import AnnotationRecord, object_record
 
         if self.record is None or self.record.model_id != self.session.model_id:
-            self.record = AnnotationRecord(self.session.model_id, self.session.normalization, self.session.layout.shape)
+            self.record = AnnotationRecord(
+                self.session.model_id, self.session.normalization, self.session.layout.shape
+            )
         for item, label in zip(self.preview_result.objects, plan.ids):
             if label:
-                self.record = self.record.with_object(object_record(item, self.preview_result.key, label))
+                self.record = self.record.with_object(
+                    object_record(item, self.preview_result.key, label)
+                )
         self.objects_layer.metadata["napari_sam"] = self.record.to_json()
 
     def save_record(self, path: str | None = None) -> None:
@@ -324,7 +388,9 @@ class AnnotatorWidget(AnnotatorForm):
             show_info("napari-sam: nothing committed yet.")
             return
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save the annotation record", "sam_record.json", "JSON (*.json)")
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save the annotation record", "sam_record.json", "JSON (*.json)"
+            )
         if path:
             self.record.save(path)
             self.status.setText(f"Record saved to {path}.")
@@ -334,7 +400,9 @@ class AnnotatorWidget(AnnotatorForm):
         from napari_sam.engine.annotation.records import AnnotationRecord, replay
 
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Replay an annotation record", "", "JSON (*.json)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Replay an annotation record", "", "JSON (*.json)"
+            )
         if not path or self.session is None:
             return
         try:
@@ -355,7 +423,9 @@ class AnnotatorWidget(AnnotatorForm):
         with self.points_layer.events.data.blocker():
             self.points_layer.selected_data = set(here.tolist())
             self.points_layer.remove_selected()
-        boxes = [i for i, d in enumerate(self.boxes_layer.data) if on_plane(np.asarray(d), key).all()]
+        boxes = [
+            i for i, d in enumerate(self.boxes_layer.data) if on_plane(np.asarray(d), key).all()
+        ]
         with self.boxes_layer.events.data.blocker():
             self.boxes_layer.selected_data = set(boxes)
             self.boxes_layer.remove_selected()

@@ -33,9 +33,30 @@ PREVIEW = "SAM everything preview"
 RESULT = "SAM everything"
 # (setting, label, minimum, maximum, step, tooltip) of the live thresholds.
 THRESHOLDS = (
-    ("pred_iou_thresh", "predicted IoU >=", 0.0, 1.2, 0.01, "SAM's own estimate of mask quality; higher keeps fewer, better masks."),
-    ("stability_score_thresh", "stability >=", 0.0, 1.0, 0.01, "How little a mask changes when its logit threshold moves by +-1."),
-    ("box_nms_thresh", "NMS box IoU", 0.05, 1.0, 0.05, "Masks whose boxes overlap a better mask's by more are duplicates."),
+    (
+        "pred_iou_thresh",
+        "predicted IoU >=",
+        0.0,
+        1.2,
+        0.01,
+        "SAM's own estimate of mask quality; higher keeps fewer, better masks.",
+    ),
+    (
+        "stability_score_thresh",
+        "stability >=",
+        0.0,
+        1.0,
+        0.01,
+        "How little a mask changes when its logit threshold moves by +-1.",
+    ),
+    (
+        "box_nms_thresh",
+        "NMS box IoU",
+        0.05,
+        1.0,
+        0.05,
+        "Masks whose boxes overlap a better mask's by more are duplicates.",
+    ),
 )
 
 
@@ -72,32 +93,61 @@ class EverythingWidget(QWidget):
         stack = StackSettings()  # the defaults of `napari-sam segment-everything`
         form = QFormLayout()
         self.image_box = QComboBox()
-        self.channel_box = _spin(-1, 64, -1, "Channel of multichannel data (all: grey or RGB).", "all")
-        self.points_box = _spin(1, 256, self.settings.points_per_side,
-                                "Grid points along each side of the plane (or tile); 32 suits cells of 15+ px in 512 px.")
-        self.min_area_box = _spin(0, 10**7, self.settings.min_area, "Drop objects smaller than this (pixels).")
-        self.region_box = _spin(0, 10**6, self.settings.min_region_area,
-                                "Remove islands and fill holes smaller than this (pixels).")
-        self.tile_box = _spin(0, 8192, stack.tile or 0,
-                              "Tile side for planes larger than the encoder (0: whole plane).",
-                              "none")
-        self.halo_box = _spin(0, 2048, DEFAULT_HALO,
-                              "Overlap around each tile: about the largest object's radius.")
+        self.channel_box = _spin(
+            -1, 64, -1, "Channel of multichannel data (all: grey or RGB).", "all"
+        )
+        self.points_box = _spin(
+            1,
+            256,
+            self.settings.points_per_side,
+            "Grid points along each side of the plane (or tile); 32 suits cells of 15+ px in 512 px.",
+        )
+        self.min_area_box = _spin(
+            0, 10**7, self.settings.min_area, "Drop objects smaller than this (pixels)."
+        )
+        self.region_box = _spin(
+            0,
+            10**6,
+            self.settings.min_region_area,
+            "Remove islands and fill holes smaller than this (pixels).",
+        )
+        self.tile_box = _spin(
+            0,
+            8192,
+            stack.tile or 0,
+            "Tile side for planes larger than the encoder (0: whole plane).",
+            "none",
+        )
+        self.halo_box = _spin(
+            0, 2048, DEFAULT_HALO, "Overlap around each tile: about the largest object's radius."
+        )
         self.background_box = QCheckBox("drop the background mask")
         self.background_box.setChecked(self.settings.drop_background)
         self.every_point_box = QCheckBox("decode every grid point")
         self.every_point_box.setChecked(not self.settings.skip_covered)
         self.every_point_box.setToolTip(
             "Off (default): grid points inside or beside objects already found, and points that look like "
-            "background, are skipped (5-8x faster). On: every point is decoded, for the last bit of recall.")
+            "background, are skipped (5-8x faster). On: every point is decoded, for the last bit of recall."
+        )
         self.link_box = QCheckBox("link planes into 3D objects")
         self.link_box.setChecked(stack.linking is not None)
-        for name, box in (("image", self.image_box), ("channel", self.channel_box), ("points per side", self.points_box),
-                          ("tile", self.tile_box), ("halo", self.halo_box)):
+        for name, box in (
+            ("image", self.image_box),
+            ("channel", self.channel_box),
+            ("points per side", self.points_box),
+            ("tile", self.tile_box),
+            ("halo", self.halo_box),
+        ):
             form.addRow(name, box)
         self.threshold_boxes = {}
         for setting, label, low, high, step, tip in THRESHOLDS:
-            box = QDoubleSpinBox(minimum=low, maximum=high, singleStep=step, decimals=2, value=getattr(self.settings, setting))
+            box = QDoubleSpinBox(
+                minimum=low,
+                maximum=high,
+                singleStep=step,
+                decimals=2,
+                value=getattr(self.settings, setting),
+            )
             box.setToolTip(tip + " Changing it re-thresholds the preview without decoding again.")
             box.valueChanged.connect(self._timer.start)
             self.threshold_boxes[setting] = box
@@ -132,7 +182,9 @@ class EverythingWidget(QWidget):
         """Refresh the image list (napari calls this when layers change)."""
         current = self.image_box.currentText()
         self.image_box.clear()
-        self.image_box.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Image)])
+        self.image_box.addItems(
+            [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        )
         if current and self.image_box.findText(current) >= 0:
             self.image_box.setCurrentText(current)
 
@@ -140,8 +192,12 @@ class EverythingWidget(QWidget):
         """The form's settings as :class:`EverythingSettings`."""
         values = {name: box.value() for name, box in self.threshold_boxes.items()}
         settings = replace(
-            self.settings, points_per_side=self.points_box.value(), min_area=self.min_area_box.value(),
-            min_region_area=self.region_box.value(), drop_background=self.background_box.isChecked(), **values,
+            self.settings,
+            points_per_side=self.points_box.value(),
+            min_area=self.min_area_box.value(),
+            min_region_area=self.region_box.value(),
+            drop_background=self.background_box.isChecked(),
+            **values,
         )
         return settings.every_point() if self.every_point_box.isChecked() else settings
 
@@ -167,8 +223,11 @@ class EverythingWidget(QWidget):
             self._pending = True
             return
         settings = self.current_settings()
-        self._start(lambda stop: (key, self.session.generate(key, settings)), self._show_preview,
-                    "Re-thresholding...")
+        self._start(
+            lambda stop: (key, self.session.generate(key, settings)),
+            self._show_preview,
+            "Re-thresholding...",
+        )
 
     def run_stack(self) -> None:
         """Segment every plane (and link in 3D) into a new labels layer."""
@@ -178,7 +237,9 @@ class EverythingWidget(QWidget):
         layer = self.viewer.layers[self.image_box.currentText()]
         self._done = None
         self._start(
-            lambda stop: self.session.segment_stack(should_stop=stop, link=link, progress=self._report),
+            lambda stop: self.session.segment_stack(
+                should_stop=stop, link=link, progress=self._report
+            ),
             lambda result: self._add_result(result, layer),
             "Segmenting every plane...",
         )
@@ -190,7 +251,10 @@ class EverythingWidget(QWidget):
     def _poll(self) -> None:
         if self._done is not None and self.worker is not None:
             done, total = self._done
-            self.status.setText(f"Segmenting every plane: {done} of {total} done" + (", linking..." if done == total else "..."))
+            self.status.setText(
+                f"Segmenting every plane: {done} of {total} done"
+                + (", linking..." if done == total else "...")
+            )
 
     def cancel(self) -> None:
         """Stop the running decoding; nothing is written."""
@@ -201,7 +265,9 @@ class EverythingWidget(QWidget):
     def plane_key(self) -> tuple[int, ...]:
         if self.session is None:
             return ()
-        return tuple(int(i) for i in self.viewer.dims.current_step[: self.session.layout.stack_ndim])
+        return tuple(
+            int(i) for i in self.viewer.dims.current_step[: self.session.layout.stack_ndim]
+        )
 
     def _ensure_session(self) -> bool:
         from napari_sam.engine.everything.session import EverythingSession
@@ -214,15 +280,30 @@ class EverythingWidget(QWidget):
         layer = self.viewer.layers[name]
         channel = None if self.channel_box.value() < 0 else self.channel_box.value()
         tile = self.tile_box.value() or None
-        key = (id(layer), channel, tile, self.halo_box.value(), self.points_box.value(),
-               self.every_point_box.isChecked())
+        key = (
+            id(layer),
+            channel,
+            tile,
+            self.halo_box.value(),
+            self.points_box.value(),
+            self.every_point_box.isChecked(),
+        )
         settings = self.current_settings()
         try:
             if self.session is None or self.session_key != key:
-                predictor = self.session.predictor if self.session is not None else Predictor(self.model_name)
+                predictor = (
+                    self.session.predictor
+                    if self.session is not None
+                    else Predictor(self.model_name)
+                )
                 self.session = EverythingSession(
-                    predictor, layer.data, channel_axis=bool(layer.rgb) or channel is not None, channel=channel,
-                    settings=settings, tile=tile, halo=self.halo_box.value() if tile else 0,
+                    predictor,
+                    layer.data,
+                    channel_axis=bool(layer.rgb) or channel is not None,
+                    channel=channel,
+                    settings=settings,
+                    tile=tile,
+                    halo=self.halo_box.value() if tile else 0,
                 )
                 self.session_key = key
             self.session.settings = settings
@@ -244,8 +325,12 @@ class EverythingWidget(QWidget):
         def work():
             return self._torch.run(job, lambda: holder[0].abort_requested)
 
-        worker = create_worker(work, _progress={"desc": "SAM: segment everything"},
-                               _connect={"errored": self._failed}, _start_thread=False)
+        worker = create_worker(
+            work,
+            _progress={"desc": "SAM: segment everything"},
+            _connect={"errored": self._failed},
+            _start_thread=False,
+        )
         holder.append(worker)
         worker.returned.connect(done)
         worker.finished.connect(self._finished)
@@ -288,8 +373,15 @@ class EverythingWidget(QWidget):
         while name in self.viewer.layers:
             name, number = f"{RESULT} [{number}]", number + 1
         spatial = image.ndim - int(bool(image.rgb))
-        self.viewer.add_labels(result.labels, name=name, scale=image.scale[:spatial], translate=image.translate[:spatial])
-        self.status.setText(f"{result.objects} objects in {result.planes} planes -> new layer {name!r}.")
+        self.viewer.add_labels(
+            result.labels,
+            name=name,
+            scale=image.scale[:spatial],
+            translate=image.translate[:spatial],
+        )
+        self.status.setText(
+            f"{result.objects} objects in {result.planes} planes -> new layer {name!r}."
+        )
 
 
 def _plane_name(key: tuple[int, ...]) -> str:

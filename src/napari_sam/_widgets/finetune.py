@@ -58,8 +58,7 @@ class FineTuneWidget(QWidget):
 
     def _build_ui(self) -> None:
         from napari_sam.engine.everything.settings import EverythingSettings
-        from napari_sam.training.config import TrainingConfig
-        from napari_sam.training.config import PAPER_PROMPTS
+        from napari_sam.training.config import PAPER_PROMPTS, TrainingConfig
 
         # The fields start at TrainingConfig's defaults: the recipe of docs/training.md's
         # experiment (about 6 s a step on 2 cores).
@@ -104,13 +103,18 @@ class FineTuneWidget(QWidget):
         self.progress_bar, self.status = QProgressBar(), QLabel("Commit objects, then fine-tune.")
         self.status.setWordWrap(True)
         form = QFormLayout()
-        for label, box in (("image", self.image_box), ("objects", self.labels_box),
-                           ("start from", self.model_edit), ("train", self.parts_box),
-                           ("steps", self.steps_box), ("objects per step", self.objects_box),
-                           ("prompt rounds", self.iterations_box),
-                           ("time limit (min)", self.minutes_box),
-                           ("IoU head", self.freeze_iou_box),
-                           ("save under", self.output_edit)):
+        for label, box in (
+            ("image", self.image_box),
+            ("objects", self.labels_box),
+            ("start from", self.model_edit),
+            ("train", self.parts_box),
+            ("steps", self.steps_box),
+            ("objects per step", self.objects_box),
+            ("prompt rounds", self.iterations_box),
+            ("time limit (min)", self.minutes_box),
+            ("IoU head", self.freeze_iou_box),
+            ("save under", self.output_edit),
+        ):
             form.addRow(label, box)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -143,20 +147,25 @@ class FineTuneWidget(QWidget):
             show_error("napari-sam: choose an image layer and the labels layer with your objects.")
             return
         try:
-            images = annotated_images(self.viewer.layers[image].data, self.viewer.layers[labels].data, name=image)
+            images = annotated_images(
+                self.viewer.layers[image].data, self.viewer.layers[labels].data, name=image
+            )
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
         defaults = TrainingConfig()
         steps, rounds = self.steps_box.value(), self.iterations_box.value()
         config = replace(
-            defaults, trainable=self.parts_box.currentText(), steps=steps,
+            defaults,
+            trainable=self.parts_box.currentText(),
+            steps=steps,
             objects_per_step=self.objects_box.value(),
             freeze_iou_head=self.freeze_iou_box.isChecked(),
             max_minutes=self.minutes_box.value() or None,
             # past the first, one round without a new click (as the tooltip says)
-            prompts=replace(defaults.prompts, iterations=rounds,
-                            quiet_iterations=min(1, rounds - 1)),
+            prompts=replace(
+                defaults.prompts, iterations=rounds, quiet_iterations=min(1, rounds - 1)
+            ),
             # a short run still warms up, validates and checkpoints within its steps
             warmup_steps=min(defaults.warmup_steps, steps),
             validate_every=min(defaults.validate_every, max(1, steps // 5)),
@@ -177,12 +186,18 @@ class FineTuneWidget(QWidget):
 
         def job():  # the napari worker waits; training runs on the torch thread
             return self._torch.run(
-                fine_tune_annotations, images, model, output, config,
-                progress=self._remember, should_stop=lambda: self._stop,
+                fine_tune_annotations,
+                images,
+                model,
+                output,
+                config,
+                progress=self._remember,
+                should_stop=lambda: self._stop,
             )
 
-        self.worker = create_worker(job, _connect={"returned": self._finished, "errored": self._failed},
-                                    _start_thread=False)
+        self.worker = create_worker(
+            job, _connect={"returned": self._finished, "errored": self._failed}, _start_thread=False
+        )
         self.progress_bar.setRange(0, config.steps)
         self.progress_bar.setValue(0)
         self.run_button.setEnabled(False)
@@ -198,8 +213,14 @@ class FineTuneWidget(QWidget):
         update = self._latest
         if update is not None:
             self.progress_bar.setValue(update.step)
-            best = "" if update.best_validation is None else f", validation IoU {update.best_validation:.3f}"
-            self.status.setText(f"step {update.step}/{update.total_steps}: loss {update.loss:.3f}{best}")
+            best = (
+                ""
+                if update.best_validation is None
+                else f", validation IoU {update.best_validation:.3f}"
+            )
+            self.status.setText(
+                f"step {update.step}/{update.total_steps}: loss {update.loss:.3f}{best}"
+            )
 
     def cancel(self) -> None:
         """Stop after the current step (a checkpoint is saved)."""
@@ -219,7 +240,9 @@ class FineTuneWidget(QWidget):
         note = f"; {switched} annotator(s) now use it" if switched else ""
         if result.calibration is not None and result.calibration.scale != 1.0:
             note += f"; logits x{result.calibration.scale:.2f} to keep segment-everything's stability filter"
-        self.status.setText(f"Saved {result.weights} ({result.steps} steps, {result.stopped}){note}.")
+        self.status.setText(
+            f"Saved {result.weights} ({result.steps} steps, {result.stopped}){note}."
+        )
         show_info(f"napari-sam: fine-tuned model saved to {result.weights}")
 
     def _failed(self, error: Exception) -> None:
@@ -244,7 +267,9 @@ class FineTuneWidget(QWidget):
         """Point every docked SAM annotator at ``weights``; returns how many were switched."""
         from napari_sam._widgets.annotator import AnnotatorWidget
 
-        annotators = [w for w in self.viewer.window.dock_widgets.values() if isinstance(w, AnnotatorWidget)]
+        annotators = [
+            w for w in self.viewer.window.dock_widgets.values() if isinstance(w, AnnotatorWidget)
+        ]
         for annotator in annotators:
             annotator.use_model(str(weights))
         return len(annotators)

@@ -59,8 +59,12 @@ class ModelPlugin(WorkerPlugin):
             torch.set_num_threads(self.threads)
         predictor = load_predictor(self.model)
         self.predictor = predictor
-        log.info("worker %s loaded %s (%d torch threads)", worker.address, predictor.model.model_id,
-                 torch.get_num_threads())
+        log.info(
+            "worker %s loaded %s (%d torch threads)",
+            worker.address,
+            predictor.model.model_id,
+            torch.get_num_threads(),
+        )
 
     def stack(self, source: StackSource) -> OpenStack:
         """The worker's opened input (opened on first use)."""
@@ -93,7 +97,10 @@ def cluster_client(workers: int, scheduler: str | None) -> Iterator[Client]:
     environ = dict(os.environ)
     try:
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
             dashboard_address=None,
         )
     finally:
@@ -107,7 +114,10 @@ def cluster_client(workers: int, scheduler: str | None) -> Iterator[Client]:
 
 
 def run_on_cluster(
-    client: Client, jobs: Sequence[SliceJob], model: ModelSource, threads: int | None,
+    client: Client,
+    jobs: Sequence[SliceJob],
+    model: ModelSource,
+    threads: int | None,
     done: Callable[[SliceResult], None],
 ) -> None:
     """Run slice jobs on the client's workers, calling ``done`` as each one finishes.

@@ -35,9 +35,17 @@ class EmbedSummary:
 
 
 def open_cached_session(
-    data, cache_path: str | Path, model="vit_t", channel_axis: bool = False,
-    channel: int | None = None, feature_dtype: str = "float32", overwrite: bool = False,
-    capacity: int = 16, tile: int | None = None, halo: int | None = None, upscale: float = 1.0,
+    data,
+    cache_path: str | Path,
+    model="vit_t",
+    channel_axis: bool = False,
+    channel: int | None = None,
+    feature_dtype: str = "float32",
+    overwrite: bool = False,
+    capacity: int = 16,
+    tile: int | None = None,
+    halo: int | None = None,
+    upscale: float = 1.0,
 ) -> AnnotationSession:
     """A session whose embeddings persist in ``cache_path`` (tiled for large planes).
 
@@ -52,10 +60,20 @@ def open_cached_session(
         ``cache_path`` holds a cache for other data or settings and ``overwrite`` is False.
     """
     session = open_session(model, data, channel_axis, channel, capacity, tile, halo, upscale)
-    tiling = (session.tile, session.halo, session.upscale) if isinstance(session, TiledSession) else (None, 0, 1.0)
+    tiling = (
+        (session.tile, session.halo, session.upscale)
+        if isinstance(session, TiledSession)
+        else (None, 0, 1.0)
+    )
     signature = cache_signature(
-        data, session.layout, session.model_id, session.normalization, feature_dtype,
-        tile=tiling[0], halo=tiling[1], upscale=tiling[2],
+        data,
+        session.layout,
+        session.model_id,
+        session.normalization,
+        feature_dtype,
+        tile=tiling[0],
+        halo=tiling[1],
+        upscale=tiling[2],
     )
     cache = EmbeddingCache.open(cache_path, signature, session.layout, overwrite=overwrite)
     if isinstance(session, TiledSession):
@@ -67,7 +85,8 @@ def open_cached_session(
 
 
 def embed_volume(
-    session: AnnotationSession, planes: Sequence[tuple[int, ...]] | None = None,
+    session: AnnotationSession,
+    planes: Sequence[tuple[int, ...]] | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EmbedSummary:
@@ -85,17 +104,28 @@ def embed_volume(
     """
     layout = session.layout
     if planes is None:
-        planes = [tuple(int(i) for i in k) for k in np.ndindex(*layout.stack_shape)] if layout.stack_ndim else [()]
+        planes = (
+            [tuple(int(i) for i in k) for k in np.ndindex(*layout.stack_shape)]
+            if layout.stack_ndim
+            else [()]
+        )
     start = time.perf_counter()
     if isinstance(session, TiledSession):
         encoded, units, per_plane = _embed_tiles(session, planes, progress, should_stop)
     else:
-        encoded, units, per_plane = _embed_planes(session, planes, progress, should_stop), len(planes), 1
+        encoded, units, per_plane = (
+            _embed_planes(session, planes, progress, should_stop),
+            len(planes),
+            1,
+        )
     group = _cache_of(session).group
     return EmbedSummary(
         cache=str(group.store.root) if hasattr(group.store, "root") else "",
-        planes=len(planes), encoded=encoded, reused=units - encoded,
-        seconds=round(time.perf_counter() - start, 3), tiles_per_plane=per_plane,
+        planes=len(planes),
+        encoded=encoded,
+        reused=units - encoded,
+        seconds=round(time.perf_counter() - start, 3),
+        tiles_per_plane=per_plane,
     )
 
 
@@ -114,7 +144,11 @@ def _embed_tiles(session: TiledSession, planes, progress, should_stop) -> tuple[
     encoded, per_plane = 0, len(session.cache.grid)
     total = per_plane * len(planes)
     for count, key in enumerate(planes):
-        report = None if progress is None else (lambda done, _, base=count * per_plane: progress(base + done, total))
+        report = (
+            None
+            if progress is None
+            else (lambda done, _, base=count * per_plane: progress(base + done, total))
+        )
         encoded += session.plane(key).encode_tiles(should_stop, report)
     return encoded, total, per_plane
 
@@ -123,5 +157,7 @@ def _cache_of(session: AnnotationSession) -> EmbeddingCache:
     """The cache behind a session from :func:`open_cached_session` (or given as backend)."""
     cache = session.cache or session.store.backend
     if not isinstance(cache, EmbeddingCache):
-        raise InvalidInputError("This session keeps no embedding cache: open it with open_cached_session.")
+        raise InvalidInputError(
+            "This session keeps no embedding cache: open it with open_cached_session."
+        )
     return cache

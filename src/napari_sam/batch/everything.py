@@ -24,16 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.everything.segmenter import segment_plane
-from napari_sam.engine.everything.linking import LinkedLabels, LinkingSettings, label_sections, link_slices
-from napari_sam.engine.prediction.planes import stack_normalization
-from napari_sam.errors import InvalidInputError
-from napari_sam.io.everything_store import EverythingStore, StoreSignature
 from napari_sam.batch.settings import Execution, StackSettings
 from napari_sam.batch.tasks import (
-    Segmenter,
     ModelSource,
     OpenStack,
+    Segmenter,
     SliceJob,
     SliceResult,
     StackSource,
@@ -41,6 +36,16 @@ from napari_sam.batch.tasks import (
     model_identity,
     segment_slice,
 )
+from napari_sam.engine.everything.linking import (
+    LinkedLabels,
+    LinkingSettings,
+    label_sections,
+    link_slices,
+)
+from napari_sam.engine.everything.segmenter import segment_plane
+from napari_sam.engine.prediction.planes import stack_normalization
+from napari_sam.errors import InvalidInputError
+from napari_sam.io.everything_store import EverythingStore, StoreSignature
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +73,23 @@ class StackSummary:
     @property
     def slices_per_minute(self) -> float:
         """Throughput of this run's segmentation (0 when nothing was segmented)."""
-        return 60.0 * self.segmented / self.segment_seconds if self.segmented and self.segment_seconds else 0.0
+        return (
+            60.0 * self.segmented / self.segment_seconds
+            if self.segmented and self.segment_seconds
+            else 0.0
+        )
 
 
 def segment_stack(
-    source: StackSource, out: str | Path, stack_settings: StackSettings = StackSettings(),
-    execution: Execution = Execution(), *, z_range: tuple[int, int] | None = None,
-    overwrite: bool = False, progress: Progress | None = None, segmenter: Segmenter = segment_plane,
+    source: StackSource,
+    out: str | Path,
+    stack_settings: StackSettings = StackSettings(),
+    execution: Execution = Execution(),
+    *,
+    z_range: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    segmenter: Segmenter = segment_plane,
 ) -> StackSummary:
     """Segment everything in each slice of ``source`` into ``out``, then link slices in 3D.
 
@@ -110,18 +125,34 @@ def segment_stack(
     """
     start = time.perf_counter()
     if execution.workers < 0:
-        raise InvalidInputError(f"workers must be >= 0 (0 runs in this process); got {execution.workers}.")
+        raise InvalidInputError(
+            f"workers must be >= 0 (0 runs in this process); got {execution.workers}."
+        )
     stack = source.open()
-    settings = stack_settings.settings if stack_settings.settings is not None else _default_settings()
+    settings = (
+        stack_settings.settings if stack_settings.settings is not None else _default_settings()
+    )
     first, stop = _check_z_range(z_range, stack.layout.stack_shape[0])
     normalization = stack_normalization(stack.planes, stack.layout, channel=source.channel)
     model_id = model_identity(stack_settings.model)
     signature = _signature(source, stack, model_id, normalization, settings, stack_settings)
-    store = EverythingStore.open(out, signature, stack.layout.plane_shape, stack.layout.stack_shape[0], overwrite)
+    store = EverythingStore.open(
+        out, signature, stack.layout.plane_shape, stack.layout.stack_shape[0], overwrite
+    )
     done = store.completed()
     jobs = [
-        SliceJob(source, str(out), z, normalization, settings, stack_settings.tile, stack_settings.halo, segmenter)
-        for z in range(first, stop) if not done[z]
+        SliceJob(
+            source,
+            str(out),
+            z,
+            normalization,
+            settings,
+            stack_settings.tile,
+            stack_settings.halo,
+            segmenter,
+        )
+        for z in range(first, stop)
+        if not done[z]
     ]
     results: list[SliceResult] = []
     report = _counter(progress, "segment", stop - first, (stop - first) - len(jobs), results)
@@ -129,20 +160,38 @@ def segment_stack(
     segmented_at = time.perf_counter()
     linked = link_range(store, first, stop, stack_settings.linking, progress)
     summary = StackSummary(
-        out=str(out), slices=stop - first, segmented=len(jobs), reused=(stop - first) - len(jobs),
-        sections=linked.sections, objects=linked.objects, removed=linked.removed,
+        out=str(out),
+        slices=stop - first,
+        segmented=len(jobs),
+        reused=(stop - first) - len(jobs),
+        sections=linked.sections,
+        objects=linked.objects,
+        removed=linked.removed,
         segment_seconds=round(segmented_at - start, 3),
         slice_seconds=round(float(np.median([r.seconds for r in results])) if results else 0.0, 3),
         link_seconds=round(time.perf_counter() - segmented_at, 3),
-        seconds=round(time.perf_counter() - start, 3), model_id=model_id, execution=execution.describe(),
+        seconds=round(time.perf_counter() - start, 3),
+        model_id=model_id,
+        execution=execution.describe(),
     )
-    store.record_run(_run_record(summary, z_range=(first, stop), linking=stack_settings.linking,
-                                 links=linked.links, gap_links=linked.gap_links))
+    store.record_run(
+        _run_record(
+            summary,
+            z_range=(first, stop),
+            linking=stack_settings.linking,
+            links=linked.links,
+            gap_links=linked.gap_links,
+        )
+    )
     return summary
 
 
 def link_range(
-    store: EverythingStore, first: int, stop: int, linking: LinkingSettings | None, progress: Progress | None = None,
+    store: EverythingStore,
+    first: int,
+    stop: int,
+    linking: LinkingSettings | None,
+    progress: Progress | None = None,
 ) -> LinkedLabels:
     """Link the stored sections of slices ``first..stop-1`` into the store's labels.
 
@@ -158,7 +207,10 @@ def link_range(
 
 
 def _run_jobs(
-    jobs: list[SliceJob], stack: OpenStack, model: ModelSource, execution: Execution,
+    jobs: list[SliceJob],
+    stack: OpenStack,
+    model: ModelSource,
+    execution: Execution,
     done: Callable[[SliceResult], None],
 ) -> None:
     if not jobs:
@@ -195,7 +247,11 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def _counter(
-    progress: Progress | None, stage: str, total: int, already: int, results: list[SliceResult],
+    progress: Progress | None,
+    stage: str,
+    total: int,
+    already: int,
+    results: list[SliceResult],
 ) -> Callable[[SliceResult], None]:
     """A callback that collects each finished slice's result and reports progress."""
     if progress is not None:
@@ -214,7 +270,9 @@ def _check_z_range(z_range: tuple[int, int] | None, slices: int) -> tuple[int, i
         return 0, slices
     first, stop = (int(v) for v in z_range)
     if not 0 <= first < stop <= slices:
-        raise InvalidInputError(f"z-range {first}:{stop} does not fit slices 0..{slices} of the input.")
+        raise InvalidInputError(
+            f"z-range {first}:{stop} does not fit slices 0..{slices} of the input."
+        )
     return first, stop
 
 
@@ -224,18 +282,27 @@ def _default_settings():
     return EverythingSettings()
 
 
-def _signature(source, stack: OpenStack, model_id, normalization, settings, stack_settings) -> StoreSignature:
+def _signature(
+    source, stack: OpenStack, model_id, normalization, settings, stack_settings
+) -> StoreSignature:
     from napari_sam import __version__
     from napari_sam.io.embedding_cache import data_fingerprint
 
     n = normalization
     return StoreSignature(
-        source=str(Path(source.path).resolve()), key=None if source.key is None else str(source.key),
-        level=int(source.level), axes=stack.axes, channel=source.channel,
+        source=str(Path(source.path).resolve()),
+        key=None if source.key is None else str(source.key),
+        level=int(source.level),
+        axes=stack.axes,
+        channel=source.channel,
         data_shape=tuple(int(s) for s in stack.planes.shape),
-        fingerprint=data_fingerprint(stack.planes, stack.layout), model_id=model_id,
-        normalization=(n.low, n.high, n.channel, n.channel_weights), settings=dict(settings.to_dict()),
-        tile=stack_settings.tile, halo=int(stack_settings.halo), package_version=__version__,
+        fingerprint=data_fingerprint(stack.planes, stack.layout),
+        model_id=model_id,
+        normalization=(n.low, n.high, n.channel, n.channel_weights),
+        settings=dict(settings.to_dict()),
+        tile=stack_settings.tile,
+        halo=int(stack_settings.halo),
+        package_version=__version__,
     )
 
 

@@ -32,7 +32,9 @@ class Execution:
 
     workers: int = 0  # 0: in this process; N: a local cluster of N worker processes
     scheduler: str | None = None  # address of an existing dask scheduler (overrides workers)
-    threads: int | None = None  # torch threads per worker; None: cores / workers (in-process: unchanged)
+    threads: int | None = (
+        None  # torch threads per worker; None: cores / workers (in-process: unchanged)
+    )
 
     def describe(self) -> str:
         if self.scheduler:

@@ -62,7 +62,9 @@ class StackSource:
             )
         view = volume.planes_view()
         planes = view if volume.stack_axes else _SinglePlane(view)
-        return OpenStack(planes, plane_layout(planes.shape, channel_axis=volume.channel_axis), volume.axes)
+        return OpenStack(
+            planes, plane_layout(planes.shape, channel_axis=volume.channel_axis), volume.axes
+        )
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,11 @@ def segment_slice(job: SliceJob, predictor, stack: OpenStack | None = None) -> S
     start = time.perf_counter()
     stack = stack or job.source.open()
     plane = read_plane(stack.planes, stack.layout, (job.z,))
-    labels = np.asarray(job.segmenter(predictor, plane, job.normalization, job.settings, tile=job.tile, halo=job.halo).labels)
+    labels = np.asarray(
+        job.segmenter(
+            predictor, plane, job.normalization, job.settings, tile=job.tile, halo=job.halo
+        ).labels
+    )
     EverythingStore(zarr.open_group(job.out, mode="r+")).write_slice(job.z, labels)
     seconds = time.perf_counter() - start
     log.info("slice %d: %d objects in %.1f s", job.z, int(labels.max(initial=0)), seconds)

@@ -13,29 +13,52 @@ from napari_sam.engine.tiling.grid import DEFAULT_HALO, DEFAULT_WINDOW
 def register(commands) -> None:
     """Add the ``embed`` subcommand to the ``napari-sam`` parser."""
     embed = commands.add_parser(
-        "embed", help="encode every plane of an image or volume into an embedding cache",
+        "embed",
+        help="encode every plane of an image or volume into an embedding cache",
         description="Encode planes once into a zarr embedding cache; rerun to resume.",
     )
     embed.add_argument("input", help="TIFF, zarr or OME-Zarr (folder), or .npy")
     embed.add_argument("--cache", required=True, help="output embedding cache (a .zarr folder)")
-    embed.add_argument("--model", default=DEFAULT_MODEL,
-                       help="model name or checkpoint file (default %(default)s)")
+    embed.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model name or checkpoint file (default %(default)s)"
+    )
     embed.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
     embed.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
-    embed.add_argument("--axes", help="axis names of the input, e.g. zyx, tczyx (default: from the file)")
+    embed.add_argument(
+        "--axes", help="axis names of the input, e.g. zyx, tczyx (default: from the file)"
+    )
     embed.add_argument("--channel", type=int, help="channel to segment in multichannel data")
-    embed.add_argument("--z-range", metavar="START:STOP", help="only these planes of the first stack axis")
-    embed.add_argument("--float16", action="store_true", help="store features as float16 (half the disk)")
-    embed.add_argument("--tile", type=int, metavar="N",
-                       help="tile interior side in pixels; 0 = whole planes (default: tiles only "
-                            "for planes too large for the encoder, "
-                            f"{DEFAULT_WINDOW - 2 * DEFAULT_HALO} + halo {DEFAULT_HALO})")
-    embed.add_argument("--halo", type=int, metavar="N",
-                       help=f"overlap around each tile in pixels (default {DEFAULT_HALO} / "
-                            "upscale, at most tile / 4)")
-    embed.add_argument("--upscale", type=float, default=1.0, metavar="F",
-                       help="encoder pixels per image pixel, e.g. 2 for small cells (default 1)")
-    embed.add_argument("--overwrite", action="store_true", help="replace a cache made for other data/settings")
+    embed.add_argument(
+        "--z-range", metavar="START:STOP", help="only these planes of the first stack axis"
+    )
+    embed.add_argument(
+        "--float16", action="store_true", help="store features as float16 (half the disk)"
+    )
+    embed.add_argument(
+        "--tile",
+        type=int,
+        metavar="N",
+        help="tile interior side in pixels; 0 = whole planes (default: tiles only "
+        "for planes too large for the encoder, "
+        f"{DEFAULT_WINDOW - 2 * DEFAULT_HALO} + halo {DEFAULT_HALO})",
+    )
+    embed.add_argument(
+        "--halo",
+        type=int,
+        metavar="N",
+        help=f"overlap around each tile in pixels (default {DEFAULT_HALO} / "
+        "upscale, at most tile / 4)",
+    )
+    embed.add_argument(
+        "--upscale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="encoder pixels per image pixel, e.g. 2 for small cells (default 1)",
+    )
+    embed.add_argument(
+        "--overwrite", action="store_true", help="replace a cache made for other data/settings"
+    )
     embed.set_defaults(handler=run_embed)
 
 
@@ -50,18 +73,34 @@ def run_embed(args: argparse.Namespace) -> int:
     volume = open_volume(args.input, key=args.key, level=args.level, axes=args.axes)
     data, channel_axis = volume.planes_view(), "c" in volume.axes
     session = open_cached_session(
-        data, args.cache, model=args.model, channel_axis=channel_axis, channel=args.channel,
-        feature_dtype="float16" if args.float16 else "float32", overwrite=args.overwrite, capacity=1,
-        tile=args.tile, halo=args.halo, upscale=args.upscale,
+        data,
+        args.cache,
+        model=args.model,
+        channel_axis=channel_axis,
+        channel=args.channel,
+        feature_dtype="float16" if args.float16 else "float32",
+        overwrite=args.overwrite,
+        capacity=1,
+        tile=args.tile,
+        halo=args.halo,
+        upscale=args.upscale,
     )
     planes = _plane_keys(session.layout, args.z_range)
     grid = session.cache.grid
     unit = "plane" if grid is None else "tile"
-    with tqdm(total=len(planes) * len(grid or [0]), unit=unit, desc="embedding", file=sys.stderr) as bar:
-        summary = embed_volume(session, planes, progress=lambda done, total: bar.update(done - bar.n))
-    tiling = "whole planes" if not isinstance(session, TiledSession) else (
-        f"{summary.tiles_per_plane} tiles per plane (tile {session.tile}, halo {session.halo}, "
-        f"upscale {session.upscale:g})"
+    with tqdm(
+        total=len(planes) * len(grid or [0]), unit=unit, desc="embedding", file=sys.stderr
+    ) as bar:
+        summary = embed_volume(
+            session, planes, progress=lambda done, total: bar.update(done - bar.n)
+        )
+    tiling = (
+        "whole planes"
+        if not isinstance(session, TiledSession)
+        else (
+            f"{summary.tiles_per_plane} tiles per plane (tile {session.tile}, halo {session.halo}, "
+            f"upscale {session.upscale:g})"
+        )
     )
     counted = "" if grid is None else " tiles"
     print(
@@ -74,8 +113,8 @@ def run_embed(args: argparse.Namespace) -> int:
 def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
     import numpy as np
 
-    from napari_sam.errors import InvalidInputError
     from napari_sam.commands.arguments import parse_z_range
+    from napari_sam.errors import InvalidInputError
 
     keys: list[tuple[int, ...]] = [()]
     if layout.stack_ndim:
@@ -88,5 +127,3 @@ def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
             f"--z-range {z_range} does not fit planes 0..{layout.stack_shape[0] if layout.stack_ndim else 0}."
         )
     return [k for k in keys if start <= k[0] < stop]
-
-

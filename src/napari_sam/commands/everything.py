@@ -24,8 +24,11 @@ SETTING_FLAGS = {
     "min_area": (int, "drop masks smaller than this many pixels"),
     "min_region_area": (int, "remove islands and fill holes smaller than this many pixels"),
     "crop_layers": (int, "zoomed crop layers, each re-encoding 4^k crops"),
-    "skip_margin": (float, "skip grid points whose image embedding is this much more similar "
-                           "(cosine) to background points than to object points"),
+    "skip_margin": (
+        float,
+        "skip grid points whose image embedding is this much more similar "
+        "(cosine) to background points than to object points",
+    ),
     "skip_distance": (float, "skip grid points within this many pixels of an object already found"),
 }
 
@@ -34,66 +37,121 @@ def register(commands) -> None:
     """Add the ``segment-everything`` subcommand to the ``napari-sam`` parser."""
     stack, linking, settings = StackSettings(), LinkingSettings(), EverythingSettings()
     parser = commands.add_parser(
-        "segment-everything", help="segment every object of an image or stack into zarr labels",
+        "segment-everything",
+        help="segment every object of an image or stack into zarr labels",
         description="Segment everything in each slice (in parallel on dask.distributed), then link "
         "slices into 3D objects. Rerun the same command to resume an interrupted run.",
     )
-    parser.add_argument("input", help="TIFF, zarr or OME-Zarr (folder), or .npy: a 2D image or a z stack")
+    parser.add_argument(
+        "input", help="TIFF, zarr or OME-Zarr (folder), or .npy: a 2D image or a z stack"
+    )
     parser.add_argument("--out", required=True, help="output labels store (a .zarr folder)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int,
-                       help=f"local worker processes (default: one per core, at most {MAX_DEFAULT_WORKERS}; "
-                       "0 runs in this process)")
-    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://host:8786")
-    parser.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
-    parser.add_argument("--model", default=stack.model,
-                        help="model name or checkpoint file (default %(default)s)")
-    parser.add_argument("--tile", type=int, default=stack.tile,
-                        help="segment planes in tiles of this side (pixels; default: whole planes)")
-    parser.add_argument("--halo", type=int, default=stack.halo,
-                        help="overlap of neighbouring tiles (pixels; default %(default)s)")
+    where.add_argument(
+        "--workers",
+        type=int,
+        help=f"local worker processes (default: one per core, at most {MAX_DEFAULT_WORKERS}; "
+        "0 runs in this process)",
+    )
+    where.add_argument(
+        "--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://host:8786"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per worker (default: cores / workers)"
+    )
+    parser.add_argument(
+        "--model", default=stack.model, help="model name or checkpoint file (default %(default)s)"
+    )
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=stack.tile,
+        help="segment planes in tiles of this side (pixels; default: whole planes)",
+    )
+    parser.add_argument(
+        "--halo",
+        type=int,
+        default=stack.halo,
+        help="overlap of neighbouring tiles (pixels; default %(default)s)",
+    )
     parser.add_argument("--z-range", metavar="START:STOP", help="only these slices of the stack")
     parser.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
     parser.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
-    parser.add_argument("--axes", help="axis names of the input, e.g. zyx, czyx (default: from the file)")
+    parser.add_argument(
+        "--axes", help="axis names of the input, e.g. zyx, czyx (default: from the file)"
+    )
     parser.add_argument("--channel", type=int, help="channel to segment in multichannel data")
     for name, (kind, text) in SETTING_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind,
-                            help=f"{text} (default {getattr(settings, name)})")
-    parser.add_argument("--every-point", action="store_true",
-                        help="decode every grid point (no skipping: 5-8x slower, the last bit of recall)")
-    parser.add_argument("--keep-background", action="store_true",
-                        help="keep large masks touching three edges (dropped as background by default)")
-    parser.add_argument("--link", action=argparse.BooleanOptionalAction,
-                        default=stack.linking is not None,
-                        help="link slices into 3D objects (default %(default)s); --no-link numbers "
-                             "each 2D object apart")
-    parser.add_argument("--link-iou", type=float,
-                        help="least IoU between an object's neighbouring sections "
-                             f"(default {linking.iou_threshold})")
-    parser.add_argument("--min-extent", type=int,
-                        help="slices a 3D object must span to be kept "
-                             f"(default {linking.min_extent})")
-    parser.add_argument("--no-gap-closing", action="store_true", help="do not link over one missed slice")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output made for other data/settings")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            help=f"{text} (default {getattr(settings, name)})",
+        )
+    parser.add_argument(
+        "--every-point",
+        action="store_true",
+        help="decode every grid point (no skipping: 5-8x slower, the last bit of recall)",
+    )
+    parser.add_argument(
+        "--keep-background",
+        action="store_true",
+        help="keep large masks touching three edges (dropped as background by default)",
+    )
+    parser.add_argument(
+        "--link",
+        action=argparse.BooleanOptionalAction,
+        default=stack.linking is not None,
+        help="link slices into 3D objects (default %(default)s); --no-link numbers "
+        "each 2D object apart",
+    )
+    parser.add_argument(
+        "--link-iou",
+        type=float,
+        help="least IoU between an object's neighbouring sections "
+        f"(default {linking.iou_threshold})",
+    )
+    parser.add_argument(
+        "--min-extent",
+        type=int,
+        help=f"slices a 3D object must span to be kept (default {linking.min_extent})",
+    )
+    parser.add_argument(
+        "--no-gap-closing", action="store_true", help="do not link over one missed slice"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an output made for other data/settings"
+    )
     parser.set_defaults(handler=run_segment_everything)
 
 
 def run_segment_everything(args: argparse.Namespace) -> int:
     """``napari-sam segment-everything``: a stack into linked 3D labels, resumably."""
-    from napari_sam.batch.settings import Execution
     from napari_sam.batch.everything import segment_stack
+    from napari_sam.batch.settings import Execution
     from napari_sam.batch.tasks import StackSource
     from napari_sam.commands.arguments import parse_z_range
 
     settings = stack_settings(args)
-    source = StackSource(args.input, key=args.key, level=args.level, axes=args.axes, channel=args.channel)
-    workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
-    execution = Execution(workers=0 if args.scheduler else workers, scheduler=args.scheduler, threads=args.threads)
+    source = StackSource(
+        args.input, key=args.key, level=args.level, axes=args.axes, channel=args.channel
+    )
+    workers = (
+        args.workers if args.workers is not None else min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
+    )
+    execution = Execution(
+        workers=0 if args.scheduler else workers, scheduler=args.scheduler, threads=args.threads
+    )
     z_range = None if args.z_range is None else parse_z_range(args.z_range)
     with _Bars() as bars:
-        summary = segment_stack(source, args.out, settings, execution, z_range=z_range,
-                                overwrite=args.overwrite, progress=bars.update)
+        summary = segment_stack(
+            source,
+            args.out,
+            settings,
+            execution,
+            z_range=z_range,
+            overwrite=args.overwrite,
+            progress=bars.update,
+        )
     print(
         f"{args.out}: {summary.objects} objects in {summary.slices} slices ({summary.segmented} segmented now, "
         f"{summary.reused} already done), {summary.seconds:.1f} s, {summary.slices_per_minute:.1f} slices/min "
@@ -113,8 +171,9 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     """
     from napari_sam.errors import InvalidInputError
 
-    overrides = {name: getattr(args, name) for name in SETTING_FLAGS
-                 if getattr(args, name) is not None}
+    overrides = {
+        name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None
+    }
     if args.keep_background:
         overrides["drop_background"] = False
     if args.every_point:
@@ -126,8 +185,9 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     settings = EverythingSettings(**overrides)
     if args.every_point:
         settings = settings.every_point()
-    return StackSettings(model=args.model, settings=settings, tile=args.tile,
-                         halo=args.halo, linking=_linking(args))
+    return StackSettings(
+        model=args.model, settings=settings, tile=args.tile, halo=args.halo, linking=_linking(args)
+    )
 
 
 def _linking(args: argparse.Namespace) -> LinkingSettings | None:
@@ -155,7 +215,9 @@ class _Bars:
 
         if stage not in self.bars:
             names = {"segment": "segmenting", "link": "linking"}
-            self.bars[stage] = tqdm(total=total, unit="slice", desc=names.get(stage, stage), file=sys.stderr)
+            self.bars[stage] = tqdm(
+                total=total, unit="slice", desc=names.get(stage, stage), file=sys.stderr
+            )
         bar = self.bars[stage]
         bar.update(done - bar.n)
 

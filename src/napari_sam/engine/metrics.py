@@ -50,10 +50,13 @@ class InstanceOverlap:
 
         if self.iou.size == 0:
             return []
-        rows, cols = linear_sum_assignment(np.where(self.iou >= threshold, self.iou, 0.0), maximize=True)
+        rows, cols = linear_sum_assignment(
+            np.where(self.iou >= threshold, self.iou, 0.0), maximize=True
+        )
         return [
             (int(self.predicted_ids[r]), int(self.true_ids[c]), float(self.iou[r, c]))
-            for r, c in zip(rows, cols) if self.iou[r, c] >= threshold and self.iou[r, c] > 0
+            for r, c in zip(rows, cols)
+            if self.iou[r, c] >= threshold and self.iou[r, c] > 0
         ]
 
 
@@ -73,13 +76,17 @@ def instance_overlap(predicted: np.ndarray, truth: np.ndarray) -> InstanceOverla
     pred_ids, pred_index = np.unique(predicted, return_inverse=True)
     true_ids, true_index = np.unique(truth, return_inverse=True)
     pairs = pred_index.ravel().astype(np.int64) * len(true_ids) + true_index.ravel()
-    joint = np.bincount(pairs, minlength=len(pred_ids) * len(true_ids)).reshape(len(pred_ids), len(true_ids))
+    joint = np.bincount(pairs, minlength=len(pred_ids) * len(true_ids)).reshape(
+        len(pred_ids), len(true_ids)
+    )
     pred_area, true_area = joint.sum(axis=1), joint.sum(axis=0)
     keep_pred, keep_true = pred_ids != 0, true_ids != 0
     intersection = joint[np.ix_(keep_pred, keep_true)].astype(np.float64)
     union = pred_area[keep_pred, None] + true_area[None, keep_true] - intersection
     iou = np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
-    return InstanceOverlap(pred_ids[keep_pred].astype(np.int64), true_ids[keep_true].astype(np.int64), iou)
+    return InstanceOverlap(
+        pred_ids[keep_pred].astype(np.int64), true_ids[keep_true].astype(np.int64), iou
+    )
 
 
 def average_precision(predicted: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:

@@ -65,7 +65,7 @@ class CacheSignature:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, payload: dict) -> "CacheSignature":
+    def from_dict(cls, payload: dict) -> CacheSignature:
         fields = {k: v for k, v in payload.items() if k not in ("format", "version")}
         fields.setdefault("upscale", 1.0)  # caches written before tiles were stored
         fields["data_shape"] = tuple(fields["data_shape"])
@@ -74,9 +74,13 @@ class CacheSignature:
         fields["normalization"] = tuple(norm)
         return cls(**fields)
 
-    def differences(self, other: "CacheSignature") -> list[str]:
+    def differences(self, other: CacheSignature) -> list[str]:
         mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: cache has {theirs[k]!r}, expected {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
+        return [
+            f"{k}: cache has {theirs[k]!r}, expected {mine[k]!r}"
+            for k in mine
+            if mine[k] != theirs[k]
+        ]
 
 
 def data_fingerprint(data, layout: PlaneLayout, planes: int = FINGERPRINT_PLANES) -> str:
@@ -84,15 +88,25 @@ def data_fingerprint(data, layout: PlaneLayout, planes: int = FINGERPRINT_PLANES
     digest = hashlib.sha256(json.dumps([list(layout.shape), str(np.dtype(data.dtype))]).encode())
     count = int(np.prod(layout.stack_shape)) if layout.stack_ndim else 1
     for flat in np.unique(np.linspace(0, count - 1, min(planes, count)).round().astype(int)):
-        key = tuple(int(i) for i in np.unravel_index(flat, layout.stack_shape)) if layout.stack_ndim else ()
+        key = (
+            tuple(int(i) for i in np.unravel_index(flat, layout.stack_shape))
+            if layout.stack_ndim
+            else ()
+        )
         plane = read_plane(data, layout, key)
         digest.update(np.ascontiguousarray(plane[::7, ::7]).tobytes())
     return digest.hexdigest()
 
 
 def cache_signature(
-    data, layout: PlaneLayout, model_id: str, normalization: Normalization,
-    feature_dtype: str = "float32", tile: int | None = None, halo: int = 0, upscale: float = 1.0,
+    data,
+    layout: PlaneLayout,
+    model_id: str,
+    normalization: Normalization,
+    feature_dtype: str = "float32",
+    tile: int | None = None,
+    halo: int = 0,
+    upscale: float = 1.0,
 ) -> CacheSignature:
     """The signature a cache for this data and these settings must carry.
 
@@ -104,14 +118,22 @@ def cache_signature(
     if tile is not None:
         tile_grid(layout.plane_shape, tile, halo)  # validates tile and halo
     if feature_dtype not in ("float32", "float16"):
-        raise InvalidInputError(f"feature_dtype must be 'float32' or 'float16'; got {feature_dtype!r}.")
+        raise InvalidInputError(
+            f"feature_dtype must be 'float32' or 'float16'; got {feature_dtype!r}."
+        )
     n = normalization
     return CacheSignature(
-        data_shape=tuple(layout.shape), data_dtype=str(np.dtype(data.dtype)),
-        channel_axis=layout.channel_axis, fingerprint=data_fingerprint(data, layout),
-        model_id=model_id, normalization=(n.low, n.high, n.channel, n.channel_weights),
-        tile=None if tile is None else int(tile), halo=int(halo), feature_dtype=feature_dtype,
-        package_version=__version__, upscale=check_upscale(upscale),
+        data_shape=tuple(layout.shape),
+        data_dtype=str(np.dtype(data.dtype)),
+        channel_axis=layout.channel_axis,
+        fingerprint=data_fingerprint(data, layout),
+        model_id=model_id,
+        normalization=(n.low, n.high, n.channel, n.channel_weights),
+        tile=None if tile is None else int(tile),
+        halo=int(halo),
+        feature_dtype=feature_dtype,
+        package_version=__version__,
+        upscale=check_upscale(upscale),
     )
 
 
@@ -132,12 +154,18 @@ class EmbeddingCache:
         self.grid = None  # list of Tile when tiled
         if signature.tile is not None:
             self.grid = tile_grid(layout.plane_shape, signature.tile, signature.halo)
-        self.grid_shape = () if self.grid is None else tuple(int(i) + 1 for i in self.grid[-1].index)
+        self.grid_shape = (
+            () if self.grid is None else tuple(int(i) + 1 for i in self.grid[-1].index)
+        )
 
     @classmethod
     def open(
-        cls, path: str | Path, signature: CacheSignature, layout: PlaneLayout, overwrite: bool = False,
-    ) -> "EmbeddingCache":
+        cls,
+        path: str | Path,
+        signature: CacheSignature,
+        layout: PlaneLayout,
+        overwrite: bool = False,
+    ) -> EmbeddingCache:
         """Open (or create) the cache at ``path`` for data with ``signature``.
 
         Raises
@@ -171,18 +199,29 @@ class EmbeddingCache:
                 shutil.rmtree(path)
         cache = cls(zarr.open_group(path, mode="w"), signature, layout)
         cache._create_arrays()
-        cache.group.attrs["napari_sam"] = signature.to_dict()  # last: a half-made cache has no signature
+        cache.group.attrs["napari_sam"] = (
+            signature.to_dict()
+        )  # last: a half-made cache has no signature
         return cache
 
     def _create_arrays(self) -> None:
         units = self.layout.stack_shape + self.grid_shape  # one chunk per plane or tile
         ones = (1,) * len(units)
         dtype = self.signature.feature_dtype
-        self.group.create_array("features", shape=units + (256, 64, 64), chunks=ones + (256, 64, 64),
-                                dtype=dtype, fill_value=0)
-        self.group.create_array("input_size", shape=units + (2,), chunks=ones + (2,), dtype="int32", fill_value=0)
+        self.group.create_array(
+            "features",
+            shape=units + (256, 64, 64),
+            chunks=ones + (256, 64, 64),
+            dtype=dtype,
+            fill_value=0,
+        )
+        self.group.create_array(
+            "input_size", shape=units + (2,), chunks=ones + (2,), dtype="int32", fill_value=0
+        )
         for name, kind in (("checksum", "uint32"), ("complete", "uint8")):
-            self.group.create_array(name, shape=units or (1,), chunks=ones or (1,), dtype=kind, fill_value=0)
+            self.group.create_array(
+                name, shape=units or (1,), chunks=ones or (1,), dtype=kind, fill_value=0
+            )
 
     @property
     def tiled(self) -> bool:
@@ -194,10 +233,16 @@ class EmbeddingCache:
         if self.tiled != (tile is not None):
             raise InvalidInputError(
                 f"This cache stores {'tiles' if self.tiled else 'whole planes'}: "
-                + ("give the tile's (row, col) grid index." if self.tiled else "give no tile index.")
+                + (
+                    "give the tile's (row, col) grid index."
+                    if self.tiled
+                    else "give no tile index."
+                )
             )
         if tile is not None and not all(0 <= t < n for t, n in zip(tile, self.grid_shape)):
-            raise InvalidInputError(f"Tile {tuple(tile)} is outside the cache's {self.grid_shape} grid.")
+            raise InvalidInputError(
+                f"Tile {tuple(tile)} is outside the cache's {self.grid_shape} grid."
+            )
         index = tuple(key) + (tuple(int(t) for t in tile) if tile is not None else ())
         return index if index else (0,)
 
@@ -224,16 +269,22 @@ class EmbeddingCache:
             features = np.asarray(self.group["features"][where])
         except Exception:  # a damaged chunk fails to decode
             return None
-        if zlib.crc32(np.ascontiguousarray(features).tobytes()) != int(self.group["checksum"][index]):
+        if zlib.crc32(np.ascontiguousarray(features).tobytes()) != int(
+            self.group["checksum"][index]
+        ):
             return None
         rows, cols = (int(v) for v in self.group["input_size"][where])
         return Embedding(
             features=torch.from_numpy(features.astype(np.float32))[None],
-            input_size=(rows, cols), original_size=self._original_size(tile),
-            model_id=self.signature.model_id, normalization=self.normalization,
+            input_size=(rows, cols),
+            original_size=self._original_size(tile),
+            model_id=self.signature.model_id,
+            normalization=self.normalization,
         )
 
-    def save(self, key: tuple[int, ...], embedding: Embedding, tile: tuple[int, int] | None = None) -> None:
+    def save(
+        self, key: tuple[int, ...], embedding: Embedding, tile: tuple[int, int] | None = None
+    ) -> None:
         """Write features, then their checksum, then the completion flag."""
         if embedding.model_id != self.signature.model_id:
             raise CacheMismatchError(
@@ -252,10 +303,12 @@ class EmbeddingCache:
         self.group["checksum"][index] = zlib.crc32(np.ascontiguousarray(features).tobytes())
         self.group["complete"][index] = 1
 
-    def tiles(self, key: tuple[int, ...]) -> "PlaneTiles":
+    def tiles(self, key: tuple[int, ...]) -> PlaneTiles:
         """The tiles of one plane as a backend keyed by (tile row, tile col)."""
         if not self.tiled:
-            raise InvalidInputError("This cache stores whole planes, not tiles: open it with a tile size.")
+            raise InvalidInputError(
+                "This cache stores whole planes, not tiles: open it with a tile size."
+            )
         return PlaneTiles(self, self.layout.check_key(key))
 
     def _original_size(self, tile: tuple[int, int] | None) -> tuple[int, int]:
@@ -281,7 +334,11 @@ class PlaneTiles:
 
     def completed(self) -> set[tuple[int, int]]:
         """Grid indices of the tiles marked complete (one read of this plane's flags)."""
-        flags = np.asarray(self.cache.group["complete"][self.key] if self.key else self.cache.group["complete"][...])
+        flags = np.asarray(
+            self.cache.group["complete"][self.key]
+            if self.key
+            else self.cache.group["complete"][...]
+        )
         return {(int(r), int(c)) for r, c in np.argwhere(flags)}
 
 

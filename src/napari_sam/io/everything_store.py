@@ -74,7 +74,11 @@ class StoreSignature:
     def differences(self, other: StoreSignature) -> list[str]:
         """One line per field that differs, as 'field: store has X, expected Y'."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: store has {theirs[k]!r}, expected {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
+        return [
+            f"{k}: store has {theirs[k]!r}, expected {mine[k]!r}"
+            for k in mine
+            if mine[k] != theirs[k]
+        ]
 
 
 class EverythingStore:
@@ -85,7 +89,11 @@ class EverythingStore:
 
     @classmethod
     def open(
-        cls, path: str | Path, signature: StoreSignature, plane_shape: tuple[int, int], slices: int,
+        cls,
+        path: str | Path,
+        signature: StoreSignature,
+        plane_shape: tuple[int, int],
+        slices: int,
         overwrite: bool = False,
     ) -> EverythingStore:
         """Open the store at ``path`` for a run with ``signature``, creating it if needed.
@@ -125,9 +133,15 @@ class EverythingStore:
     def _create_arrays(self, plane_shape: tuple[int, int], slices: int) -> None:
         chunks = (1,) + tuple(min(s, MAX_CHUNK) for s in plane_shape)
         for name in ("sections", "labels"):
-            self.group.create_array(name, shape=(slices,) + plane_shape, chunks=chunks, dtype="int32", fill_value=0)
-        self.group.create_array("objects", shape=(slices,), chunks=(1,), dtype="int32", fill_value=0)
-        self.group.create_array("complete", shape=(slices,), chunks=(1,), dtype="uint8", fill_value=0)
+            self.group.create_array(
+                name, shape=(slices,) + plane_shape, chunks=chunks, dtype="int32", fill_value=0
+            )
+        self.group.create_array(
+            "objects", shape=(slices,), chunks=(1,), dtype="int32", fill_value=0
+        )
+        self.group.create_array(
+            "complete", shape=(slices,), chunks=(1,), dtype="uint8", fill_value=0
+        )
 
     @property
     def sections(self):
@@ -152,8 +166,14 @@ class EverythingStore:
     def clear_labels(self) -> None:
         """Reset the 3D labels to background (before a run writes its z-range)."""
         old = self.group["labels"]
-        self.group.create_array("labels", shape=old.shape, chunks=old.chunks, dtype="int32", fill_value=0,
-                                overwrite=True)
+        self.group.create_array(
+            "labels",
+            shape=old.shape,
+            chunks=old.chunks,
+            dtype="int32",
+            fill_value=0,
+            overwrite=True,
+        )
 
     def object_counts(self) -> np.ndarray:
         """(Z,) int64: 2D objects per slice (0 where not complete)."""

@@ -82,5 +82,7 @@ def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) 
     elif suffix == ".npy":
         np.save(path, labels)
     else:
-        raise InvalidInputError(f"Unsupported output format {suffix!r} for {path}: use .tif, .png or .npy.")
+        raise InvalidInputError(
+            f"Unsupported output format {suffix!r} for {path}: use .tif, .png or .npy."
+        )
     return path

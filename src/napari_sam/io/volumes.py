@@ -140,8 +140,10 @@ def _expand_key(key: tuple, ndim: int) -> tuple:
     """A key of exactly ``ndim`` ints and slices (``...`` and missing axes filled)."""
     key = tuple(int(k) if isinstance(k, np.integer) else k for k in key)
     dots = sum(k is Ellipsis for k in key)  # not count(): arrays compare elementwise
-    if dots > 1 or len(key) - dots > ndim or any(
-        not isinstance(k, (int, slice)) and k is not Ellipsis for k in key
+    if (
+        dots > 1
+        or len(key) - dots > ndim
+        or any(not isinstance(k, (int, slice)) and k is not Ellipsis for k in key)
     ):
         raise InvalidInputError(
             f"Index {key!r} is not supported on a reordered view of {ndim} axes: use at most "
@@ -394,6 +396,8 @@ def _tiff_scale(tif, index: int, axes: str, level: int) -> tuple[float, ...]:
     sizes.update(z=float(imagej.get("spacing", 1.0)), t=float(imagej.get("finterval", 1.0)))
     xml = ElementTree.fromstring(tif.ome_metadata) if tif.ome_metadata else ElementTree.Element("")
     pixels = [e for e in xml.iter() if e.tag.endswith("}Pixels")][index : index + 1]
-    sizes.update({a: float(p.get(n) or 1.0) for p in pixels for a, n in OME_SIZES.items() if p.get(n)})
+    sizes.update(
+        {a: float(p.get(n) or 1.0) for p in pixels for a, n in OME_SIZES.items() if p.get(n)}
+    )
     base, shape = series.shape, series.levels[level].shape
     return tuple(sizes.get(a, 1.0) * (base[i] / shape[i]) for i, a in enumerate(axes))

@@ -25,8 +25,9 @@ from napari_sam.training.network import load_trainable
 MIN_GROUPS_FOR_VALIDATION = 3  # fewer annotated groups: train on all, keep the last weights
 
 
-def annotated_images(image: np.ndarray, labels: np.ndarray, name: str = "annotations",
-                     channel: int | None = None) -> list[LabelledImage]:
+def annotated_images(
+    image: np.ndarray, labels: np.ndarray, name: str = "annotations", channel: int | None = None
+) -> list[LabelledImage]:
     """The annotated planes of an image or volume as labelled images.
 
     Parameters
@@ -49,10 +50,13 @@ def annotated_images(image: np.ndarray, labels: np.ndarray, name: str = "annotat
 
 
 def fine_tune_annotations(
-    images: list[LabelledImage], model: str | Path | SamModel, output: str | Path,
+    images: list[LabelledImage],
+    model: str | Path | SamModel,
+    output: str | Path,
     config: TrainingConfig | None = None,
     progress: Callable[[TrainingProgress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None, architecture: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    architecture: str | None = None,
 ) -> TrainingResult:
     """Fine-tune ``model`` on annotated images; returns where the new weights are.
 
@@ -78,4 +82,6 @@ def fine_tune_annotations(
     else:
         training, validation = images, []
     trainable = load_trainable(model, architecture)
-    return train(trainable, training, validation, output, config, progress=progress, should_stop=should_stop)
+    return train(
+        trainable, training, validation, output, config, progress=progress, should_stop=should_stop
+    )

@@ -36,8 +36,14 @@ CALIBRATION_IMAGES = 12  # images measured, spread over the list
 CALIBRATION_OBJECTS = 16  # objects per image (a fixed draw)
 
 
-def point_logits(model, images: list[LabelledImage], store: EmbeddingStore | None = None,
-                 objects: int = CALIBRATION_OBJECTS, seed: int = 0, min_area: int = 20) -> torch.Tensor:
+def point_logits(
+    model,
+    images: list[LabelledImage],
+    store: EmbeddingStore | None = None,
+    objects: int = CALIBRATION_OBJECTS,
+    seed: int = 0,
+    min_area: int = 20,
+) -> torch.Tensor:
     """Low-resolution logits of the mask a user is shown for a click on each object.
 
     The click is the object's most interior pixel and the mask the one of three with the
@@ -62,7 +68,9 @@ def point_logits(model, images: list[LabelledImage], store: EmbeddingStore | Non
     store = store or EmbeddingStore()
     predictor = Predictor(model)
     rng = np.random.default_rng(seed)
-    picked = np.unique(np.linspace(0, len(images) - 1, min(len(images), CALIBRATION_IMAGES)).round().astype(int))
+    picked = np.unique(
+        np.linspace(0, len(images) - 1, min(len(images), CALIBRATION_IMAGES)).round().astype(int)
+    )
     chunks = []
     for index in picked if len(images) else []:
         image = images[int(index)]
@@ -75,7 +83,9 @@ def point_logits(model, images: list[LabelledImage], store: EmbeddingStore | Non
         points = np.stack([interior_point(image.labels == i) for i in ids])
         result = predictor.predict_batch(points=points, multimask=True)
         best = result.scores.argmax(axis=1)
-        chunks.append(torch.from_numpy(np.ascontiguousarray(result.logits[np.arange(len(ids)), best])))
+        chunks.append(
+            torch.from_numpy(np.ascontiguousarray(result.logits[np.arange(len(ids)), best]))
+        )
     return torch.cat(chunks) if chunks else torch.zeros((0, 256, 256))
 
 
@@ -91,7 +101,9 @@ def stability_each(logits: torch.Tensor, scale: float | torch.Tensor = 1.0) -> t
     return torch.where(outer > 0, inner / outer.clamp(min=1), torch.ones_like(inner))
 
 
-def fit_logit_scale(logits: torch.Tensor, base_stability: torch.Tensor, max_scale: float = MAX_SCALE) -> float:
+def fit_logit_scale(
+    logits: torch.Tensor, base_stability: torch.Tensor, max_scale: float = MAX_SCALE
+) -> float:
     """The scale that gives fine-tuned logits the stability of the base model's.
 
     For each prompt, the factor (between ``1 / max_scale`` and ``max_scale``) at which the
@@ -144,12 +156,19 @@ class LogitCalibration:
     calibrated_median: float  # ... after scaling
 
     def to_dict(self) -> dict:
-        return {name: round(value, 4) if isinstance(value, float) else value
-                for name, value in asdict(self).items()}
+        return {
+            name: round(value, 4) if isinstance(value, float) else value
+            for name, value in asdict(self).items()
+        }
 
 
-def calibrate(trainable, images: list[LabelledImage], base_stability: torch.Tensor,
-              store: EmbeddingStore | None = None, seed: int = 0) -> LogitCalibration:
+def calibrate(
+    trainable,
+    images: list[LabelledImage],
+    base_stability: torch.Tensor,
+    store: EmbeddingStore | None = None,
+    seed: int = 0,
+) -> LogitCalibration:
     """Measure the fine-tuned ``trainable`` on the base model's prompts and fold the scale in.
 
     Parameters
@@ -165,13 +184,18 @@ def calibrate(trainable, images: list[LabelledImage], base_stability: torch.Tens
 
     logits = point_logits(inference_model(trainable), images, store, seed=seed)
     if len(logits) != len(base_stability):
-        raise ValueError(f"{len(logits)} prompts now, {len(base_stability)} for the base model: "
-                         "calibrate on the images the base model was measured on.")
+        raise ValueError(
+            f"{len(logits)} prompts now, {len(base_stability)} for the base model: "
+            "calibrate on the images the base model was measured on."
+        )
     scale = fit_logit_scale(logits, base_stability)
     apply_logit_scale(trainable.module, scale)
     return LogitCalibration(
-        scale=scale, prompts=len(logits), base_median=_median(base_stability),
-        tuned_median=_median(stability_each(logits)), calibrated_median=_median(stability_each(logits, scale)),
+        scale=scale,
+        prompts=len(logits),
+        base_median=_median(base_stability),
+        tuned_median=_median(stability_each(logits)),
+        calibrated_median=_median(stability_each(logits, scale)),
     )
 
 

@@ -51,15 +51,23 @@ class LoopState:
             self.stale += 1
 
 
-def save_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: LoopState, config) -> Path:
+def save_checkpoint(
+    path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: LoopState, config
+) -> Path:
     """Write everything needed to resume, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "format": FORMAT, "step": state.step, "module": module.state_dict(),
-        "optimizer": optimizer.state_dict(), "rng": state.rng.bit_generator.state,
-        "history": state.history, "best_score": state.best_score, "best_step": state.best_step,
-        "best_state": state.best_state, "stale": state.stale, "config": config.to_dict(),
+        "format": FORMAT,
+        "step": state.step,
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": state.rng.bit_generator.state,
+        "history": state.history,
+        "best_score": state.best_score,
+        "best_step": state.best_step,
+        "best_state": state.best_state,
+        "stale": state.stale,
+        "config": config.to_dict(),
         "base_stability": state.base_stability,
     }
     temporary = path.with_name(f".{path.name}.part")
@@ -68,8 +76,9 @@ def save_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
     return path
 
 
-def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config=None) -> LoopState:
+def load_checkpoint(
+    path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, config=None
+) -> LoopState:
     """Restore weights and optimizer in place; return the loop state to continue from.
 
     Parameters
@@ -108,19 +117,28 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.
     rng = np.random.default_rng()
     rng.bit_generator.state = payload["rng"]
     return LoopState(
-        step=payload["step"], rng=rng, history=list(payload["history"]),
-        best_score=payload["best_score"], best_step=payload["best_step"],
-        best_state=payload["best_state"], stale=payload["stale"],
+        step=payload["step"],
+        rng=rng,
+        history=list(payload["history"]),
+        best_score=payload["best_score"],
+        best_step=payload["best_step"],
+        best_state=payload["best_state"],
+        stale=payload["stale"],
         base_stability=payload.get("base_stability"),  # absent before calibration existed
     )
 
 
 def _check_parts(path: Path, saved: dict, current: dict) -> None:
     """Refuse to resume with other trained parameters than the checkpoint's."""
-    names = [name for name in OPTIMIZED_PARTS if name != "encoder_blocks" or current["trainable"] == "encoder-last"]
+    names = [
+        name
+        for name in OPTIMIZED_PARTS
+        if name != "encoder_blocks" or current["trainable"] == "encoder-last"
+    ]
     changed = [
         f"{name}={saved.get(name, OPTIMIZED_PARTS[name])!r} (now {current[name]!r})"
-        for name in names if saved.get(name, OPTIMIZED_PARTS[name]) != current[name]
+        for name in names
+        if saved.get(name, OPTIMIZED_PARTS[name]) != current[name]
     ]
     if changed:
         raise CheckpointError(

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 from napari_sam.errors import InvalidInputError
 
-
 # What trains: the mask decoder; with the prompt encoder; the last encoder blocks too; all.
 TRAINABLE_PARTS = ("decoder", "decoder+prompt", "encoder-last", "full")
 
@@ -109,8 +108,16 @@ class TrainingConfig:
             raise InvalidInputError(
                 f"trainable must be one of {', '.join(TRAINABLE_PARTS)}; got {self.trainable!r}."
             )
-        for name in ("steps", "objects_per_step", "validate_every", "validation_objects",
-                     "validation_iterations", "patience", "checkpoint_every", "encoder_blocks"):
+        for name in (
+            "steps",
+            "objects_per_step",
+            "validate_every",
+            "validation_objects",
+            "validation_iterations",
+            "patience",
+            "checkpoint_every",
+            "encoder_blocks",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name} must be at least 1; got {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -138,7 +145,9 @@ class TrainingConfig:
         values["prompts"] = PromptSettings(**values["prompts"])
         values["losses"] = LossWeights(**values["losses"])
         values["decay_at"] = tuple(values["decay_at"])
-        values.setdefault("freeze_iou_head", False)  # cards and checkpoints from before the option trained it
+        values.setdefault(
+            "freeze_iou_head", False
+        )  # cards and checkpoints from before the option trained it
         return cls(**values)
 
 

@@ -48,8 +48,11 @@ class LabelledImage:
 
 
 def make_labelled_image(
-    image: np.ndarray, labels: np.ndarray, name: str,
-    normalization: Normalization | None = None, group: str | None = None,
+    image: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    normalization: Normalization | None = None,
+    group: str | None = None,
     channel: int | None = None,
 ) -> LabelledImage:
     """Check one image + labels pair and wrap it.
@@ -89,8 +92,11 @@ def make_labelled_image(
 
 
 def images_from_arrays(
-    image: np.ndarray, labels: np.ndarray, name: str = "image",
-    z_range: tuple[int, int] | None = None, channel: int | None = None,
+    image: np.ndarray,
+    labels: np.ndarray,
+    name: str = "image",
+    z_range: tuple[int, int] | None = None,
+    channel: int | None = None,
 ) -> list[LabelledImage]:
     """Labelled planes from an in-memory pair (numpy arrays, napari layer data).
 
@@ -136,8 +142,10 @@ def images_from_arrays(
 
 
 def images_from_files(
-    image_path: str | Path, labels_path: str | Path,
-    z_range: tuple[int, int] | None = None, channel: int | None = None,
+    image_path: str | Path,
+    labels_path: str | Path,
+    z_range: tuple[int, int] | None = None,
+    channel: int | None = None,
     key: str | None = None,
 ) -> list[LabelledImage]:
     """Labelled planes from an image file and its labels file (TIFF, zarr, PNG, .npy).
@@ -156,7 +164,9 @@ def images_from_files(
 
 
 def images_from_folder(
-    folder: str | Path, pattern: str = "*.tif", label_suffix: str = "_labels",
+    folder: str | Path,
+    pattern: str = "*.tif",
+    label_suffix: str = "_labels",
     channel: int | None = None,
 ) -> list[LabelledImage]:
     """Every image matching ``pattern`` whose labels lie beside it as ``STEM{suffix}.EXT``.

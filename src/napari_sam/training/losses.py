@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from napari_sam.training.config import LossWeights
 
 FOCAL_ALPHA = 0.25  # weight of the positive class (Lin et al.'s default)
@@ -71,7 +72,9 @@ class PromptLoss:
 
 
 def prompt_loss(
-    logits: torch.Tensor, predicted_iou: torch.Tensor, targets: torch.Tensor,
+    logits: torch.Tensor,
+    predicted_iou: torch.Tensor,
+    targets: torch.Tensor,
     weights: LossWeights = LossWeights(),
 ) -> PromptLoss:
     """Loss of the decoder's candidates for a batch of objects.
@@ -88,7 +91,9 @@ def prompt_loss(
     -------
     PromptLoss
     """
-    per_mask = weights.focal * focal_loss(logits, targets) + weights.dice * dice_loss(logits, targets)
+    per_mask = weights.focal * focal_loss(logits, targets) + weights.dice * dice_loss(
+        logits, targets
+    )
     best = per_mask.detach().argmin(dim=1)
     rows = torch.arange(len(best), device=best.device)
     mask_term = per_mask[rows, best].mean()
@@ -98,6 +103,9 @@ def prompt_loss(
     # gradient would still reach the transformer that the IoU token passes through.
     total = mask_term + weights.iou * iou_term if weights.iou else mask_term
     return PromptLoss(
-        total=total, mask=float(mask_term.detach()), iou=float(iou_term.detach()),
-        best=best, best_iou=float(actual[rows, best].mean()),
+        total=total,
+        mask=float(mask_term.detach()),
+        iou=float(iou_term.detach()),
+        best=best,
+        best_iou=float(actual[rows, best].mean()),
     )

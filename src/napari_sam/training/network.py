@@ -41,8 +41,10 @@ class TrainableSam:
 
 
 def load_trainable(
-    model: str | Path | SamModel = "vit_t", architecture: str | None = None,
-    from_scratch: bool = False, seed: int = 0,
+    model: str | Path | SamModel = "vit_t",
+    architecture: str | None = None,
+    from_scratch: bool = False,
+    seed: int = 0,
 ) -> TrainableSam:
     """Build a SAM for training from a released checkpoint, a file, or random weights.
 
@@ -115,7 +117,11 @@ def state_fingerprint(state: dict[str, torch.Tensor]) -> str:
     for key in sorted(state):
         tensor = state[key].detach().cpu().contiguous()
         digest.update(key.encode())
-        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+        digest.update(
+            tensor.numpy().tobytes()
+            if tensor.dtype != torch.bfloat16
+            else tensor.float().numpy().tobytes()
+        )
     return digest.hexdigest()
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from napari_sam.errors import InvalidInputError
 from napari_sam.training.config import TRAINABLE_PARTS
 
+
 def encoder_units(encoder: nn.Module) -> list[list[nn.Parameter]]:
     """The image encoder's parameters in depth order: stem, each block, neck.
 
@@ -51,7 +52,11 @@ def iou_head_parameters(sam: nn.Module) -> list[nn.Parameter]:
 
 
 def parameter_groups(
-    sam: nn.Module, parts: str, encoder_blocks: int, layer_decay: float, weight_decay: float,
+    sam: nn.Module,
+    parts: str,
+    encoder_blocks: int,
+    layer_decay: float,
+    weight_decay: float,
     freeze_iou_head: bool = False,
 ) -> list[dict]:
     """Mark what trains (``requires_grad``) and group it for AdamW.
@@ -78,7 +83,9 @@ def parameter_groups(
         AdamW parameter groups, each with ``lr_scale``.
     """
     if parts not in TRAINABLE_PARTS:
-        raise InvalidInputError(f"Unknown trainable parts {parts!r}; choose one of {', '.join(TRAINABLE_PARTS)}.")
+        raise InvalidInputError(
+            f"Unknown trainable parts {parts!r}; choose one of {', '.join(TRAINABLE_PARTS)}."
+        )
     for parameter in sam.parameters():
         parameter.requires_grad_(False)
     scaled: list[tuple[nn.Parameter, float]] = [(p, 1.0) for p in sam.mask_decoder.parameters()]
@@ -111,21 +118,27 @@ def parameter_groups(
     ]
 
 
-def make_optimizer(groups: list[dict], learning_rate: float, betas=(0.9, 0.999)) -> torch.optim.AdamW:
+def make_optimizer(
+    groups: list[dict], learning_rate: float, betas=(0.9, 0.999)
+) -> torch.optim.AdamW:
     """AdamW over the groups; each group's lr is ``learning_rate * lr_scale``."""
     for group in groups:
         group["lr"] = learning_rate * group["lr_scale"]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
-def learning_rate_factor(step: int, total: int, warmup: int, decay_at: tuple[float, ...], gamma: float = 0.1) -> float:
+def learning_rate_factor(
+    step: int, total: int, warmup: int, decay_at: tuple[float, ...], gamma: float = 0.1
+) -> float:
     """Linear warm-up over ``warmup`` steps, then x ``gamma`` at each fraction in ``decay_at``."""
     factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     passed = sum(step >= round(fraction * total) for fraction in decay_at)
     return factor * gamma**passed
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float, factor: float) -> None:
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, learning_rate: float, factor: float
+) -> None:
     """Apply a schedule factor to every group (keeping each group's layer-wise scale)."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate * group["lr_scale"] * factor
@@ -137,7 +150,9 @@ def residual_blocks(encoder: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def install_drop_path(encoder: nn.Module, rate: float, generator: torch.Generator) -> Iterator[None]:
+def install_drop_path(
+    encoder: nn.Module, rate: float, generator: torch.Generator
+) -> Iterator[None]:
     """Drop each block's attention and MLP branches at random while the encoder trains.
 
     The rate grows linearly from 0 at the first block to ``rate`` at the last; a kept

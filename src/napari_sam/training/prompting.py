@@ -63,15 +63,24 @@ def iteration_plan(iterations: int, quiet_iterations: int, rng: np.random.Genera
     plan = [True] * (iterations - 1)
     if quiet_iterations:
         plan[-1] = False
-        others = rng.choice(iterations - 2, size=quiet_iterations - 1, replace=False) if iterations > 2 else []
+        others = (
+            rng.choice(iterations - 2, size=quiet_iterations - 1, replace=False)
+            if iterations > 2
+            else []
+        )
         for index in others:
             plan[int(index)] = False
     return plan
 
 
 def first_prompts(
-    targets: torch.Tensor, boxes: torch.Tensor, use_box: bool, rng: np.random.Generator,
-    box_noise: float = 0.1, max_box_noise: float = 20.0, input_size: tuple[int, int] = (1024, 1024),
+    targets: torch.Tensor,
+    boxes: torch.Tensor,
+    use_box: bool,
+    rng: np.random.Generator,
+    box_noise: float = 0.1,
+    max_box_noise: float = 20.0,
+    input_size: tuple[int, int] = (1024, 1024),
 ) -> PromptState:
     """The first prompt of each object: one foreground point or a noisy box.
 
@@ -95,7 +104,10 @@ def first_prompts(
         h, w = input_size
         noisy[:, 0::2] = noisy[:, 0::2].clamp(0, w - 1)
         noisy[:, 1::2] = noisy[:, 1::2].clamp(0, h - 1)
-        low, high = torch.minimum(noisy[:, :2], noisy[:, 2:]), torch.maximum(noisy[:, :2], noisy[:, 2:])
+        low, high = (
+            torch.minimum(noisy[:, :2], noisy[:, 2:]),
+            torch.maximum(noisy[:, :2], noisy[:, 2:]),
+        )
         return PromptState(None, None, torch.cat([low, high], dim=1), None)
     xy = torch.stack([_uniform_pixel(t[0] > 0.5, rng) for t in targets])
     points = low_res_to_xy(xy, rng)[:, None, :]
@@ -137,7 +149,9 @@ def error_points(
     return points, labels_tensor
 
 
-def add_point(state: PromptState, points: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> PromptState:
+def add_point(
+    state: PromptState, points: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor
+) -> PromptState:
     """The next iteration's prompts: one more point per object and the fed-back logits."""
     if state.points is None:
         new_points, new_labels = points[:, None], labels[:, None]

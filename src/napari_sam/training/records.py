@@ -21,14 +21,24 @@ from napari_sam.training.network import write_model_card
 CARD_FORMAT = "napari-sam model card 1"
 IOU_HEAD_NOTES = {  # keyed by TrainingConfig.freeze_iou_head
     True: "released (frozen while training): predicted IoUs keep the base model's scale, "
-          "segment-everything's default pred_iou_thresh applies",
+    "segment-everything's default pred_iou_thresh applies",
     False: "trained: predicted IoUs follow the training labels and are lower than the base "
-           "model's; segment-everything may need a lower pred_iou_thresh (docs/training.md)",
+    "model's; segment-everything may need a lower pred_iou_thresh (docs/training.md)",
 }
 
 
-def write_training_card(path: Path, weights: Path, trainable, config, state, stopped: str,
-                        best_step: int, train_images, validation_images, calibration=None) -> Path:
+def write_training_card(
+    path: Path,
+    weights: Path,
+    trainable,
+    config,
+    state,
+    stopped: str,
+    best_step: int,
+    train_images,
+    validation_images,
+    calibration=None,
+) -> Path:
     """Write the card of a finished training run (see the module docstring)."""
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
@@ -41,10 +51,13 @@ def write_training_card(path: Path, weights: Path, trainable, config, state, sto
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "napari_sam_version": __version__,
         "load_with": f"napari_sam.engine.model.loading.load_model({weights.name!r}) or any SAM code "
-                     f"that loads the official {trainable.architecture_name} checkpoint",
+        f"that loads the official {trainable.architecture_name} checkpoint",
         "training": {
-            "steps_done": state.step, "best_step": best_step, "stopped": stopped,
-            "best_validation_mean_iou": state.best_score, "settings": config.to_dict(),
+            "steps_done": state.step,
+            "best_step": best_step,
+            "stopped": stopped,
+            "best_validation_mean_iou": state.best_score,
+            "settings": config.to_dict(),
             "loss_first_last": _ends(state.history),
             "wall_seconds": round(sum(h.get("seconds", 0.0) for h in state.history), 1),
             "cpu_seconds": round(sum(h.get("cpu_seconds", 0.0) for h in state.history), 1),
@@ -53,7 +66,7 @@ def write_training_card(path: Path, weights: Path, trainable, config, state, sto
         "data": {"train": _describe(train_images), "validation": _describe(validation_images)},
         "metrics": {},
         "notes": "MAE pre-training of the image encoder is not provided; from-scratch runs "
-                 "start from random weights.",
+        "start from random weights.",
     }
     return write_model_card(path, card)
 

@@ -65,8 +65,12 @@ class ObjectBatch:
 
 
 def prepare_image(
-    image: LabelledImage, input_size: int, rng: np.random.Generator,
-    crop_size: int | None = None, flips: bool = False, min_area: int = 20,
+    image: LabelledImage,
+    input_size: int,
+    rng: np.random.Generator,
+    crop_size: int | None = None,
+    flips: bool = False,
+    min_area: int = 20,
 ) -> PreparedImage:
     """Normalise, optionally crop and flip, and resize one labelled image.
 
@@ -143,8 +147,12 @@ def low_res_targets(prepared: PreparedImage, ids: np.ndarray) -> torch.Tensor:
     masks = torch.from_numpy(prepared.labels[None] == ids[:, None, None])[:, None].float()
     rows, cols = prepared.low_res_size
     shrinking = rows < masks.shape[-2]
-    scaled = F.interpolate(masks, size=(rows, cols), mode="area" if shrinking else "bilinear",
-                           **({} if shrinking else {"align_corners": False}))
+    scaled = F.interpolate(
+        masks,
+        size=(rows, cols),
+        mode="area" if shrinking else "bilinear",
+        **({} if shrinking else {"align_corners": False}),
+    )
     targets = torch.zeros((len(ids), 1, LOW_RES, LOW_RES))
     targets[:, :, :rows, :cols] = (scaled >= 0.5).float()
     return targets
@@ -154,7 +162,10 @@ def exact_boxes(prepared: PreparedImage, ids: np.ndarray) -> torch.Tensor:
     """(B, 4) float32 tight boxes (x0, y0, x1, y1) of ``ids`` in encoder-input pixels."""
     slices = ndimage.find_objects(prepared.labels, max_label=int(ids.max()))
     corners = np.array(
-        [[s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1] for s in (slices[i - 1] for i in ids)],
+        [
+            [s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1]
+            for s in (slices[i - 1] for i in ids)
+        ],
         dtype=np.float64,
     )
     xy = to_encoder_xy(corners.reshape(-1, 2, 2), prepared.original_size, prepared.input_size)

@@ -47,9 +47,16 @@ class StepResult:
 
 
 def run_prompting(
-    sam: torch.nn.Module, embedding: torch.Tensor, batch: ObjectBatch, settings: PromptSettings,
-    rng: np.random.Generator, input_size: tuple[int, int], weights: LossWeights | None = None,
-    use_box: bool | None = None, backward: bool = True, chunk: int = CHUNK_OBJECTS,
+    sam: torch.nn.Module,
+    embedding: torch.Tensor,
+    batch: ObjectBatch,
+    settings: PromptSettings,
+    rng: np.random.Generator,
+    input_size: tuple[int, int],
+    weights: LossWeights | None = None,
+    use_box: bool | None = None,
+    backward: bool = True,
+    chunk: int = CHUNK_OBJECTS,
 ) -> StepResult:
     """Run every prompting iteration on one image's objects.
 
@@ -81,8 +88,15 @@ def run_prompting(
     image_pe = sam.prompt_encoder.dense_positional_encoding()
     if use_box is None:
         use_box = bool(rng.random() < settings.box_probability)
-    state = first_prompts(batch.targets, batch.boxes, use_box, rng, settings.box_noise,
-                          settings.max_box_noise, input_size)
+    state = first_prompts(
+        batch.targets,
+        batch.boxes,
+        use_box,
+        rng,
+        settings.box_noise,
+        settings.max_box_noise,
+        input_size,
+    )
     plan = iteration_plan(settings.iterations, settings.quiet_iterations, rng) + [False]
     totals = np.zeros(3)
     chosen_iou = []
@@ -105,8 +119,14 @@ def run_prompting(
     if backward and embedding.requires_grad:
         embedding.backward(leaf.grad)
     totals /= len(plan)
-    return StepResult(float(totals[0]), float(totals[1]), float(totals[2]),
-                      chosen_iou[0], chosen_iou[-1], len(batch))
+    return StepResult(
+        float(totals[0]),
+        float(totals[1]),
+        float(totals[2]),
+        chosen_iou[0],
+        chosen_iou[-1],
+        len(batch),
+    )
 
 
 def _chunks(count: int, size: int) -> list[slice]:
@@ -115,9 +135,14 @@ def _chunks(count: int, size: int) -> list[slice]:
 
 def _rows(state: PromptState, rows: slice) -> PromptState:
     """The prompts of some objects of the batch."""
-    pick = (lambda value: None if value is None else value[rows])
-    return replace(state, points=pick(state.points), labels=pick(state.labels), boxes=pick(state.boxes),
-                   mask_logits=pick(state.mask_logits))
+    pick = lambda value: None if value is None else value[rows]
+    return replace(
+        state,
+        points=pick(state.points),
+        labels=pick(state.labels),
+        boxes=pick(state.boxes),
+        mask_logits=pick(state.mask_logits),
+    )
 
 
 def _decode(sam, embedding: torch.Tensor, image_pe: torch.Tensor, state: PromptState):
@@ -129,8 +154,13 @@ def _decode(sam, embedding: torch.Tensor, image_pe: torch.Tensor, state: PromptS
     return logits[:, chosen], predicted_iou[:, chosen]
 
 
-def _next_state(state: PromptState, fed: torch.Tensor, batch: ObjectBatch, adds_point: bool,
-                rng: np.random.Generator) -> PromptState:
+def _next_state(
+    state: PromptState,
+    fed: torch.Tensor,
+    batch: ObjectBatch,
+    adds_point: bool,
+    rng: np.random.Generator,
+) -> PromptState:
     if not adds_point:
         return feed_back(state, fed)
     points, labels = error_points(fed[:, 0] > 0, batch.targets[:, 0] > 0.5, batch.valid, rng)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from napari_sam.training.config import EvaluationSettings
 from napari_sam.training.datasets import LabelledImage
 from napari_sam.training.embeddings import EmbeddingStore
-from napari_sam.training.config import EvaluationSettings
 from napari_sam.training.evaluation import evaluate
 from napari_sam.training.network import TrainableSam, inference_model
 
@@ -32,8 +32,11 @@ class ValidationSet:
     def build(cls, images: list[LabelledImage], config) -> ValidationSet:
         """Measure up to ``config.validation_objects`` objects per image (a fixed draw)."""
         settings = EvaluationSettings(
-            clicks=config.validation_iterations, max_objects=config.validation_objects,
-            min_area=config.min_area, seed=config.seed + 1, point_negative=False,
+            clicks=config.validation_iterations,
+            max_objects=config.validation_objects,
+            min_area=config.min_area,
+            seed=config.seed + 1,
+            point_negative=False,
         )
         usable = tuple(image for image in images if len(image.object_ids(config.min_area)))
         return cls(usable, settings)

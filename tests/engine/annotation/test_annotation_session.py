@@ -56,13 +56,18 @@ def test_batched_objects_get_their_own_masks(session):
     labels = preview.labels((120, 160))
     assert set(np.unique(labels)) <= {0, 1, 2}
     single = session.preview((1,), boxes=[(70, 90, 110, 150)]).objects[0]
-    np.testing.assert_allclose(preview.objects[1].prediction.logits, single.prediction.logits, atol=1e-4)
+    np.testing.assert_allclose(
+        preview.objects[1].prediction.logits, single.prediction.logits, atol=1e-4
+    )
 
 
 def test_cycling_candidates_wraps(session):
     preview = session.preview((0,), points=[(30, 40)])
     start = preview.objects[0].chosen
-    chosen = [preview.cycle(0).objects[0].chosen, preview.cycle(0).cycle(0).cycle(0).objects[0].chosen]
+    chosen = [
+        preview.cycle(0).objects[0].chosen,
+        preview.cycle(0).cycle(0).cycle(0).objects[0].chosen,
+    ]
     assert chosen == [(start + 1) % 3, start]
 
 

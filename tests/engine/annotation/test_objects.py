@@ -22,7 +22,10 @@ def test_each_positive_point_is_an_object_with_all_negatives():
 def test_points_inside_a_box_refine_it():
     objects = group_prompts(POINTS, [1, 0, 1, 1], [(0, 0, 20, 20), (40, 40, 60, 60)])
     assert len(objects) == 3
-    assert objects[0].points.tolist() == [[10, 10], [12, 14]] and objects[0].labels.tolist() == [1, 0]
+    assert objects[0].points.tolist() == [[10, 10], [12, 14]] and objects[0].labels.tolist() == [
+        1,
+        0,
+    ]
     assert objects[1].points.tolist() == [[50, 50]]
     assert objects[2].points.tolist() == [[80, 20]] and objects[2].box is None
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from napari_sam.engine.annotation.session import AnnotationSession
+from napari_sam.engine.annotation.tiled_session import TiledSession, open_session
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import compute_normalization
 from napari_sam.engine.prediction.prompts import to_encoder_xy
-from napari_sam.engine.tiling.prompting import TiledPlane
-from napari_sam.engine.annotation.tiled_session import TiledSession, open_session
 from napari_sam.engine.prediction.upsampling import LogitUpsampler
+from napari_sam.engine.tiling.prompting import TiledPlane
 from napari_sam.errors import OperationCancelled
 
 
@@ -66,12 +66,17 @@ def test_upscaled_tiles_map_prompts_and_masks_by_the_factor(tiny_model, make_ima
             np.testing.assert_array_equal(scale, [2.0, 2.0])
         point = np.array([[rows.start + 100.5, cols.start + 37.25]])
         encoder = to_encoder_xy(point - [rows.start, cols.start], shape, embedding.input_size)
-        back = encoder[0, ::-1] / scale + [rows.start, cols.start]  # (x, y) -> (row, col) plane pixels
+        back = encoder[0, ::-1] / scale + [
+            rows.start,
+            cols.start,
+        ]  # (x, y) -> (row, col) plane pixels
         np.testing.assert_allclose(back, point[0], atol=0.02)
     logits = torch.full((1, 256, 256), -8.0)
     logits[0, 50:80, 20:40] = 8.0  # encoder pixels 200..320 by 80..160 of a full 512 x 512 window
     full = plane.tiles[4].window  # the centre tile's window is a whole 512 x 512
-    mask = (LogitUpsampler((512, 512), plane.embedding(full).input_size, 1024)(logits)[0] > 0).numpy()
+    mask = (
+        LogitUpsampler((512, 512), plane.embedding(full).input_size, 1024)(logits)[0] > 0
+    ).numpy()
     rows, cols = np.nonzero(mask)
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (100, 160, 40, 80)  # halved
 
@@ -83,7 +88,9 @@ def test_tiled_session_embeds_every_tile_once_and_previews_whole_plane_masks(tin
     assert not session.has_embedding(())
     steps = []
     session.embed((), progress=lambda done, total: steps.append((done, total)))
-    assert steps == [(i, 12) for i in range(1, 13)] and len(calls) == 12 and len(backend.saved) == 12
+    assert (
+        steps == [(i, 12) for i in range(1, 13)] and len(calls) == 12 and len(backend.saved) == 12
+    )
     assert session.has_embedding(())
     preview = session.preview((), points=[(150, 250)], boxes=[(20, 30, 90, 120)])
     assert preview.masks().shape == (2, 300, 500)
@@ -102,7 +109,9 @@ def test_tiled_session_embeds_every_tile_once_and_previews_whole_plane_masks(tin
 
 def test_cancelling_keeps_the_tiles_already_encoded(tiny_model, image):
     backend, asked = MemoryTiles(), []
-    plane = TiledPlane(Predictor(tiny_model), image, compute_normalization(image), 128, 16, backend=backend)
+    plane = TiledPlane(
+        Predictor(tiny_model), image, compute_normalization(image), 128, 16, backend=backend
+    )
     with pytest.raises(OperationCancelled, match="cancelled"):
         plane.encode_tiles(should_stop=lambda: len(backend.saved) >= 3 and not asked.append(1))
     assert len(backend.saved) == 3 and not plane.ready()

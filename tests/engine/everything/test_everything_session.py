@@ -5,14 +5,22 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.everything.session import EverythingSession
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import InvalidInputError
 
-LOOSE = EverythingSettings(points_per_side=3, points_per_batch=9, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                           keep_iou_floor=-10.0, keep_stability_floor=0.0, skip_covered=False, skip_margin=None,
-                           drop_background=False)
+LOOSE = EverythingSettings(
+    points_per_side=3,
+    points_per_batch=9,
+    pred_iou_thresh=0.0,
+    stability_score_thresh=0.0,
+    keep_iou_floor=-10.0,
+    keep_stability_floor=0.0,
+    skip_covered=False,
+    skip_margin=None,
+    drop_background=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +66,9 @@ def test_tiles_come_from_the_embedding_cache(tiny_model, make_image, tmp_path):
     image = make_image((600, 640), seed=3)
     results, encodes = [], []
     for _ in range(2):  # the second session finds every tile in the cache
-        cached = open_cached_session(image, tmp_path / "cache.zarr", model=tiny_model, tile=256, halo=32)
+        cached = open_cached_session(
+            image, tmp_path / "cache.zarr", model=tiny_model, tile=256, halo=32
+        )
         calls = []
         encode = cached.predictor.encode
         cached.predictor.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)

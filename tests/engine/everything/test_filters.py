@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.engine.everything.filters import box_iou, clean_mask, mask_boxes, nms, stability_scores, touches_edges
+from napari_sam.engine.everything.filters import (
+    box_iou,
+    clean_mask,
+    mask_boxes,
+    nms,
+    stability_scores,
+    touches_edges,
+)
 
 
 def test_stability_is_iou_of_the_two_thresholded_masks():
@@ -32,8 +39,16 @@ def test_box_iou_and_greedy_nms():
 
 def test_touches_only_the_chosen_edges():
     boxes = np.array([[0, 3, 4, 6], [2, 2, 4, 4], [5, 5, 10, 10]])
-    assert touches_edges(boxes, (10, 10), (True, False, False, False)).tolist() == [True, False, False]
-    assert touches_edges(boxes, (10, 10), (False, False, True, True)).tolist() == [False, False, True]
+    assert touches_edges(boxes, (10, 10), (True, False, False, False)).tolist() == [
+        True,
+        False,
+        False,
+    ]
+    assert touches_edges(boxes, (10, 10), (False, False, True, True)).tolist() == [
+        False,
+        False,
+        True,
+    ]
 
 
 def test_clean_mask_fills_small_holes_and_drops_small_islands_only():

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_sam.engine.everything.linking import LinkingSettings, label_sections, link_slices, track_sections
+from napari_sam.engine.everything.linking import (
+    LinkingSettings,
+    label_sections,
+    link_slices,
+    track_sections,
+)
 from napari_sam.errors import InvalidInputError, OperationCancelled
 
 SHAPE = (12, 40, 60)
@@ -27,7 +32,7 @@ def synthetic_truth() -> np.ndarray:
     for z in range(12):
         touch = 1 if z == 3 else 0  # bar 4 moves left to touch bar 3 in slice 3 only
         truth[z, 4:14, 24:32] = 3
-        truth[z, 4:14, 33 - touch:40 - touch] = 4
+        truth[z, 4:14, 33 - touch : 40 - touch] = 4
     truth[11][disk((30, 50), 4)] = 5  # one slice: shorter than min_extent 2
     return truth
 
@@ -123,7 +128,9 @@ class CountingSlices:
 def test_streams_zarr_to_zarr_reading_each_slice_once_per_pass(tmp_path):
     truth = synthetic_truth()
     source = CountingSlices(scramble(truth, seed=3))
-    out = zarr.create_array(tmp_path / "linked.zarr", shape=SHAPE, chunks=(1,) + SHAPE[1:], dtype="int32")
+    out = zarr.create_array(
+        tmp_path / "linked.zarr", shape=SHAPE, chunks=(1,) + SHAPE[1:], dtype="int32"
+    )
     done = []
     linked = link_slices(source, out=out, progress=lambda d, t: done.append((d, t)))
     assert linked.labels is out
@@ -149,17 +156,23 @@ def test_tracks_hold_one_section_per_slice():
 
 def test_errors():
     labels = np.zeros((3, 4, 4), np.int32)
-    with pytest.raises(InvalidInputError, match=r"\(z, rows, cols\) integer label array; got shape \(4, 4\)"):
+    with pytest.raises(
+        InvalidInputError, match=r"\(z, rows, cols\) integer label array; got shape \(4, 4\)"
+    ):
         link_slices(labels[0])
     with pytest.raises(InvalidInputError, match="integer label array.*float"):
         link_slices(labels.astype(float))
     with pytest.raises(InvalidInputError, match="slice 1 holds the negative label -2"):
         link_slices(np.stack([labels[0], labels[0] - 2, labels[0]]))
-    with pytest.raises(InvalidInputError, match=r"out has shape \(2, 4, 4\); the slices have \(3, 4, 4\)"):
+    with pytest.raises(
+        InvalidInputError, match=r"out has shape \(2, 4, 4\); the slices have \(3, 4, 4\)"
+    ):
         link_slices(labels, out=np.zeros((2, 4, 4), np.int32))
     with pytest.raises(InvalidInputError, match=r"iou_threshold must be in \(0, 1\]; got 0"):
         LinkingSettings(iou_threshold=0)
-    with pytest.raises(InvalidInputError, match="min_extent must be a whole number of slices >= 1; got 0"):
+    with pytest.raises(
+        InvalidInputError, match="min_extent must be a whole number of slices >= 1; got 0"
+    ):
         LinkingSettings(min_extent=0)
     with pytest.raises(OperationCancelled, match="Linking slices was cancelled"):
         link_slices(labels, should_stop=lambda: True)

@@ -18,9 +18,17 @@ from napari_sam.engine.prediction.results import Embedding, LowResBatch
 from napari_sam.errors import InvalidInputError, OperationCancelled
 
 # Loose thresholds: the random model's scores are meaningless, but they must yield objects.
-LOOSE = EverythingSettings(points_per_side=6, points_per_batch=8, pred_iou_thresh=0.0,
-                           stability_score_thresh=0.0, keep_iou_floor=-10.0, keep_stability_floor=0.0,
-                           skip_covered=False, skip_margin=None, drop_background=False)
+LOOSE = EverythingSettings(
+    points_per_side=6,
+    points_per_batch=8,
+    pred_iou_thresh=0.0,
+    stability_score_thresh=0.0,
+    keep_iou_floor=-10.0,
+    keep_stability_floor=0.0,
+    skip_covered=False,
+    skip_margin=None,
+    drop_background=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,9 @@ def decoded(predictor, image_300x500):
 def test_grid_is_cell_centred_and_coarse_points_come_first():
     points = grid_points((slice(0, 40), slice(100, 140)), 4)
     assert points.shape == (16, 2)
-    assert sorted(map(tuple, points)) == [(r, c) for r in (5, 15, 25, 35) for c in (105, 115, 125, 135)]
+    assert sorted(map(tuple, points)) == [
+        (r, c) for r in (5, 15, 25, 35) for c in (105, 115, 125, 135)
+    ]
     assert tuple(points[0]) == (5, 105)
     assert {tuple(p) for p in points[:4]} == {(5, 105), (5, 125), (25, 105), (25, 125)}
 
@@ -50,7 +60,7 @@ def test_tile_views_prompt_every_pixel_of_the_plane_once():
     owner = np.zeros((300, 500), int)
     for view in views:
         owner[view.region] += 1
-        rows, cols = view.window
+        rows, _cols = view.window
         assert rows.start <= view.region[0].start and view.region[0].stop <= rows.stop
     assert (owner == 1).all()
     top_left = views[0]
@@ -193,10 +203,13 @@ def test_background_is_skipped_once_the_coarse_grid_has_found_an_object():
     assert candidates.points_skipped == len(GRID) - len(stub.decoded) > len(GRID) / 2
 
 
-@pytest.mark.parametrize("finds, features", [
-    (lambda row, col: None, two_textures()),  # no example of an object: nothing to compare with
-    (quadrant_object, None),  # identical embeddings everywhere: a tie, not background
-])
+@pytest.mark.parametrize(
+    "finds, features",
+    [
+        (lambda row, col: None, two_textures()),  # no example of an object: nothing to compare with
+        (quadrant_object, None),  # identical embeddings everywhere: a tie, not background
+    ],
+)
 def test_background_rule_needs_an_object_and_an_embedding_unlike_it(finds, features):
     settings = replace(EverythingSettings(), skip_covered=False, skip_margin=0.05)
     stub, candidates = run_grid(finds, settings, features)

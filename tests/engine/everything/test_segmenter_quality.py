@@ -12,12 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.everything.segmenter import AutomaticSegmenter
+from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.engine.metrics import average_precision, instance_overlap
 
 MARGIN = 0.02  # run-to-run float differences move an object or two
-REFERENCE_EQUIVALENT = EverythingSettings(skip_covered=False, skip_margin=None, drop_background=False)
+REFERENCE_EQUIVALENT = EverythingSettings(
+    skip_covered=False, skip_margin=None, drop_background=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,15 @@ def predictor(dsb):
 def _segment(predictor, settings):
     predictor, embedding = predictor
     segmenter = AutomaticSegmenter(predictor, settings)
-    candidates = segmenter.initialise(np.zeros(embedding.original_size), embed=lambda window: embedding)
+    candidates = segmenter.initialise(
+        np.zeros(embedding.original_size), embed=lambda window: embedding
+    )
     return candidates, segmenter.generate(candidates)
 
 
-def test_defaults_beat_the_reference_generator_with_an_eighth_of_the_prompts_decoded(predictor, dsb):
+def test_defaults_beat_the_reference_generator_with_an_eighth_of_the_prompts_decoded(
+    predictor, dsb
+):
     _, labels, _ = dsb
     candidates, result = _segment(predictor, EverythingSettings())
     assert average_precision(result.labels, labels, 0.5) >= 0.636 - MARGIN
@@ -70,7 +76,9 @@ def test_tiles_leave_no_seams(dsb):
     from napari_sam.engine.prediction.predictor import Predictor
 
     image, labels, _ = dsb
-    segmenter = AutomaticSegmenter(Predictor("vit_t", device="cpu"), EverythingSettings(points_per_side=16))
+    segmenter = AutomaticSegmenter(
+        Predictor("vit_t", device="cpu"), EverythingSettings(points_per_side=16)
+    )
     candidates = segmenter.initialise(image, tile=256, halo=64)
     result = segmenter.generate(candidates)
     assert len(candidates.views) == 4
@@ -81,7 +89,9 @@ def test_tiles_leave_no_seams(dsb):
     assert average_precision(result.labels, labels, 0.5) >= 0.573 - MARGIN
     assert average_precision(result.labels, labels, 0.75) >= 0.480 - MARGIN
     crossing = [
-        i for i, box in enumerate(_boxes(labels)) if box[0] < 256 <= box[2] or box[1] < 256 <= box[3]
+        i
+        for i, box in enumerate(_boxes(labels))
+        if box[0] < 256 <= box[2] or box[1] < 256 <= box[3]
     ]
     assert len(crossing) >= 10  # the test means something: many nuclei sit on the borders
 
@@ -89,4 +99,8 @@ def test_tiles_leave_no_seams(dsb):
 def _boxes(labels):
     from scipy import ndimage
 
-    return [(s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1) for s in ndimage.find_objects(labels) if s]
+    return [
+        (s[0].start, s[1].start, s[0].stop - 1, s[1].stop - 1)
+        for s in ndimage.find_objects(labels)
+        if s
+    ]

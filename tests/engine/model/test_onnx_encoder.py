@@ -37,7 +37,9 @@ def test_same_embedding_and_masks_as_pytorch(onnx_encoder, tiny_model, image_300
     assert features[1].shape == (1, 256, 64, 64) and features[1].dtype == torch.float32
     assert (features[0] - features[1]).abs().max() < 1e-4
     point = [(150, 250)]
-    np.testing.assert_array_equal(eager.predict(points=point).masks, onnx.predict(points=point).masks)
+    np.testing.assert_array_equal(
+        eager.predict(points=point).masks, onnx.predict(points=point).masks
+    )
 
 
 def test_export_is_cached_per_model_id(onnx_encoder, tiny_model, cache_dir):
@@ -71,7 +73,9 @@ def test_masks_match_reference_with_real_weights(onnx_encoder, reference_dir, tm
     from napari_sam.engine.prediction.predictor import Predictor
 
     reference = dict(np.load(reference_dir / "dsb2018_vit_t.npz"))
-    model = onnx_encoder.use_onnx_encoder(load_model("vit_t", device="cpu"), tmp_path / "vit_t.onnx")
+    model = onnx_encoder.use_onnx_encoder(
+        load_model("vit_t", device="cpu"), tmp_path / "vit_t.onnx"
+    )
     predictor = Predictor(model)
     features = predictor.set_image(reference["image"]).features.numpy()
     difference = np.abs(features - reference["embedding"]).max()
@@ -82,7 +86,9 @@ def test_masks_match_reference_with_real_weights(onnx_encoder, reference_dir, tm
         ious = []
         for i in range(len(reference["points_rc"])):
             if case == "point":
-                masks = predictor.predict(points=reference["points_rc"][i : i + 1], multimask=True).masks
+                masks = predictor.predict(
+                    points=reference["points_rc"][i : i + 1], multimask=True
+                ).masks
                 ious += [mask_iou(a, b) for a, b in zip(masks, ref_masks[i])]
             else:
                 masks = predictor.predict(box=reference["boxes_rc"][i]).masks

@@ -39,7 +39,9 @@ def predictor(reference):
 def ours(predictor, reference):
     """Every reference case run through our predictor once."""
     points, negatives, boxes = (
-        reference["points_rc"], reference["negative_points_rc"], reference["boxes_rc"]
+        reference["points_rc"],
+        reference["negative_points_rc"],
+        reference["boxes_rc"],
     )
     result = {name: [] for name in ("point", "box", "pos_neg", "box_refined")}
     for i in range(len(points)):
@@ -76,8 +78,10 @@ def test_masks_and_scores_match_reference(ours, reference, case):
         assert prediction.masks.shape == masks.shape
         ious += [mask_iou(a, b) for a, b in zip(prediction.masks, masks)]
         score_errors.append(np.abs(prediction.scores - scores).max())
-    print(f"{case}: mean IoU {np.mean(ious):.5f}, min {np.min(ious):.5f}, "
-          f"max score error {np.max(score_errors):.2e}")
+    print(
+        f"{case}: mean IoU {np.mean(ious):.5f}, min {np.min(ious):.5f}, "
+        f"max score error {np.max(score_errors):.2e}"
+    )
     assert np.mean(ious) >= 0.99
     assert np.min(ious) >= 0.95
     assert np.max(score_errors) <= 0.01
@@ -123,18 +127,29 @@ def test_float16_cached_embeddings_keep_masks(predictor, reference, tmp_path):
 
     full = predictor.embedding
     half = Embedding(
-        features=full.features.half().float(), input_size=full.input_size,
-        original_size=full.original_size, model_id=full.model_id, normalization=full.normalization,
+        features=full.features.half().float(),
+        input_size=full.input_size,
+        original_size=full.original_size,
+        model_id=full.model_id,
+        normalization=full.normalization,
     )
     ious = []
     try:
         for box, point in zip(reference["boxes_rc"], reference["points_rc"]):
             predictor.set_embedding(full)
-            a = [predictor.predict(box=box).masks[0], predictor.predict(points=point[None]).best_mask]
+            a = [
+                predictor.predict(box=box).masks[0],
+                predictor.predict(points=point[None]).best_mask,
+            ]
             predictor.set_embedding(half)
-            b = [predictor.predict(box=box).masks[0], predictor.predict(points=point[None]).best_mask]
+            b = [
+                predictor.predict(box=box).masks[0],
+                predictor.predict(points=point[None]).best_mask,
+            ]
             ious += [mask_iou(x, y) for x, y in zip(a, b)]
     finally:
         predictor.set_embedding(full)
-    print(f"float16 embeddings: mask IoU to float32 mean {np.mean(ious):.4f}, min {np.min(ious):.4f}")
+    print(
+        f"float16 embeddings: mask IoU to float32 mean {np.mean(ious):.4f}, min {np.min(ious):.4f}"
+    )
     assert np.mean(ious) >= 0.99 and np.min(ious) >= 0.95

@@ -19,9 +19,13 @@ class CountingArray:
 
 @pytest.mark.parametrize(
     "shape, channel_axis, stack, plane",
-    [((40, 50), False, (), (40, 50)), ((3, 40, 50), False, (3,), (40, 50)),
-     ((2, 3, 40, 50), False, (2, 3), (40, 50)), ((40, 50, 3), True, (), (40, 50)),
-     ((5, 40, 50, 3), True, (5,), (40, 50))],
+    [
+        ((40, 50), False, (), (40, 50)),
+        ((3, 40, 50), False, (3,), (40, 50)),
+        ((2, 3, 40, 50), False, (2, 3), (40, 50)),
+        ((40, 50, 3), True, (), (40, 50)),
+        ((5, 40, 50, 3), True, (5,), (40, 50)),
+    ],
 )
 def test_layouts(shape, channel_axis, stack, plane):
     layout = plane_layout(shape, channel_axis)

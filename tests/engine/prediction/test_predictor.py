@@ -3,11 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny_sam import random_model
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import compute_normalization
 from napari_sam.engine.prediction.upsampling import LogitUpsampler
 from napari_sam.errors import CacheMismatchError, InvalidInputError
+from tiny_sam import random_model
 
 BOXES = np.array([(20, 30, 120, 200), (150, 10, 290, 90), (5, 300, 80, 495)])
 POINTS = np.array([(40, 60), (200, 50), (60, 450)])
@@ -231,7 +231,9 @@ def test_no_prompt_in_a_batch(predictor_300x500):
 
 
 def test_batch_prompts_of_different_counts(predictor_300x500):
-    with pytest.raises(InvalidInputError, match=r"different numbers of objects: \{.points.: 3, .boxes.: 2\}"):
+    with pytest.raises(
+        InvalidInputError, match=r"different numbers of objects: \{.points.: 3, .boxes.: 2\}"
+    ):
         predictor_300x500.predict_batch(points=POINTS, boxes=BOXES[:2])
 
 

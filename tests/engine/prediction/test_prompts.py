@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from napari_sam.engine.prediction.prompts import check_box, check_mask_input, check_points, to_encoder_xy
+from napari_sam.engine.prediction.prompts import (
+    check_box,
+    check_mask_input,
+    check_points,
+    to_encoder_xy,
+)
 from napari_sam.errors import InvalidInputError
 
 SHAPE = (300, 500)

@@ -107,7 +107,7 @@ def test_inner_points_lie_deep_inside_and_apart():
 
 def test_inner_points_treat_the_array_border_as_an_edge():
     part = np.ones((21, 21), bool)
-    (row, col), = inner_points(part, 1)
+    ((row, col),) = inner_points(part, 1)
     assert (row, col) == (10, 10)
 
 

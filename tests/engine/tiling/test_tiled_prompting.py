@@ -16,12 +16,22 @@ def setup():
 
     image, truth = load_dsb2018()
     ids, boxes, points = prompts_from_labels(truth)
-    return Predictor("vit_t", device="cpu"), image, truth, ids, boxes, points, compute_normalization(image)
+    return (
+        Predictor("vit_t", device="cpu"),
+        image,
+        truth,
+        ids,
+        boxes,
+        points,
+        compute_normalization(image),
+    )
 
 
 def crossing(boxes):
     edges = (TILE, 2 * TILE)
-    return [i for i, b in enumerate(boxes) if any(b[0] < e <= b[2] or b[1] < e <= b[3] for e in edges)]
+    return [
+        i for i, b in enumerate(boxes) if any(b[0] < e <= b[2] or b[1] < e <= b[3] for e in edges)
+    ]
 
 
 def window_centred_on(box, side, shape):
@@ -49,8 +59,10 @@ def test_objects_across_tile_borders_match_a_window_centred_on_them(setup):
         reference[window] = ideal.decode_window(window, None, None, boxes[i]).best_mask
         ious.append(mask_iou(mask, reference))
         quality.append(mask_iou(mask, truth == ids[i]))
-    print(f"{len(chosen)} objects across borders: IoU with centred windows mean {np.mean(ious):.3f}, "
-          f"min {np.min(ious):.3f}; IoU with the human labels {np.mean(quality):.3f}")
+    print(
+        f"{len(chosen)} objects across borders: IoU with centred windows mean {np.mean(ious):.3f}, "
+        f"min {np.min(ious):.3f}; IoU with the human labels {np.mean(quality):.3f}"
+    )
     assert np.min(ious) >= 0.9
     assert np.mean(quality) > 0.8
 
@@ -58,7 +70,7 @@ def test_objects_across_tile_borders_match_a_window_centred_on_them(setup):
 def test_a_click_outside_the_first_window_is_still_used(setup):
     from napari_sam.engine.tiling.prompting import TiledPlane
 
-    predictor, image, truth, ids, _, points, norm = setup
+    predictor, image, _truth, _ids, _, points, norm = setup
     tiled = TiledPlane(predictor, image, norm, TILE, HALO)
     i = crossing([np.r_[p - 3, p + 3] for p in points])[0]
     prediction = tiled.predict(points=points[i : i + 1])
@@ -95,16 +107,27 @@ def test_an_object_larger_than_a_window_gets_a_whole_mask(setup, monkeypatch):
     rows, cols = np.nonzero(cell)
     box = np.array([rows.min(), cols.min(), rows.max(), cols.max()], float)
     predictor.set_image(image, norm)  # 768 pixels: the untiled model sees the whole cell
-    untiled = {"box": predictor.predict(box=box).best_mask,
-               "point": predictor.predict(points=[(384, 384)], multimask=False).best_mask}
-    tiled = tiled_prompting.TiledPlane(predictor, image, norm, TILE, HALO, capacity=32)  # windows of 256
-    found = {"box": tiled.predict(box=box).masks[0], "point": tiled.predict(points=[(384, 384)]).masks[0]}
+    untiled = {
+        "box": predictor.predict(box=box).best_mask,
+        "point": predictor.predict(points=[(384, 384)], multimask=False).best_mask,
+    }
+    tiled = tiled_prompting.TiledPlane(
+        predictor, image, norm, TILE, HALO, capacity=32
+    )  # windows of 256
+    found = {
+        "box": tiled.predict(box=box).masks[0],
+        "point": tiled.predict(points=[(384, 384)]).masks[0],
+    }
     for prompt in ("box", "point"):
-        print(f"{prompt}: tiled vs untiled IoU {mask_iou(found[prompt], untiled[prompt]):.4f}, "
-              f"vs the drawn cell {mask_iou(found[prompt], cell):.4f} ({tiled.encoder_calls} windows encoded)")
+        print(
+            f"{prompt}: tiled vs untiled IoU {mask_iou(found[prompt], untiled[prompt]):.4f}, "
+            f"vs the drawn cell {mask_iou(found[prompt], cell):.4f} ({tiled.encoder_calls} windows encoded)"
+        )
         assert mask_iou(found[prompt], untiled[prompt]) >= 0.95
         assert mask_iou(found[prompt], cell) >= 0.95
-    monkeypatch.setattr(tiled_prompting, "grow_across_tiles", lambda tiles, decode, mask, *rest: mask)
+    monkeypatch.setattr(
+        tiled_prompting, "grow_across_tiles", lambda tiles, decode, mask, *rest: mask
+    )
     alone = tiled.predict(points=[(384, 384)]).masks[0]  # one re-centred window, no merging
     print(f"without merging neighbouring tiles: IoU {mask_iou(alone, cell):.3f}")
     assert mask_iou(alone, cell) < 0.5
@@ -132,7 +155,11 @@ def test_upscaling_gives_small_nuclei_better_masks(setup):
     ious = {}
     for upscale in (1.0, 2.0):
         tiled = TiledPlane(predictor, image, norm, capacity=16, upscale=upscale)
-        ious[upscale] = [mask_iou(tiled.predict(box=boxes[i]).masks[0], labels == ids[i]) for i in small]
-        print(f"upscale {upscale:g}: {len(tiled.tiles)} tile(s) of {tiled.side} px, "
-              f"IoU with the labels of {len(small)} small nuclei {np.mean(ious[upscale]):.3f}")
+        ious[upscale] = [
+            mask_iou(tiled.predict(box=boxes[i]).masks[0], labels == ids[i]) for i in small
+        ]
+        print(
+            f"upscale {upscale:g}: {len(tiled.tiles)} tile(s) of {tiled.side} px, "
+            f"IoU with the labels of {len(small)} small nuclei {np.mean(ious[upscale]):.3f}"
+        )
     assert np.mean(ious[2.0]) >= np.mean(ious[1.0]) + 0.05

@@ -42,7 +42,9 @@ class ObjectPrompt:
 
 
 def group_prompts(
-    points: np.ndarray | None, labels: np.ndarray | None, boxes: np.ndarray | None,
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    boxes: np.ndarray | None,
     mode: str = "single",
 ) -> list[ObjectPrompt]:
     """Split the prompts of one plane into objects (see the module rules).
@@ -69,8 +71,11 @@ def group_prompts(
     objects = []
     for box in boxes:
         inside = (
-            (points[:, 0] >= box[0]) & (points[:, 0] <= box[2])
-            & (points[:, 1] >= box[1]) & (points[:, 1] <= box[3]) & free
+            (points[:, 0] >= box[0])
+            & (points[:, 0] <= box[2])
+            & (points[:, 1] >= box[1])
+            & (points[:, 1] <= box[3])
+            & free
         )
         free &= ~inside
         objects.append(ObjectPrompt(points[inside], labels[inside], box))
@@ -105,7 +110,10 @@ class CommitPlan:
 
 
 def plan_commit(
-    plane_labels: np.ndarray, masks: np.ndarray, next_id: int, overwrite: bool = False,
+    plane_labels: np.ndarray,
+    masks: np.ndarray,
+    next_id: int,
+    overwrite: bool = False,
     ids: list[int] | None = None,
 ) -> CommitPlan:
     """Decide which pixels each new object gets.
@@ -152,7 +160,9 @@ def plan_commit(
     )
 
 
-def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int], frame: int, low: int = 256) -> np.ndarray:
+def mask_to_logits(
+    mask: np.ndarray, input_size: tuple[int, int], frame: int, low: int = 256
+) -> np.ndarray:
     """A binary mask as SAM's (256, 256) mask-prompt logits.
 
     The mask is resized like the image (longest side to the encoder frame), padded, and
@@ -162,10 +172,15 @@ def mask_to_logits(mask: np.ndarray, input_size: tuple[int, int], frame: int, lo
     from PIL import Image
 
     mask = np.asarray(mask, bool)
-    resized = np.asarray(
-        Image.fromarray(mask.astype(np.uint8) * 255).resize(input_size[::-1], Image.Resampling.BILINEAR),
-        np.float32,
-    ) / 255.0
+    resized = (
+        np.asarray(
+            Image.fromarray(mask.astype(np.uint8) * 255).resize(
+                input_size[::-1], Image.Resampling.BILINEAR
+            ),
+            np.float32,
+        )
+        / 255.0
+    )
     padded = np.zeros((frame, frame), np.float32)
     padded[: input_size[0], : input_size[1]] = resized
     factor = frame // low

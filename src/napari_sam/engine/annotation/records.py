@@ -38,11 +38,13 @@ class ObjectRecord:
 def object_record(item, plane: tuple[int, ...], label: int) -> ObjectRecord:
     """The record of one committed :class:`~napari_sam.engine.annotation.session.ObjectPreview`."""
     return ObjectRecord(
-        id=int(label), plane=tuple(int(k) for k in plane),
+        id=int(label),
+        plane=tuple(int(k) for k in plane),
         points=np.asarray(item.prompt.points, float).tolist(),
         point_labels=np.asarray(item.prompt.labels, int).tolist(),
         box=None if item.prompt.box is None else np.asarray(item.prompt.box, float).tolist(),
-        candidate=int(item.chosen), predicted_iou=round(float(item.score), 4),
+        candidate=int(item.chosen),
+        predicted_iou=round(float(item.score), 4),
     )
 
 
@@ -55,8 +57,10 @@ class AnnotationRecord:
     data_shape: tuple[int, ...]
     objects: tuple[ObjectRecord, ...] = field(default=())
 
-    def with_object(self, item: ObjectRecord) -> "AnnotationRecord":
-        return AnnotationRecord(self.model_id, self.normalization, self.data_shape, (*self.objects, item))
+    def with_object(self, item: ObjectRecord) -> AnnotationRecord:
+        return AnnotationRecord(
+            self.model_id, self.normalization, self.data_shape, (*self.objects, item)
+        )
 
     def to_json(self) -> str:
         from napari_sam import __version__
@@ -65,7 +69,7 @@ class AnnotationRecord:
         return json.dumps(payload, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "AnnotationRecord":
+    def from_json(cls, text: str) -> AnnotationRecord:
         """Parse a record; raises InvalidInputError for another format or version."""
         try:
             payload = json.loads(text)
@@ -81,7 +85,10 @@ class AnnotationRecord:
         return cls(
             model_id=payload["model_id"],
             normalization=Normalization(
-                norm["low"], norm["high"], norm.get("channel"), None if weights is None else tuple(weights)
+                norm["low"],
+                norm["high"],
+                norm.get("channel"),
+                None if weights is None else tuple(weights),
             ),
             data_shape=tuple(payload["data_shape"]),
             objects=tuple(
@@ -95,7 +102,7 @@ class AnnotationRecord:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "AnnotationRecord":
+    def load(cls, path: str | Path) -> AnnotationRecord:
         return cls.from_json(Path(path).read_text())
 
 
@@ -109,15 +116,23 @@ def replay(session, record: AnnotationRecord) -> np.ndarray:
     """
     layout = session.layout
     if tuple(layout.shape) != tuple(record.data_shape):
-        raise InvalidInputError(f"The record is for data of shape {record.data_shape}, not {layout.shape}.")
+        raise InvalidInputError(
+            f"The record is for data of shape {record.data_shape}, not {layout.shape}."
+        )
     if session.normalization != record.normalization:
-        raise InvalidInputError("The session's intensity normalisation differs from the record's; "
-                                "create the session with normalization=record.normalization.")
+        raise InvalidInputError(
+            "The session's intensity normalisation differs from the record's; "
+            "create the session with normalization=record.normalization."
+        )
     labels = np.zeros(layout.stack_shape + layout.plane_shape, np.int32)
     for item in record.objects:
         boxes = None if item.box is None else np.array([item.box])
-        preview = session.preview(item.plane, np.array(item.points).reshape(-1, 2),
-                                  np.array(item.point_labels, int), boxes)
+        preview = session.preview(
+            item.plane,
+            np.array(item.points).reshape(-1, 2),
+            np.array(item.point_labels, int),
+            boxes,
+        )
         chosen = preview.objects[0].prediction.masks[item.candidate]
         plane = labels[item.plane]
         plan = plan_commit(plane, chosen[None], item.id, ids=[item.id])

@@ -18,9 +18,14 @@ from typing import Any
 import numpy as np
 
 from napari_sam.engine.annotation.embedding_store import EmbeddingBackend, EmbeddingStore
-from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.annotation.objects import ObjectPrompt, group_prompts, mask_to_logits
-from napari_sam.engine.prediction.planes import PlaneKey, plane_layout, read_plane, stack_normalization
+from napari_sam.engine.model.loading import SamModel
+from napari_sam.engine.prediction.planes import (
+    PlaneKey,
+    plane_layout,
+    read_plane,
+    stack_normalization,
+)
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import Normalization
 from napari_sam.engine.prediction.results import Embedding, Prediction
@@ -65,7 +70,7 @@ class Preview:
             out[self.objects[index].mask] = index + 1
         return out
 
-    def cycle(self, index: int = 0) -> "Preview":
+    def cycle(self, index: int = 0) -> Preview:
         """Show the next candidate of object ``index`` (wraps around)."""
         if not self.objects:
             return self
@@ -98,9 +103,14 @@ class AnnotationSession:
     """
 
     def __init__(
-        self, model: str | Path | SamModel, data, channel_axis: bool = False,
-        channel: int | None = None, normalization: Normalization | None = None,
-        capacity: int = 16, backend: EmbeddingBackend | None = None,
+        self,
+        model: str | Path | SamModel,
+        data,
+        channel_axis: bool = False,
+        channel: int | None = None,
+        normalization: Normalization | None = None,
+        capacity: int = 16,
+        backend: EmbeddingBackend | None = None,
     ) -> None:
         self.predictor = model if isinstance(model, Predictor) else Predictor(model)
         self.data = data
@@ -145,9 +155,13 @@ class AnnotationSession:
         return found
 
     def preview(
-        self, key: PlaneKey = (), points: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None, boxes: np.ndarray | None = None,
-        mode: str = "single", mask_input: np.ndarray | None = None,
+        self,
+        key: PlaneKey = (),
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mode: str = "single",
+        mask_input: np.ndarray | None = None,
     ) -> Preview:
         """Masks for every object described by the prompts on one plane.
 
@@ -161,16 +175,22 @@ class AnnotationSession:
         logits = None
         if mask_input is not None:
             embedding = self.predictor.embedding
-            logits = mask_to_logits(mask_input, embedding.input_size, self.predictor.model.input_size)
+            logits = mask_to_logits(
+                mask_input, embedding.input_size, self.predictor.model.input_size
+            )
             if not objects:
-                objects = [ObjectPrompt(np.zeros((0, 2)), np.zeros(0, int), bounding_box(mask_input))]
+                objects = [
+                    ObjectPrompt(np.zeros((0, 2)), np.zeros(0, int), bounding_box(mask_input))
+                ]
         results: list[ObjectPreview | None] = [None] * len(objects)
         groups: dict[tuple, list[int]] = {}
         for index, item in enumerate(objects):
             signature = (item.signature(), item.ambiguous, logits is not None and index == 0)
             groups.setdefault(signature, []).append(index)
         for (_, ambiguous, refine), members in groups.items():
-            batch = self._decode([objects[i] for i in members], ambiguous, logits if refine else None)
+            batch = self._decode(
+                [objects[i] for i in members], ambiguous, logits if refine else None
+            )
             for i, prediction in zip(members, batch):
                 results[i] = ObjectPreview(objects[i], prediction, prediction.best)
         return Preview(key, tuple(r for r in results if r is not None))
@@ -184,7 +204,11 @@ class AnnotationSession:
         first = objects[0]
         points = np.stack([o.points for o in objects]) if len(first.points) else None
         labels = np.stack([o.labels for o in objects]) if len(first.points) else None
-        boxes = np.stack([o.box for o in objects if o.box is not None]) if first.box is not None else None
+        boxes = (
+            np.stack([o.box for o in objects if o.box is not None])
+            if first.box is not None
+            else None
+        )
         masks = None if logits is None else np.repeat(logits[None], len(objects), axis=0)
         batch = self.predictor.predict_batch(
             points=points, point_labels=labels, boxes=boxes, mask_input=masks, multimask=multimask

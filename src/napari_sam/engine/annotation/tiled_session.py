@@ -18,13 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.annotation.session import AnnotationSession, ObjectPreview, Preview, bounding_box
-from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.annotation.objects import ObjectPrompt, group_prompts
+from napari_sam.engine.annotation.session import (
+    AnnotationSession,
+    ObjectPreview,
+    Preview,
+    bounding_box,
+)
+from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.prediction.planes import PlaneKey, PlaneView, plane_layout
 from napari_sam.engine.prediction.preprocess import Normalization
-from napari_sam.engine.tiling.prompting import TileBackend, TiledPlane
 from napari_sam.engine.tiling.grid import check_upscale, resolve_tiling
+from napari_sam.engine.tiling.prompting import TileBackend, TiledPlane
 
 PLANES_KEPT = 3  # the visible plane and the two neighbours prefetched around it
 SPARE_WINDOWS = 4  # re-centred windows kept beside a plane's grid tiles
@@ -48,10 +53,17 @@ class TiledSession(AnnotationSession):
     """
 
     def __init__(
-        self, model: str | Path | SamModel, data, channel_axis: bool = False,
-        channel: int | None = None, normalization: Normalization | None = None,
-        capacity: int = 16, tile: int | None = None, halo: int | None = None,
-        upscale: float = 1.0, tile_backends: Callable[[PlaneKey], TileBackend] | None = None,
+        self,
+        model: str | Path | SamModel,
+        data,
+        channel_axis: bool = False,
+        channel: int | None = None,
+        normalization: Normalization | None = None,
+        capacity: int = 16,
+        tile: int | None = None,
+        halo: int | None = None,
+        upscale: float = 1.0,
+        tile_backends: Callable[[PlaneKey], TileBackend] | None = None,
     ) -> None:
         super().__init__(model, data, channel_axis, channel, normalization, capacity)
         self.upscale = check_upscale(upscale)
@@ -70,9 +82,14 @@ class TiledSession(AnnotationSession):
                 return self._planes[key]
         backend = None if self.tile_backends is None else self.tile_backends(key)
         tiled = TiledPlane(
-            self.predictor, PlaneView(self.data, self.layout, key), self.normalization,
-            0 if self.tile is None else self.tile, self.halo, self.capacity,
-            upscale=self.upscale, backend=backend,
+            self.predictor,
+            PlaneView(self.data, self.layout, key),
+            self.normalization,
+            0 if self.tile is None else self.tile,
+            self.halo,
+            self.capacity,
+            upscale=self.upscale,
+            backend=backend,
         )
         if backend is None:  # memory is the only store: keep every grid tile
             tiled.capacity = max(self.capacity, len(tiled.tiles) + SPARE_WINDOWS)
@@ -87,8 +104,12 @@ class TiledSession(AnnotationSession):
         return self.plane(key).ready()
 
     # A tiled plane has one embedding per tile: embed returns the plane that holds them.
-    def embed(self, key: PlaneKey = (), should_stop: Callable[[], bool] | None = None,  # type: ignore[override]
-              progress: Callable[[int, int], None] | None = None) -> TiledPlane:
+    def embed(
+        self,
+        key: PlaneKey = (),
+        should_stop: Callable[[], bool] | None = None,  # type: ignore[override]
+        progress: Callable[[int, int], None] | None = None,
+    ) -> TiledPlane:
         """Encode every grid tile of one plane not yet encoded (slow; safe from a worker thread).
 
         Returns the plane's :class:`TiledPlane` (a plain session returns an Embedding).
@@ -98,9 +119,13 @@ class TiledSession(AnnotationSession):
         return tiled
 
     def preview(
-        self, key: PlaneKey = (), points: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None, boxes: np.ndarray | None = None,
-        mode: str = "single", mask_input: np.ndarray | None = None,
+        self,
+        key: PlaneKey = (),
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mode: str = "single",
+        mask_input: np.ndarray | None = None,
     ) -> Preview:
         """Whole-plane masks for every object described by the prompts (one candidate each).
 
@@ -115,15 +140,22 @@ class TiledSession(AnnotationSession):
         results = []
         for item in objects:
             has_points = len(item.points) > 0
-            prediction = tiled.predict(item.points if has_points else None,
-                                       item.labels if has_points else None, item.box)
+            prediction = tiled.predict(
+                item.points if has_points else None, item.labels if has_points else None, item.box
+            )
             results.append(ObjectPreview(item, prediction, 0))
         return Preview(self.layout.check_key(key), tuple(results))
 
 
 def open_session(
-    model: str | Path | SamModel, data, channel_axis: bool = False, channel: int | None = None,
-    capacity: int = 16, tile: int | None = None, halo: int | None = None, upscale: float = 1.0,
+    model: str | Path | SamModel,
+    data,
+    channel_axis: bool = False,
+    channel: int | None = None,
+    capacity: int = 16,
+    tile: int | None = None,
+    halo: int | None = None,
+    upscale: float = 1.0,
     normalization: Normalization | None = None,
 ) -> AnnotationSession:
     """A plain session when planes fit the encoder, a :class:`TiledSession` otherwise.
@@ -135,5 +167,14 @@ def open_session(
     tile, halo = resolve_tiling(layout.plane_shape, tile, halo, upscale)
     if tile is None:
         return AnnotationSession(model, data, channel_axis, channel, normalization, capacity)
-    return TiledSession(model, data, channel_axis, channel, normalization, capacity,
-                        tile=tile, halo=halo, upscale=upscale)
+    return TiledSession(
+        model,
+        data,
+        channel_axis,
+        channel,
+        normalization,
+        capacity,
+        tile=tile,
+        halo=halo,
+        upscale=upscale,
+    )

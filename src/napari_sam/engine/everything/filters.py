@@ -30,7 +30,11 @@ def stability_scores(logits: torch.Tensor, offset: float, threshold: float = 0.0
     flat = logits.reshape(len(logits), -1)
     inner = (flat > threshold + offset).sum(dim=1, dtype=torch.int32)
     outer = (flat > threshold - offset).sum(dim=1, dtype=torch.int32)
-    return torch.where(outer > 0, inner.float() / outer.clamp(min=1).float(), torch.ones_like(inner, dtype=torch.float32))
+    return torch.where(
+        outer > 0,
+        inner.float() / outer.clamp(min=1).float(),
+        torch.ones_like(inner, dtype=torch.float32),
+    )
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -86,11 +90,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def touches_edges(boxes: np.ndarray, shape: tuple[int, int], edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
+def touches_edges(
+    boxes: np.ndarray, shape: tuple[int, int], edges: tuple[bool, bool, bool, bool]
+) -> np.ndarray:
     """Which boxes touch one of the chosen edges (top, left, bottom, right) of a (rows, cols) frame."""
     boxes = np.asarray(boxes)
     hits = np.stack(
-        [boxes[:, 0] <= 0, boxes[:, 1] <= 0, boxes[:, 2] >= shape[0], boxes[:, 3] >= shape[1]], axis=1
+        [boxes[:, 0] <= 0, boxes[:, 1] <= 0, boxes[:, 2] >= shape[0], boxes[:, 3] >= shape[1]],
+        axis=1,
     )
     return (hits & np.asarray(edges, bool)[None]).any(axis=1)
 

@@ -42,7 +42,9 @@ class LinkingSettings:
         if not 0.0 < self.iou_threshold <= 1.0:
             raise InvalidInputError(f"iou_threshold must be in (0, 1]; got {self.iou_threshold}.")
         if int(self.min_extent) != self.min_extent or self.min_extent < 1:
-            raise InvalidInputError(f"min_extent must be a whole number of slices >= 1; got {self.min_extent}.")
+            raise InvalidInputError(
+                f"min_extent must be a whole number of slices >= 1; got {self.min_extent}."
+            )
 
     def to_dict(self) -> dict:
         """Plain values, for zarr attributes."""
@@ -106,8 +108,11 @@ class LinkedLabels:
 
 
 def link_slices(
-    slices, settings: LinkingSettings = LinkingSettings(), out=None,
-    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+    slices,
+    settings: LinkingSettings = LinkingSettings(),
+    out=None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> LinkedLabels:
     """Link per-slice 2D labels into 3D objects.
 
@@ -136,9 +141,17 @@ def link_slices(
         ``should_stop`` returned True.
     """
     out = _check_arrays(slices, out)
-    tracks = track_sections(slices, settings, _shifted(progress, 0, 2 * slices.shape[0]), should_stop)
-    return write_tracks(slices, tracks, settings.min_extent, out, _shifted(progress, slices.shape[0], 2 * slices.shape[0]),
-                        should_stop)
+    tracks = track_sections(
+        slices, settings, _shifted(progress, 0, 2 * slices.shape[0]), should_stop
+    )
+    return write_tracks(
+        slices,
+        tracks,
+        settings.min_extent,
+        out,
+        _shifted(progress, slices.shape[0], 2 * slices.shape[0]),
+        should_stop,
+    )
 
 
 def label_sections(slices, out=None, progress: Progress | None = None) -> LinkedLabels:
@@ -153,13 +166,17 @@ def label_sections(slices, out=None, progress: Progress | None = None) -> Linked
         ids.append(section_ids)
         tracks.append(np.arange(count, count + len(section_ids), dtype=np.int64))
         count += len(section_ids)
-    first = np.concatenate([np.full(len(i), z, np.int64) for z, i in enumerate(ids)] or [np.zeros(0, np.int64)])
+    first = np.concatenate(
+        [np.full(len(i), z, np.int64) for z, i in enumerate(ids)] or [np.zeros(0, np.int64)]
+    )
     plan = SectionTracks(tuple(ids), tuple(tracks), first, first.copy(), 0, 0)
     return write_tracks(slices, plan, 1, out, progress)
 
 
 def track_sections(
-    slices, settings: LinkingSettings = LinkingSettings(), progress: Progress | None = None,
+    slices,
+    settings: LinkingSettings = LinkingSettings(),
+    progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SectionTracks:
     """First pass: assign every 2D section to a track, holding at most three slices.
@@ -179,7 +196,9 @@ def track_sections(
     tracks: list[np.ndarray] = []  # per slice: the track of each section
     first: list[int] = []  # per track: its first and last slice
     last: list[int] = []
-    window: list[tuple[np.ndarray, np.ndarray]] = []  # last two (labels, continued) of slices z-2, z-1
+    window: list[
+        tuple[np.ndarray, np.ndarray]
+    ] = []  # last two (labels, continued) of slices z-2, z-1
     links = gap_links = 0
     for z in range(slices.shape[0]):
         _check_stop(should_stop)
@@ -188,12 +207,24 @@ def track_sections(
         section_tracks = np.full(len(section_ids), -1, np.int64)
         if window:
             previous, previous_continued = window[-1]
-            links += _join(instance_overlap(previous, labels), tracks[z - 1], None, section_tracks,
-                           previous_continued, settings.iou_threshold)
+            links += _join(
+                instance_overlap(previous, labels),
+                tracks[z - 1],
+                None,
+                section_tracks,
+                previous_continued,
+                settings.iou_threshold,
+            )
         if settings.gap_closing and len(window) == 2:
             before, before_continued = window[0]  # continued: found a partner in slice z - 1
-            gap_links += _join(instance_overlap(before, labels), tracks[z - 2], ~before_continued,
-                               section_tracks, before_continued, settings.iou_threshold)
+            gap_links += _join(
+                instance_overlap(before, labels),
+                tracks[z - 2],
+                ~before_continued,
+                section_tracks,
+                before_continued,
+                settings.iou_threshold,
+            )
         new = section_tracks < 0
         section_tracks[new] = np.arange(len(first), len(first) + int(new.sum()))
         first.extend([z] * int(new.sum()))
@@ -205,12 +236,22 @@ def track_sections(
         window = (window + [(labels, np.zeros(len(section_ids), bool))])[-2:]
         if progress is not None:
             progress(z + 1, slices.shape[0])
-    return SectionTracks(tuple(ids), tuple(tracks), np.asarray(first, np.int64), np.asarray(last, np.int64),
-                         links, gap_links)
+    return SectionTracks(
+        tuple(ids),
+        tuple(tracks),
+        np.asarray(first, np.int64),
+        np.asarray(last, np.int64),
+        links,
+        gap_links,
+    )
 
 
 def write_tracks(
-    slices, plan: SectionTracks, min_extent: int = 1, out=None, progress: Progress | None = None,
+    slices,
+    plan: SectionTracks,
+    min_extent: int = 1,
+    out=None,
+    progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> LinkedLabels:
     """Second pass: write each slice with its sections relabelled as numbered 3D objects.
@@ -241,14 +282,22 @@ def write_tracks(
         if progress is not None:
             progress(z + 1, slices.shape[0])
     return LinkedLabels(
-        labels=out, objects=int(kept.sum()), removed=int((~kept).sum()),
-        sections=sum(len(i) for i in plan.ids), links=plan.links, gap_links=plan.gap_links,
+        labels=out,
+        objects=int(kept.sum()),
+        removed=int((~kept).sum()),
+        sections=sum(len(i) for i in plan.ids),
+        links=plan.links,
+        gap_links=plan.gap_links,
     )
 
 
 def _join(
-    overlap: InstanceOverlap, earlier_tracks: np.ndarray, earlier_open: np.ndarray | None,
-    tracks: np.ndarray, earlier_continued: np.ndarray, threshold: float,
+    overlap: InstanceOverlap,
+    earlier_tracks: np.ndarray,
+    earlier_open: np.ndarray | None,
+    tracks: np.ndarray,
+    earlier_continued: np.ndarray,
+    threshold: float,
 ) -> int:
     """Give unassigned sections the track of their optimal earlier partner; count links.
 
@@ -260,7 +309,9 @@ def _join(
     open_rows = np.ones(len(earlier_tracks), bool) if earlier_open is None else earlier_open
     open_cols = tracks < 0
     candidates = InstanceOverlap(
-        overlap.predicted_ids[open_rows], overlap.true_ids[open_cols], overlap.iou[np.ix_(open_rows, open_cols)]
+        overlap.predicted_ids[open_rows],
+        overlap.true_ids[open_cols],
+        overlap.iou[np.ix_(open_rows, open_cols)],
     )
     matches = candidates.matches(threshold)
     for earlier, current, _ in matches:
@@ -275,7 +326,9 @@ def _section_ids(labels: np.ndarray, z: int) -> np.ndarray:
         raise InvalidInputError(f"slice {z} has shape {labels.shape}; expected (rows, cols).")
     ids = np.unique(labels)
     if len(ids) and ids[0] < 0:
-        raise InvalidInputError(f"slice {z} holds the negative label {int(ids[0])}; labels must be >= 0.")
+        raise InvalidInputError(
+            f"slice {z} holds the negative label {int(ids[0])}; labels must be >= 0."
+        )
     return ids[ids != 0].astype(np.int64)
 
 

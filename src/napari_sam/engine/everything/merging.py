@@ -18,8 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_sam.engine.everything.filters import (
+    clean_mask,
+    mask_boxes,
+    nms,
+    stability_scores,
+    touches_edges,
+)
 from napari_sam.engine.everything.views import ViewCandidates
-from napari_sam.engine.everything.filters import clean_mask, mask_boxes, nms, stability_scores, touches_edges
 from napari_sam.engine.prediction.upsampling import LogitUpsampler
 
 UPSAMPLE_CHUNK = 16  # masks upsampled at once: bounds memory on 1024x1024 windows
@@ -42,7 +48,9 @@ class Survivor:
         return int(np.count_nonzero(self.mask))
 
 
-def view_survivors(candidates: ViewCandidates, settings, plane_shape: tuple[int, int]) -> list[Survivor]:
+def view_survivors(
+    candidates: ViewCandidates, settings, plane_shape: tuple[int, int]
+) -> list[Survivor]:
     """Filter, NMS and upsample one view's candidates into plane-space survivors."""
     if len(candidates.scores) == 0:
         return []
@@ -53,14 +61,19 @@ def view_survivors(candidates: ViewCandidates, settings, plane_shape: tuple[int,
     logits = candidates.logits[:, : valid[0], : valid[1]].float()
     stability = stability_scores(logits, settings.stability_offset).numpy()
     chosen = np.flatnonzero(
-        (candidates.scores >= settings.pred_iou_thresh) & (stability >= settings.stability_score_thresh)
+        (candidates.scores >= settings.pred_iou_thresh)
+        & (stability >= settings.stability_score_thresh)
     )
     masks = logits[chosen] > 0
     low_boxes = mask_boxes(masks).numpy()
     scale = np.array(view.shape, dtype=np.float64) / np.array(valid)
     areas = masks.sum(dim=(1, 2)).numpy() * scale.prod()
     window_area = view.shape[0] * view.shape[1]
-    ok = (areas > 0) & (areas >= settings.min_area) & (areas <= settings.max_area_fraction * window_area)
+    ok = (
+        (areas > 0)
+        & (areas >= settings.min_area)
+        & (areas <= settings.max_area_fraction * window_area)
+    )
     if settings.drop_background:
         large = areas >= settings.background_fraction * window_area
         ok &= ~(large & (_edge_count(low_boxes, valid) >= 3))
@@ -77,8 +90,12 @@ def view_survivors(candidates: ViewCandidates, settings, plane_shape: tuple[int,
         full = _upsample(candidates, part)
         for k, index in enumerate(part):
             survivor = _crop(
-                full[k], view, float(candidates.scores[index]), float(stability[index]),
-                bool(cut[start + k]), settings.min_region_area,
+                full[k],
+                view,
+                float(candidates.scores[index]),
+                float(stability[index]),
+                bool(cut[start + k]),
+                settings.min_region_area,
             )
             if survivor is not None:
                 survivors.append(survivor)
@@ -87,7 +104,10 @@ def view_survivors(candidates: ViewCandidates, settings, plane_shape: tuple[int,
 
 def _edge_count(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (
-        (boxes[:, 0] <= 0).astype(int) + (boxes[:, 1] <= 0) + (boxes[:, 2] >= shape[0]) + (boxes[:, 3] >= shape[1])
+        (boxes[:, 0] <= 0).astype(int)
+        + (boxes[:, 1] <= 0)
+        + (boxes[:, 2] >= shape[0])
+        + (boxes[:, 3] >= shape[1])
     )
 
 
@@ -101,7 +121,9 @@ def _upsample(candidates: ViewCandidates, indices: np.ndarray) -> np.ndarray:
     return (logits > 0).numpy()
 
 
-def _crop(mask: np.ndarray, view, score: float, stability: float, cut: bool, min_region_area: int) -> Survivor | None:
+def _crop(
+    mask: np.ndarray, view, score: float, stability: float, cut: bool, min_region_area: int
+) -> Survivor | None:
     """A window-sized mask -> a cleaned bounding-box crop in plane pixels (None if empty)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if len(rows) == 0:
@@ -125,14 +147,20 @@ def merge_views(survivors: list[Survivor], threshold: float) -> list[Survivor]:
     A survivor is dropped when its IoU with an accepted mask exceeds ``threshold``, or when
     it is cut by its window and lies mostly inside an accepted mask (a fragment of it).
     """
-    order = sorted(range(len(survivors)), key=lambda i: (survivors[i].cut, -survivors[i].layer, -survivors[i].score))
+    order = sorted(
+        range(len(survivors)),
+        key=lambda i: (survivors[i].cut, -survivors[i].layer, -survivors[i].score),
+    )
     accepted: list[Survivor] = []
     boxes = np.zeros((0, 4), np.int64)
     for i in order:
         candidate = survivors[i]
         box = np.array(candidate.box)
         near = np.flatnonzero(
-            (boxes[:, 0] < box[2]) & (box[0] < boxes[:, 2]) & (boxes[:, 1] < box[3]) & (box[1] < boxes[:, 3])
+            (boxes[:, 0] < box[2])
+            & (box[0] < boxes[:, 2])
+            & (boxes[:, 1] < box[3])
+            & (box[1] < boxes[:, 3])
         )
         if not any(_duplicate(candidate, accepted[j], threshold) for j in near):
             accepted.append(candidate)
@@ -143,7 +171,9 @@ def merge_views(survivors: list[Survivor], threshold: float) -> list[Survivor]:
 def _duplicate(candidate: Survivor, kept: Survivor, threshold: float) -> bool:
     r0, c0 = max(candidate.box[0], kept.box[0]), max(candidate.box[1], kept.box[1])
     r1, c1 = min(candidate.box[2], kept.box[2]), min(candidate.box[3], kept.box[3])
-    a = candidate.mask[r0 - candidate.box[0] : r1 - candidate.box[0], c0 - candidate.box[1] : c1 - candidate.box[1]]
+    a = candidate.mask[
+        r0 - candidate.box[0] : r1 - candidate.box[0], c0 - candidate.box[1] : c1 - candidate.box[1]
+    ]
     b = kept.mask[r0 - kept.box[0] : r1 - kept.box[0], c0 - kept.box[1] : c1 - kept.box[1]]
     inter = int(np.count_nonzero(a & b))
     if inter == 0:
@@ -154,7 +184,9 @@ def _duplicate(candidate: Survivor, kept: Survivor, threshold: float) -> bool:
     return candidate.cut and inter / area > CUT_CONTAINED
 
 
-def paint_survivors(survivors: list[Survivor], shape: tuple[int, int]) -> tuple[np.ndarray, list[Survivor]]:
+def paint_survivors(
+    survivors: list[Survivor], shape: tuple[int, int]
+) -> tuple[np.ndarray, list[Survivor]]:
     """Paint largest first into (rows, cols) int32 labels; ids 1..n follow the survivors kept.
 
     Returns the labels and the survivors still visible, in label order.

@@ -23,9 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_sam.engine.everything.views import View, ViewCandidates, Window, crop_views, decode_view
+from napari_sam.engine.everything.merging import (
+    Survivor,
+    merge_views,
+    paint_survivors,
+    view_survivors,
+)
 from napari_sam.engine.everything.settings import EverythingSettings
-from napari_sam.engine.everything.merging import Survivor, merge_views, paint_survivors, view_survivors
+from napari_sam.engine.everything.views import View, ViewCandidates, Window, crop_views, decode_view
 from napari_sam.engine.prediction.planes import PlaneView
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import Normalization, compute_normalization
@@ -134,12 +139,16 @@ class AutomaticSegmenter:
                 progress(done, total)
 
         decoded = tuple(
-            decode_view(self.predictor, embed(view.window), view, self.settings, should_stop, advance)
+            decode_view(
+                self.predictor, embed(view.window), view, self.settings, should_stop, advance
+            )
             for view in views
         )
         return Candidates(plane_shape=shape, views=decoded, settings=self.settings)
 
-    def generate(self, candidates: Candidates, settings: EverythingSettings | None = None) -> PlaneSegmentation:
+    def generate(
+        self, candidates: Candidates, settings: EverythingSettings | None = None
+    ) -> PlaneSegmentation:
         """Filter, de-duplicate and paint candidates (cheap; thresholds may change freely).
 
         ``settings`` defaults to this segmenter's. Its grid, batch and floor fields have
@@ -177,12 +186,20 @@ def segment_plane(
     :meth:`~AutomaticSegmenter.generate` (see there for the parameters)."""
     segmenter = AutomaticSegmenter(predictor, settings)
     candidates = segmenter.initialise(
-        plane, normalization, tile=tile, halo=halo, embed=embed, should_stop=should_stop, progress=progress
+        plane,
+        normalization,
+        tile=tile,
+        halo=halo,
+        embed=embed,
+        should_stop=should_stop,
+        progress=progress,
     )
     return segmenter.generate(candidates)
 
 
-def plan_views(shape: tuple[int, int], settings: EverythingSettings, tile: int | None, halo: int) -> list[View]:
+def plan_views(
+    shape: tuple[int, int], settings: EverythingSettings, tile: int | None, halo: int
+) -> list[View]:
     """The views of a plane: the plane itself or its tiles, then their crop layers."""
     n = settings.points_per_side
     if tile is None:
@@ -197,7 +214,13 @@ def plan_views(shape: tuple[int, int], settings: EverythingSettings, tile: int |
     views = list(bases)
     for base in bases:
         views.extend(
-            crop_views(base, shape, settings.crop_layers, settings.crop_overlap_ratio, settings.crop_points_downscale)
+            crop_views(
+                base,
+                shape,
+                settings.crop_layers,
+                settings.crop_overlap_ratio,
+                settings.crop_points_downscale,
+            )
         )
     return views
 

@@ -17,10 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_sam.engine.everything.settings import EverythingSettings
-from napari_sam.engine.everything.segmenter import AutomaticSegmenter, Candidates, PlaneSegmentation
 from napari_sam.engine.everything.linking import LinkingSettings, link_slices
-from napari_sam.engine.prediction.planes import PlaneKey, PlaneView, plane_layout, stack_normalization
+from napari_sam.engine.everything.segmenter import AutomaticSegmenter, Candidates, PlaneSegmentation
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.prediction.planes import (
+    PlaneKey,
+    PlaneView,
+    plane_layout,
+    stack_normalization,
+)
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import InvalidInputError, OperationCancelled
 
@@ -57,8 +62,14 @@ class EverythingSession:
     """
 
     def __init__(
-        self, predictor: Predictor, data, channel_axis: bool = False, channel: int | None = None,
-        settings: EverythingSettings | None = None, tile: int | None = None, halo: int = 0,
+        self,
+        predictor: Predictor,
+        data,
+        channel_axis: bool = False,
+        channel: int | None = None,
+        settings: EverythingSettings | None = None,
+        tile: int | None = None,
+        halo: int = 0,
         linking: LinkingSettings | None = None,
     ) -> None:
         self.predictor = predictor
@@ -72,8 +83,12 @@ class EverythingSession:
         self._kept: OrderedDict[PlaneKey, Candidates] = OrderedDict()
 
     @classmethod
-    def from_session(cls, session, settings: EverythingSettings | None = None,
-                     linking: LinkingSettings | None = None) -> "EverythingSession":
+    def from_session(
+        cls,
+        session,
+        settings: EverythingSettings | None = None,
+        linking: LinkingSettings | None = None,
+    ) -> EverythingSession:
         """Segment everything on the planes (or tiles) of an annotation session, reusing
         its embeddings: with a session from
         :func:`~napari_sam.batch.embedding.open_cached_session`, the embedding cache made by
@@ -83,7 +98,10 @@ class EverythingSession:
         everything.predictor, everything.data = session.predictor, session.data
         everything.layout, everything.normalization = session.layout, session.normalization
         everything.settings = settings or EverythingSettings()
-        everything.tile, everything.halo = getattr(session, "tile", None), getattr(session, "halo", 0)
+        everything.tile, everything.halo = (
+            getattr(session, "tile", None),
+            getattr(session, "halo", 0),
+        )
         everything.linking = linking or LinkingSettings()
         everything.embeddings = session
         everything._kept = OrderedDict()
@@ -99,14 +117,23 @@ class EverythingSession:
             return lambda window: plane.embedding(window, should_stop)
         return lambda window: session.embed(key, should_stop)
 
-    def initialise(self, key: PlaneKey = (), should_stop: Callable[[], bool] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> Candidates:
+    def initialise(
+        self,
+        key: PlaneKey = (),
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Candidates:
         """Decode one plane (slow) and keep the result for :meth:`generate`."""
         key = self.layout.check_key(key)
         segmenter = AutomaticSegmenter(self.predictor, self.settings)
         candidates = segmenter.initialise(
-            PlaneView(self.data, self.layout, key), self.normalization, tile=self.tile, halo=self.halo,
-            embed=self._embedder(key, should_stop), should_stop=should_stop, progress=progress,
+            PlaneView(self.data, self.layout, key),
+            self.normalization,
+            tile=self.tile,
+            halo=self.halo,
+            embed=self._embedder(key, should_stop),
+            should_stop=should_stop,
+            progress=progress,
         )
         self._kept[key] = candidates
         self._kept.move_to_end(key)
@@ -118,7 +145,9 @@ class EverythingSession:
         """Whether :meth:`generate` can run on this plane without decoding."""
         return tuple(key) in self._kept
 
-    def generate(self, key: PlaneKey = (), settings: EverythingSettings | None = None) -> PlaneSegmentation:
+    def generate(
+        self, key: PlaneKey = (), settings: EverythingSettings | None = None
+    ) -> PlaneSegmentation:
         """Labels of a decoded plane with (new) thresholds; fast.
 
         Raises
@@ -128,20 +157,32 @@ class EverythingSession:
         """
         key = tuple(key)
         if key not in self._kept:
-            raise InvalidInputError(f"Plane {key} has not been decoded yet: run initialise({key}) first.")
+            raise InvalidInputError(
+                f"Plane {key} has not been decoded yet: run initialise({key}) first."
+            )
         if settings is not None:
             self.settings = settings
-        return AutomaticSegmenter(self.predictor, self.settings).generate(self._kept[key], self.settings)
+        return AutomaticSegmenter(self.predictor, self.settings).generate(
+            self._kept[key], self.settings
+        )
 
-    def segment_stack(self, should_stop: Callable[[], bool] | None = None,
-                      progress: Callable[[int, int], None] | None = None, link: bool = True) -> StackSegmentation:
+    def segment_stack(
+        self,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        link: bool = True,
+    ) -> StackSegmentation:
         """Segment every plane, then link each z-stack (the last stack axis) into 3D objects.
 
         ``progress(done, total)`` counts planes. Nothing is returned on cancel
         (OperationCancelled), so a partial result can never replace the user's labels.
         """
         layout = self.layout
-        keys = [tuple(int(i) for i in k) for k in np.ndindex(*layout.stack_shape)] if layout.stack_ndim else [()]
+        keys = (
+            [tuple(int(i) for i in k) for k in np.ndindex(*layout.stack_shape)]
+            if layout.stack_ndim
+            else [()]
+        )
         labels = np.zeros(layout.stack_shape + layout.plane_shape, np.int32)
         segmenter = AutomaticSegmenter(self.predictor, self.settings)
         decoded = 0
@@ -149,14 +190,22 @@ class EverythingSession:
             if should_stop is not None and should_stop():
                 raise OperationCancelled("Segment everything was cancelled.")
             candidates = segmenter.initialise(
-                PlaneView(self.data, layout, key), self.normalization, tile=self.tile, halo=self.halo,
-                embed=self._embedder(key, should_stop), should_stop=should_stop,
+                PlaneView(self.data, layout, key),
+                self.normalization,
+                tile=self.tile,
+                halo=self.halo,
+                embed=self._embedder(key, should_stop),
+                should_stop=should_stop,
             )
             decoded += candidates.points_decoded
             labels[key] = segmenter.generate(candidates, self.settings).labels
             if progress is not None:
                 progress(done + 1, len(keys))
-        labels = self._link(labels, should_stop) if link and layout.stack_ndim else _number_planes(labels, layout.stack_ndim)
+        labels = (
+            self._link(labels, should_stop)
+            if link and layout.stack_ndim
+            else _number_planes(labels, layout.stack_ndim)
+        )
         return StackSegmentation(labels, int(len(np.unique(labels)) - 1), len(keys), decoded)
 
     def _link(self, labels: np.ndarray, should_stop) -> np.ndarray:

@@ -56,7 +56,9 @@ class EverythingSettings:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise InvalidInputError(f"Invalid segment-everything settings: {values} (see EverythingSettings).")
+            raise InvalidInputError(
+                f"Invalid segment-everything settings: {values} (see EverythingSettings)."
+            )
 
     def every_point(self) -> EverythingSettings:
         """These settings with no grid point skipped (maximum recall, 5-8x the decoding)."""
@@ -67,10 +69,12 @@ class EverythingSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "EverythingSettings":
+    def from_dict(cls, values: dict) -> EverythingSettings:
         """The inverse of :meth:`to_dict`; unknown keys raise InvalidInputError."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise InvalidInputError(f"Unknown segment-everything settings {unknown}; known: {sorted(known)}.")
+            raise InvalidInputError(
+                f"Unknown segment-everything settings {unknown}; known: {sorted(known)}."
+            )
         return cls(**values)

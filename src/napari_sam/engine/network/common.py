@@ -48,9 +48,7 @@ class MLP(nn.Module):
     Used by the mask decoder for the hypernetworks and the IoU prediction head.
     """
 
-    def __init__(
-        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int
-    ) -> None:
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]

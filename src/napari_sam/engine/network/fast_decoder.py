@@ -57,14 +57,19 @@ def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([ai @ bi for ai, bi in zip(a, b)])
 
 
-MAX_OBJECTS = 8  # prompts decoded together; larger batches only cost memory (time per prompt is flat)
+MAX_OBJECTS = (
+    8  # prompts decoded together; larger batches only cost memory (time per prompt is flat)
+)
 
 
 def _context_rows(context: ImageContext, start: int, stop: int) -> ImageContext:
     """The rows start:stop of a per-object context (one dense prompt per object)."""
     return ImageContext(
-        image=context.image[start:stop], key_pe=context.key_pe, first_keys=context.first_keys[start:stop],
-        first_values=context.first_values[start:stop], first_queries=context.first_queries[start:stop],
+        image=context.image[start:stop],
+        key_pe=context.key_pe,
+        first_keys=context.first_keys[start:stop],
+        first_values=context.first_values[start:stop],
+        first_queries=context.first_queries[start:stop],
         image_part=context.image_part[start:stop],
     )
 
@@ -121,7 +126,9 @@ def image_to_token(
         queries = image_queries
         w_q = attn.q_proj.weight.view(heads, d, -1)
         folded = torch.einsum("bthd,hdc->bcht", k, w_q).reshape(b, -1, heads * t)
-        offset = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, d)).reshape(b, heads * t)
+        offset = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, d)).reshape(
+            b, heads * t
+        )
     else:
         queries = projected_queries
         # Block-diagonal keys turn the per-head products into one matrix product.
@@ -129,11 +136,15 @@ def image_to_token(
         folded = torch.einsum("bthd,hg->bhdgt", k, eye).reshape(b, heads * d, heads * t)
         offset = torch.zeros((b, heads * t), dtype=k.dtype, device=k.device)
     w_o = attn.out_proj.weight.view(-1, heads, d)  # (C, h, d)
-    folded_values = torch.einsum("bthd,chd->bhtc", v.view(b, t, heads, d), w_o).reshape(b, heads * t, -1)
+    folded_values = torch.einsum("bthd,chd->bhtc", v.view(b, t, heads, d), w_o).reshape(
+        b, heads * t, -1
+    )
     n = queries.shape[1]
     out = torch.empty((b, n, folded_values.shape[-1]), dtype=k.dtype, device=k.device)
     for j in range(b):
-        scores = torch.addmm(offset[j], queries[j if len(queries) > 1 else 0], folded[j])  # (N, h*t)
+        scores = torch.addmm(
+            offset[j], queries[j if len(queries) > 1 else 0], folded[j]
+        )  # (N, h*t)
         weights = torch.softmax(scores.T.contiguous().view(heads, t, n), dim=1).view(heads * t, n)
         torch.addmm(attn.out_proj.bias, weights.T, folded_values[j], out=out[j])
         if record is not None:
@@ -150,8 +161,9 @@ class FastDecoder:
         self.upscaler = MaskUpscaler(decoder)
 
     @torch.inference_mode()
-    def prepare(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                dense: torch.Tensor) -> ImageContext:
+    def prepare(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+    ) -> ImageContext:
         """Image-only work: (1, C, 64, 64) embedding, (1, C, 64, 64) PE, (Bc, C, 64, 64) dense."""
         image = (image_embedding + dense).flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
@@ -186,10 +198,16 @@ class FastDecoder:
         iou : torch.Tensor, shape (B, n)
         """
         if sparse.shape[0] > MAX_OBJECTS:  # bounded memory: 4 MB per object per image-token tensor
-            parts = [self(context, sparse[i : i + MAX_OBJECTS], mask_tokens)
-                     if context.image.shape[0] == 1 else
-                     self(_context_rows(context, i, i + MAX_OBJECTS), sparse[i : i + MAX_OBJECTS], mask_tokens)
-                     for i in range(0, sparse.shape[0], MAX_OBJECTS)]
+            parts = [
+                self(context, sparse[i : i + MAX_OBJECTS], mask_tokens)
+                if context.image.shape[0] == 1
+                else self(
+                    _context_rows(context, i, i + MAX_OBJECTS),
+                    sparse[i : i + MAX_OBJECTS],
+                    mask_tokens,
+                )
+                for i in range(0, sparse.shape[0], MAX_OBJECTS)
+            ]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         dec = self.decoder
         batch = sparse.shape[0]
@@ -200,14 +218,19 @@ class FastDecoder:
         # requested mask tokens are carried through it.
         queries, traces = self._transformer(context, tokens, [0, *(1 + i for i in chosen)])
         hyper = torch.stack(
-            [dec.output_hypernetworks_mlps[i](queries[:, 1 + k, :]) for k, i in enumerate(chosen)], dim=1
+            [dec.output_hypernetworks_mlps[i](queries[:, 1 + k, :]) for k, i in enumerate(chosen)],
+            dim=1,
         )
         # One object at a time: its 8 MB of upscaling activations stay in cache (2x faster).
         parts = context.image_part
-        logits = torch.stack([
-            self.upscaler.masks(parts[j if len(parts) > 1 else 0], [layer[j] for layer in traces], hyper[j])
-            for j in range(batch)
-        ])
+        logits = torch.stack(
+            [
+                self.upscaler.masks(
+                    parts[j if len(parts) > 1 else 0], [layer[j] for layer in traces], hyper[j]
+                )
+                for j in range(batch)
+            ]
+        )
         iou = dec.iou_prediction_head(queries[:, 0, :])[:, mask_tokens]
         return logits, iou
 
@@ -229,8 +252,12 @@ class FastDecoder:
         queries = first.norm3(queries + first.mlp(queries))
         record: list[tuple[torch.Tensor, torch.Tensor]] = []
         update = image_to_token(
-            first.cross_attn_image_to_token, None, queries + query_pe, queries,
-            projected_queries=context.first_queries, record=record,
+            first.cross_attn_image_to_token,
+            None,
+            queries + query_pe,
+            queries,
+            projected_queries=context.first_queries,
+            record=record,
         )
         traces = []  # per layer, per object: what the upscaling needs (fast_upscaling)
         keys = _traced_norm(first.norm4, update.add_(context.image), record, traces)
@@ -239,12 +266,15 @@ class FastDecoder:
             q = queries + query_pe
             queries = layer.norm1(queries + layer.self_attn(q, q, queries))
             keys_pe = keys + context.key_pe
-            update = token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys)
+            update = token_to_image(
+                layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys
+            )
             queries = layer.norm2(queries + update)
             queries = layer.norm3(queries + layer.mlp(queries))
             record = []
-            update = image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries,
-                                    record=record)
+            update = image_to_token(
+                layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries, record=record
+            )
             keys = _traced_norm(layer.norm4, update.add_(keys), record, traces)
 
         queries, query_pe = queries[:, read_tokens], query_pe[:, read_tokens]
@@ -255,6 +285,8 @@ class FastDecoder:
 
 def _traced_norm(norm: torch.nn.LayerNorm, x: torch.Tensor, record, traces: list) -> torch.Tensor:
     """``norm(x)``, appending each object's :class:`NormTrace` of this layer to ``traces``."""
-    out, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    out, mean, rstd = torch.native_layer_norm(
+        x, norm.normalized_shape, norm.weight, norm.bias, norm.eps
+    )
     traces.append([NormTrace(w, v, mean[j], rstd[j]) for j, (w, v) in enumerate(record)])
     return out

@@ -39,7 +39,9 @@ class NormTrace:
     rstd: torch.Tensor  # (N, 1) its reciprocal standard deviation
 
 
-def channel_last_transposed_conv(conv: torch.nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_last_transposed_conv(
+    conv: torch.nn.ConvTranspose2d,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A 2x2 stride-2 transposed convolution as a linear map to (di, dj, channel) outputs.
 
     Returns the (4 * out, in) weight and (4 * out,) bias for :func:`F.linear`.
@@ -76,7 +78,10 @@ class MaskUpscaler:
         update_biases = [layer.cross_attn_image_to_token.out_proj.bias.detach() for layer in layers]
         maps: list[torch.Tensor] = [weight.T] * len(layers)
         rank2: list[torch.Tensor] = [weight.T] * len(layers)
-        following, following_bias = weight.T.contiguous(), bias  # K_{l+1} and the bias added after layer l
+        following, following_bias = (
+            weight.T.contiguous(),
+            bias,
+        )  # K_{l+1} and the bias added after layer l
         for index in reversed(range(len(layers))):
             gain, shift = norms[index].weight.detach(), norms[index].bias.detach()
             maps[index] = (gain[:, None] * following).contiguous()
@@ -101,7 +106,9 @@ class MaskUpscaler:
             y.addmm_(centring, self._rank2[index])
         return y
 
-    def masks(self, image_part: torch.Tensor, traces: list[NormTrace], hyper: torch.Tensor) -> torch.Tensor:
+    def masks(
+        self, image_part: torch.Tensor, traces: list[NormTrace], hyper: torch.Tensor
+    ) -> torch.Tensor:
         """(n, 32) hypernetwork weights of one prompt -> (n, 4 side, 4 side) logits.
 
         With the weights reordered to put output channels last, activations never need a
@@ -109,9 +116,11 @@ class MaskUpscaler:
         """
         x = self.first_upscaling(image_part, traces)  # (N, 4 c1)
         n_tokens = x.shape[0]
-        side = int(round(n_tokens**0.5))
+        side = round(n_tokens**0.5)
         x = x.view(n_tokens * 4, -1)
-        x = F.gelu(F.layer_norm(x, x.shape[-1:], self._norm.weight, self._norm.bias, self._norm.eps))
+        x = F.gelu(
+            F.layer_norm(x, x.shape[-1:], self._norm.weight, self._norm.bias, self._norm.eps)
+        )
         y = F.gelu(F.linear(x, self._up2_weight, self._up2_bias).view(n_tokens * 16, -1))
         masks = hyper @ y.T  # (n, 16 N), pixels scrambled
         masks = masks.index_select(1, natural_order(side, masks.device))

@@ -28,9 +28,7 @@ class FourierPositionEncoding(nn.Module):
 
     def __init__(self, num_features: int = 128) -> None:
         super().__init__()
-        self.register_buffer(
-            "positional_encoding_gaussian_matrix", torch.randn((2, num_features))
-        )
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn((2, num_features)))
 
     def encode(self, coords: torch.Tensor) -> torch.Tensor:
         """(..., 2) positions in [0, 1] -> (..., 2 * num_features)."""
@@ -49,9 +47,7 @@ class FourierPositionEncoding(nn.Module):
 
     def points(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """(..., 2) pixel (x, y) positions in an (h, w) image -> (..., C)."""
-        size = torch.tensor(
-            [float(image_size[1]), float(image_size[0])], device=coords.device
-        )
+        size = torch.tensor([float(image_size[1]), float(image_size[0])], device=coords.device)
         return self.encode(coords.float() / size)
 
 
@@ -88,9 +84,7 @@ class PromptEncoder(nn.Module):
         """Positional encoding of the embedding grid, (1, 256, 64, 64)."""
         return self.pe_layer.grid(self.image_embedding_size).unsqueeze(0)
 
-    def embed_points(
-        self, coords: torch.Tensor, labels: torch.Tensor, pad: bool
-    ) -> torch.Tensor:
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """(B, N, 2) (x, y) points and (B, N) labels (1, 0, -1) -> (B, N[+1], C)."""
         coords = coords + 0.5  # pixel centres
         if pad:
@@ -149,7 +143,9 @@ class PromptEncoder(nn.Module):
         if boxes is not None:
             parts.append(self.embed_boxes(boxes))
         sparse = (
-            torch.cat(parts, dim=1) if parts else torch.empty((batch, 0, self.embed_dim), device=device)
+            torch.cat(parts, dim=1)
+            if parts
+            else torch.empty((batch, 0, self.embed_dim), device=device)
         )
         if masks is not None:
             dense = self.embed_masks(masks)

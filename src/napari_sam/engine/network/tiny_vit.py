@@ -44,7 +44,11 @@ class DenseGELU(nn.GELU):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if (
+            x.ndim == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
             return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return super().forward(x)
 
@@ -53,7 +57,12 @@ class ConvBN(nn.Sequential):
     """Convolution without bias followed by batch normalisation (keys ``c`` and ``bn``)."""
 
     def __init__(
-        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, pad: int = 0,
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 1,
+        stride: int = 1,
+        pad: int = 0,
         groups: int = 1,
     ) -> None:
         super().__init__()
@@ -142,7 +151,9 @@ class WindowAttention(nn.Module):
         b, n, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(self.norm(x)).view(b, n, heads, 3 * (c // heads))
-        q, k, v = (t.reshape(b * heads, n, -1) for t in qkv.permute(0, 2, 1, 3).split(c // heads, dim=3))
+        q, k, v = (
+            t.reshape(b * heads, n, -1) for t in qkv.permute(0, 2, 1, 3).split(c // heads, dim=3)
+        )
         bias = self.attention_biases[:, self.bias_index]  # (heads, N, N)
         bias = bias.expand(b, heads, n, n).reshape(b * heads, n, n)
         # Written out rather than F.scaled_dot_product_attention: with an additive bias
@@ -233,7 +244,10 @@ class TinyViTImageEncoder(nn.Module):
             else:
                 blocks = [
                     TinyViTBlock(
-                        dim, resolution, config.num_heads[i], config.window_sizes[i],
+                        dim,
+                        resolution,
+                        config.num_heads[i],
+                        config.window_sizes[i],
                         config.mlp_ratio,
                     )
                     for _ in range(depth)

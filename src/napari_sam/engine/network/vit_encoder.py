@@ -50,9 +50,7 @@ def relative_position_table(size: int, table: torch.Tensor) -> torch.Tensor:
     """
     wanted = 2 * size - 1
     if table.shape[0] != wanted:
-        table = F.interpolate(
-            table.T.unsqueeze(0), size=wanted, mode="linear"
-        ).squeeze(0).T
+        table = F.interpolate(table.T.unsqueeze(0), size=wanted, mode="linear").squeeze(0).T
     coords = torch.arange(size, device=table.device)
     offsets = coords[:, None] - coords[None, :] + (size - 1)
     return table[offsets]
@@ -81,9 +79,7 @@ class Attention(nn.Module):
         q_grid = q.reshape(b, heads, h, w, -1)
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, rel_h)
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, rel_w)
-        bias = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(
-            b, heads, h * w, h * w
-        )
+        bias = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, heads, h * w, h * w)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = out.transpose(1, 2).reshape(b, h, w, c)
         return self.proj(out)

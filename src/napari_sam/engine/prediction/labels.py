@@ -38,7 +38,9 @@ def paint_masks(
         raise InvalidInputError(f"masks must have shape (N, rows, cols); got {masks.shape}.")
     out = np.zeros(masks.shape[1:], np.int32) if labels is None else np.array(labels, np.int32)
     if out.shape != masks.shape[1:]:
-        raise InvalidInputError(f"labels of shape {out.shape} do not match masks {masks.shape[1:]}.")
+        raise InvalidInputError(
+            f"labels of shape {out.shape} do not match masks {masks.shape[1:]}."
+        )
     if ids is None:
         ids = np.arange(1, len(masks) + 1) + int(out.max(initial=0))
     for mask, label in zip(masks, np.asarray(ids)):

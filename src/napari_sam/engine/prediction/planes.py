@@ -101,7 +101,9 @@ class PlaneView:
 
     def __init__(self, data, layout: PlaneLayout, key: PlaneKey) -> None:
         self.data, self.key = data, layout.check_key(key)
-        self.shape = tuple(layout.plane_shape) + ((layout.shape[-1],) if layout.channel_axis else ())
+        self.shape = tuple(layout.plane_shape) + (
+            (layout.shape[-1],) if layout.channel_axis else ()
+        )
         self.dtype = np.dtype(data.dtype)
 
     def __getitem__(self, window: tuple[slice, slice]) -> np.ndarray:
@@ -112,8 +114,11 @@ class PlaneView:
 
 
 def stack_normalization(
-    data, layout: PlaneLayout, channel: int | None = None,
-    channel_weights: tuple[float, ...] | None = None, planes: int = SAMPLE_PLANES,
+    data,
+    layout: PlaneLayout,
+    channel: int | None = None,
+    channel_weights: tuple[float, ...] | None = None,
+    planes: int = SAMPLE_PLANES,
 ) -> Normalization:
     """One intensity mapping for the whole stack, from a few evenly spaced planes.
 
@@ -124,7 +129,11 @@ def stack_normalization(
     picks = np.unique(np.linspace(0, count - 1, min(planes, count)).round().astype(int))
     samples = []
     for flat in picks:
-        key = tuple(int(i) for i in np.unravel_index(flat, layout.stack_shape)) if layout.stack_ndim else ()
+        key = (
+            tuple(int(i) for i in np.unravel_index(flat, layout.stack_shape))
+            if layout.stack_ndim
+            else ()
+        )
         plane = read_plane(data, layout, key)
         step = max(1, int(np.sqrt(plane.shape[0] * plane.shape[1] / 250_000)))
         samples.append(plane[::step, ::step])

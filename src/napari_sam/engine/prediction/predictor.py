@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_sam.engine.prediction import prompts
-from napari_sam.engine.network.fast_decoder import FastDecoder, ImageContext
 from napari_sam.engine.model.loading import SamModel, load_model
+from napari_sam.engine.network.fast_decoder import FastDecoder, ImageContext
+from napari_sam.engine.prediction import prompts
 from napari_sam.engine.prediction.preprocess import (
     Normalization,
     compute_normalization,
@@ -41,7 +41,11 @@ def stop_points(encoder: torch.nn.Module, should_stop: Callable[[], bool] | None
         if should_stop():
             raise OperationCancelled("The image encoding was cancelled.")
 
-    blocks = [m for m in encoder.modules() if type(m).__name__ in ("Block", "MBConv", "TinyViTBlock", "PatchMerging")]
+    blocks = [
+        m
+        for m in encoder.modules()
+        if type(m).__name__ in ("Block", "MBConv", "TinyViTBlock", "PatchMerging")
+    ]
     handles = [block.register_forward_pre_hook(check) for block in blocks]
     try:
         yield
@@ -89,7 +93,9 @@ class Predictor:
         return self._embedding
 
     def set_image(
-        self, image: np.ndarray, normalization: Normalization | None = None,
+        self,
+        image: np.ndarray,
+        normalization: Normalization | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Embedding:
         """Encode a 2D image (the slow step, about a second on a CPU) and make it current.
@@ -114,7 +120,9 @@ class Predictor:
         return embedding
 
     def encode(
-        self, image: np.ndarray, normalization: Normalization | None = None,
+        self,
+        image: np.ndarray,
+        normalization: Normalization | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Embedding:
         """Like :meth:`set_image` but leaves the current embedding alone (thread-safe)."""
@@ -191,7 +199,12 @@ class Predictor:
         if point_set is None and corners is None and logits is None:
             raise InvalidInputError("Give at least one prompt: points, box or mask_input.")
         if multimask is None:
-            multimask = point_set is not None and corners is None and logits is None and len(point_set[0]) == 1
+            multimask = (
+                point_set is not None
+                and corners is None
+                and logits is None
+                and len(point_set[0]) == 1
+            )
         batch = self._decode(
             None if point_set is None else point_set[0][None],
             None if point_set is None else point_set[1][None],
@@ -290,7 +303,11 @@ class Predictor:
                 for i, c in enumerate(coords)
             ]
             coords = np.stack([c for c, _ in checked]) if checked else coords
-            labels = np.stack([f for _, f in checked]) if checked else np.zeros(coords.shape[:2], np.int64)
+            labels = (
+                np.stack([f for _, f in checked])
+                if checked
+                else np.zeros(coords.shape[:2], np.int64)
+            )
             sizes["points"] = len(coords)
         if boxes is not None:
             array = np.asarray(boxes, dtype=np.float64)
@@ -298,7 +315,9 @@ class Predictor:
                 raise InvalidInputError(
                     f"Batched boxes must have shape (B, 4) as (row0, col0, row1, col1); got {array.shape}."
                 )
-            corners = np.stack([prompts.check_box(b, shape) for b in array]) if len(array) else array
+            corners = (
+                np.stack([prompts.check_box(b, shape) for b in array]) if len(array) else array
+            )
             sizes["boxes"] = len(corners)
         if mask_input is not None:
             array = np.asarray(mask_input, dtype=np.float32)

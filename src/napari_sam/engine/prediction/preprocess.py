@@ -68,7 +68,8 @@ class Normalization:
 
 
 def select_channels(
-    image: np.ndarray, channel: int | None = None,
+    image: np.ndarray,
+    channel: int | None = None,
     channel_weights: tuple[float, ...] | None = None,
 ) -> np.ndarray:
     """Reduce an image to grey (H, W) or RGB (H, W, 3), checking shape and values.
@@ -155,7 +156,9 @@ def compute_normalization(
         return Normalization(0.0, 255.0, channel, channel_weights)
     low_q, high_q = percentiles or DEFAULT_PERCENTILES
     if not 0 <= low_q < high_q <= 100:
-        raise InvalidInputError(f"percentiles must satisfy 0 <= low < high <= 100; got {percentiles}.")
+        raise InvalidInputError(
+            f"percentiles must satisfy 0 <= low < high <= 100; got {percentiles}."
+        )
     flat = data.reshape(-1)
     if flat.size > SAMPLE_PIXELS:
         flat = flat[:: flat.size // SAMPLE_PIXELS]

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class Embedding:
     """An image encoded once, reusable for any number of prompts."""
 
-    features: "torch.Tensor"  # (1, 256, 64, 64) float32 image embedding
+    features: torch.Tensor  # (1, 256, 64, 64) float32 image embedding
     input_size: tuple[int, int]  # (rows, cols) of the resized image inside the encoder frame
     original_size: tuple[int, int]  # (rows, cols) of the image given to set_image
     model_id: str  # weights that computed it (name@sha256-prefix)
@@ -66,5 +66,5 @@ class BatchPrediction:
 class LowResBatch:
     """Low-resolution decoder output for B objects, kept as torch tensors for filtering."""
 
-    logits: "torch.Tensor"  # (B, N, 256, 256) float32 logits in the padded encoder frame
-    scores: "torch.Tensor"  # (B, N) float32 predicted IoU
+    logits: torch.Tensor  # (B, N, 256, 256) float32 logits in the padded encoder frame
+    scores: torch.Tensor  # (B, N) float32 predicted IoU

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 
-def axis_weights(low: int, frame: int, valid: int, original: int) -> tuple[torch.Tensor, torch.Tensor]:
+def axis_weights(
+    low: int, frame: int, valid: int, original: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse form of the map low -> frame (bilinear) -> crop [:valid] -> original.
 
     Returns
@@ -49,10 +51,12 @@ class LogitUpsampler:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, 256, 256) float -> (N, rows, cols) float."""
-        n, low_rows, low_cols = logits.shape
+        n, _low_rows, low_cols = logits.shape
         rows = logits.index_select(1, self.row_index[:, 0]).mul_(self.row_weight[:, 0, None])
         for k in range(1, self.row_index.shape[1]):  # whole source rows: contiguous gathers
-            rows.add_(logits.index_select(1, self.row_index[:, k]).mul_(self.row_weight[:, k, None]))
+            rows.add_(
+                logits.index_select(1, self.row_index[:, k]).mul_(self.row_weight[:, k, None])
+            )
         flat = rows.reshape(-1, low_cols)  # 2D index_select on the last axis is the fast one
         out = flat.index_select(1, self.col_index[:, 0]).mul_(self.col_weight[:, 0])
         for k in range(1, self.col_index.shape[1]):

@@ -48,7 +48,9 @@ class Tile:
 
 
 def default_tiling(
-    shape: tuple[int, int], window: int = DEFAULT_WINDOW, upscale: float = 1.0,
+    shape: tuple[int, int],
+    window: int = DEFAULT_WINDOW,
+    upscale: float = 1.0,
 ) -> tuple[int | None, int]:
     """(interior side, halo) in plane pixels; (None, 0) when the plane is encoded whole.
 
@@ -66,13 +68,16 @@ def default_tiling(
     limit = side * 3 / 2 if upscale <= 1 else side
     if max(shape) <= limit:
         return None, 0
-    halo = int(round(DEFAULT_HALO / upscale))
+    halo = round(DEFAULT_HALO / upscale)
     return int(side) - 2 * halo, halo
 
 
 def resolve_tiling(
-    shape: tuple[int, int], tile: int | None = None, halo: int | None = None,
-    upscale: float = 1.0, window: int = DEFAULT_WINDOW,
+    shape: tuple[int, int],
+    tile: int | None = None,
+    halo: int | None = None,
+    upscale: float = 1.0,
+    window: int = DEFAULT_WINDOW,
 ) -> tuple[int | None, int]:
     """(interior side, halo) from a user's choice: ``tile=None`` automatic, ``0`` no tiles.
 
@@ -97,11 +102,13 @@ def resolve_tiling(
     if tile is None:
         return default_tiling(shape, window, upscale)
     if tile < 0 or (halo is not None and halo < 0):
-        raise InvalidInputError(f"tile and halo must be >= 0 (0 = no tiling); got tile={tile}, halo={halo}.")
+        raise InvalidInputError(
+            f"tile and halo must be >= 0 (0 = no tiling); got tile={tile}, halo={halo}."
+        )
     if tile == 0:
         return None, 0
     if halo is None:
-        halo = min(int(round(DEFAULT_HALO / upscale)), tile // 4)
+        halo = min(round(DEFAULT_HALO / upscale), tile // 4)
     side = tile + 2 * halo
     if upscale > 1 and side * upscale > window + 1:
         raise InvalidInputError(
@@ -119,7 +126,9 @@ def check_upscale(upscale: float) -> float:
     except (TypeError, ValueError):
         value = float("nan")
     if not 0 < value < float("inf"):
-        raise InvalidInputError(f"upscale must be a positive number such as 1 or 2; got {upscale!r}.")
+        raise InvalidInputError(
+            f"upscale must be a positive number such as 1 or 2; got {upscale!r}."
+        )
     return value
 
 
@@ -140,8 +149,10 @@ def tile_grid(shape: tuple[int, int], tile: int, halo: int) -> list[Tile]:
     for ty, r0 in enumerate(range(0, shape[0], tile)):
         for tx, c0 in enumerate(range(0, shape[1], tile)):
             r1, c1 = min(r0 + tile, shape[0]), min(c0 + tile, shape[1])
-            window = (slice(max(0, r0 - halo), min(shape[0], r1 + halo)),
-                      slice(max(0, c0 - halo), min(shape[1], c1 + halo)))
+            window = (
+                slice(max(0, r0 - halo), min(shape[0], r1 + halo)),
+                slice(max(0, c0 - halo), min(shape[1], c1 + halo)),
+            )
             tiles.append(Tile((ty, tx), (slice(r0, r1), slice(c0, c1)), window))
     return tiles
 

@@ -36,9 +36,15 @@ MIN_FRONTIER = 4  # frontier pixels in a tile worth a decode
 INNER_POINTS = 3  # positive points given per tile
 
 
-def grow_across_tiles(tiles: list[Tile], decode: WindowDecoder, mask: np.ndarray,
-                      explored: np.ndarray, points: np.ndarray | None, labels: np.ndarray | None,
-                      box: np.ndarray | None) -> np.ndarray:
+def grow_across_tiles(
+    tiles: list[Tile],
+    decode: WindowDecoder,
+    mask: np.ndarray,
+    explored: np.ndarray,
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    box: np.ndarray | None,
+) -> np.ndarray:
     """Extend an object's mask over the grid tiles it continues into.
 
     Parameters
@@ -73,8 +79,9 @@ def grow_across_tiles(tiles: list[Tile], decode: WindowDecoder, mask: np.ndarray
     return mask
 
 
-def _next_tile(tiles: list[Tile], mask: np.ndarray, explored: np.ndarray,
-               visited: set[tuple[int, int]]) -> Tile | None:
+def _next_tile(
+    tiles: list[Tile], mask: np.ndarray, explored: np.ndarray, visited: set[tuple[int, int]]
+) -> Tile | None:
     """The unvisited tile whose interior holds most frontier pixels (None below MIN_FRONTIER)."""
     frontier = mask & explored & ndimage.binary_dilation(~explored)
     best, most = None, MIN_FRONTIER - 1
@@ -87,7 +94,9 @@ def _next_tile(tiles: list[Tile], mask: np.ndarray, explored: np.ndarray,
     return best
 
 
-def _decode_part(decode: WindowDecoder, tile: Tile, mask: np.ndarray, points, labels, box) -> np.ndarray:
+def _decode_part(
+    decode: WindowDecoder, tile: Tile, mask: np.ndarray, points, labels, box
+) -> np.ndarray:
     """(window rows, window cols) bool: the object on one tile, prompted by its known part."""
     window = tile.window
     inner = inner_points(mask[window], INNER_POINTS) + [window[0].start, window[1].start]

@@ -26,7 +26,6 @@ import numpy as np
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import Normalization
 from napari_sam.engine.prediction.results import Embedding, Prediction
-from napari_sam.engine.tiling.merging import grow_across_tiles
 from napari_sam.engine.tiling.grid import (
     Tile,
     check_upscale,
@@ -34,6 +33,7 @@ from napari_sam.engine.tiling.grid import (
     resolve_tiling,
     tile_grid,
 )
+from napari_sam.engine.tiling.merging import grow_across_tiles
 
 Window = tuple[slice, slice]
 TileIndex = tuple[int, int]
@@ -75,9 +75,18 @@ class TiledPlane:
         Where grid tiles' embeddings persist (``EmbeddingCache.tiles(key)``).
     """
 
-    def __init__(self, predictor: Predictor, plane, normalization: Normalization,
-                 tile: int | None = None, halo: int | None = None, capacity: int = 8, *,
-                 upscale: float = 1.0, backend: TileBackend | None = None) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        plane,
+        normalization: Normalization,
+        tile: int | None = None,
+        halo: int | None = None,
+        capacity: int = 8,
+        *,
+        upscale: float = 1.0,
+        backend: TileBackend | None = None,
+    ) -> None:
         self.predictor = predictor
         self.plane = plane
         self.normalization = normalization
@@ -94,7 +103,9 @@ class TiledPlane:
         self._embeddings: OrderedDict[tuple, Embedding] = OrderedDict()
         self._lock = threading.Lock()
 
-    def embedding(self, window: Window | Tile, should_stop: Callable[[], bool] | None = None) -> Embedding:
+    def embedding(
+        self, window: Window | Tile, should_stop: Callable[[], bool] | None = None
+    ) -> Embedding:
         """The embedding of a window (or a grid :class:`Tile`), from memory, the backend, or encoded.
 
         A grid tile's new embedding is also saved to the backend.
@@ -109,7 +120,9 @@ class TiledPlane:
         index = self._grid.get(key)
         found = self.backend.load(index) if index is not None and self.backend is not None else None
         if found is None:
-            found = self.predictor.encode(np.asarray(self.plane[window]), self.normalization, should_stop)
+            found = self.predictor.encode(
+                np.asarray(self.plane[window]), self.normalization, should_stop
+            )
             self.encoder_calls += 1
             if index is not None and self.backend is not None:
                 self.backend.save(index, found)
@@ -127,8 +140,11 @@ class TiledPlane:
             held |= self.backend.completed()
         return len(held) >= len(self.tiles)
 
-    def encode_tiles(self, should_stop: Callable[[], bool] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> int:
+    def encode_tiles(
+        self,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
         """Make every grid tile's embedding available; returns the encoder calls made.
 
         ``progress(done, total)`` after each tile; ``should_stop`` is polled inside the
@@ -144,8 +160,12 @@ class TiledPlane:
                 progress(count, len(self.tiles))
         return self.encoder_calls - before
 
-    def predict(self, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
-                box: np.ndarray | None = None) -> Prediction:
+    def predict(
+        self,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+    ) -> Prediction:
         """One object's best mask on the whole plane (N = 1).
 
         Parameters
@@ -164,8 +184,15 @@ class TiledPlane:
             ``logits`` (1, 256, 256) of the window where the object was first settled.
         """
         points = None if points is None else np.asarray(points, float).reshape(-1, 2)
-        labels = None if points is None else (np.ones(len(points), int) if point_labels is None
-                                              else np.asarray(point_labels, int).reshape(-1))
+        labels = (
+            None
+            if points is None
+            else (
+                np.ones(len(points), int)
+                if point_labels is None
+                else np.asarray(point_labels, int).reshape(-1)
+            )
+        )
         window = most_central_tile(self.tiles, *self._centre(points, labels, box)).window
         local = self.decode_window(window, points, labels, box)
         for _ in range(RECENTRE_LIMIT):
@@ -182,8 +209,9 @@ class TiledPlane:
         settled = self._paste(local, window)  # larger than a window: follow it across tiles
         explored = np.zeros(self.shape, bool)
         explored[window] = True
-        mask = grow_across_tiles(self.tiles, self.decode_window, settled.masks[0].copy(), explored,
-                                 points, labels, box)
+        mask = grow_across_tiles(
+            self.tiles, self.decode_window, settled.masks[0].copy(), explored, points, labels, box
+        )
         return Prediction(masks=mask[None], scores=settled.scores, logits=settled.logits)
 
     def decode_window(self, window: Window, points, labels, box, extra=None) -> Prediction:
@@ -207,18 +235,26 @@ class TiledPlane:
             local_points, labels = local_points[inside], labels[inside]
             if not len(local_points):
                 local_points = labels = None
-        if local_box is not None and (local_box[2] < 0 or local_box[3] < 0
-                                      or local_box[0] > height - 1 or local_box[1] > width - 1):
+        if local_box is not None and (
+            local_box[2] < 0
+            or local_box[3] < 0
+            or local_box[0] > height - 1
+            or local_box[1] > width - 1
+        ):
             local_box = None  # the box lies wholly outside this window
         if local_box is not None:
             local_box = np.clip(local_box, 0, [height - 1, width - 1, height - 1, width - 1])
-        return self.predictor.predict(points=local_points, point_labels=labels, box=local_box, multimask=False)
+        return self.predictor.predict(
+            points=local_points, point_labels=labels, box=local_box, multimask=False
+        )
 
     def _touches_inner_edge(self, mask: np.ndarray, window: Window) -> bool:
         rows, cols = window
         return bool(
-            (rows.start > 0 and mask[0].any()) or (rows.stop < self.shape[0] and mask[-1].any())
-            or (cols.start > 0 and mask[:, 0].any()) or (cols.stop < self.shape[1] and mask[:, -1].any())
+            (rows.start > 0 and mask[0].any())
+            or (rows.stop < self.shape[0] and mask[-1].any())
+            or (cols.start > 0 and mask[:, 0].any())
+            or (cols.stop < self.shape[1] and mask[:, -1].any())
         )
 
     def _window_at(self, centre: tuple[float, float]) -> Window:
@@ -227,7 +263,7 @@ class TiledPlane:
 
     def _span(self, centre: float, size: int) -> slice:
         """A window side's slice centred on ``centre``, moved inside [0, size)."""
-        start = int(round(centre - self.side / 2))
+        start = round(centre - self.side / 2)
         start = min(max(0, start), max(0, size - self.side))
         return slice(start, min(size, start + self.side))
 
@@ -241,7 +277,9 @@ class TiledPlane:
     def _paste(self, local: Prediction, window: Window) -> Prediction:
         masks = np.zeros((1, *self.shape), bool)
         masks[0][window] = local.best_mask
-        return Prediction(masks=masks, scores=local.scores[[local.best]], logits=local.logits[[local.best]])
+        return Prediction(
+            masks=masks, scores=local.scores[[local.best]], logits=local.logits[[local.best]]
+        )
 
 
 def _bounds(window: Window) -> tuple[int, int, int, int]:
