@@ -1,7 +1,7 @@
 # The two README commands, each complete on a fresh machine:
 #   make demo   set up .venv, fetch the default weights, run the demo into out/demo
 #   make test   the same set-up plus an X server's Debian packages and the 3D sample data,
-#               then the test suite
+#               then lint (ruff check, ruff format --check, mypy) and the test suite
 # and `make bench` for benchmarks/. Re-runs skip the set-up: a stamp in .venv records
 # the install and is renewed when pyproject.toml changes.
 
@@ -26,15 +26,22 @@ APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image
 	libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 \
 	libxkbcommon-x11-0 libgl1 libegl1 libglib2.0-0 libdbus-1-3 libfontconfig1
 
-.PHONY: demo test bench install system-deps weights samples clean
+.PHONY: demo test lint bench install system-deps weights samples clean
 
 demo: install weights
 	$(VENV)/bin/napari-sam demo --out out/demo
 
 # QT_QPA_PLATFORM is dropped because "offscreen" (set by some CI images) breaks the napari
 # tests that add layers; pytest-xvfb provides the display instead.
-test: install system-deps weights samples
+test: install system-deps weights samples lint
 	env -u QT_QPA_PLATFORM $(PY) -m pytest $(PYTEST_ARGS)
+
+# Seconds, and first: a lint or type error fails the test command before the suite runs.
+# `ruff format src tests benchmarks docs` and `ruff check --fix` mend most findings.
+lint: install
+	$(PY) -m ruff check src tests benchmarks docs
+	$(PY) -m ruff format --check --quiet src tests benchmarks docs
+	$(PY) -m mypy
 
 bench: install weights
 	$(PY) benchmarks/run_all.py

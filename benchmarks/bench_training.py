@@ -5,8 +5,8 @@
 TinyViT blocks and the neck, so every step encodes the image) and ``full``. Each step is
 one BBBC007 image (450 x 450), ``--objects`` objects and ``--iterations`` prompting
 rounds; the first step is a warm-up and not counted. CPU seconds (all threads) are
-reported beside wall seconds: on a shared machine they depend much less on other jobs. ``python bench_training.py`` runs
-every mode in a fresh process (peak RSS is per process) and writes
+reported beside wall seconds: on a shared machine they depend much less on other jobs.
+``python bench_training.py`` runs every mode in a fresh process (peak RSS is per process) and writes
 ``results/training.json``. Timings on our shared 2-core machines vary with the load of
 other jobs: compare modes measured in the same run only.
 """

@@ -11,9 +11,10 @@ camera on every tick, so the viewer redraws throughout, as when a user pans mean
 Variants are interleaved and repeated; medians are reported. Prints one JSON line.
 
 Run: ``xvfb-run -a -s "-screen 0 1280x900x24" python benchmarks/bench_worker.py``.
-``BENCH_WORKER_REPEATS`` and ``BENCH_WORKER_ONLY`` (comma-separated variant names; "direct" is always
-run, as the baseline) trim the run. Environment knobs (``OMP_WAIT_POLICY``, ``MALLOC_ARENA_MAX``, ...) are read from the
-caller's environment and echoed in the output, to compare them in separate processes.
+``BENCH_WORKER_REPEATS`` and ``BENCH_WORKER_ONLY`` (comma-separated variant names; "direct" is
+always run, as the baseline) trim the run. Environment knobs (``OMP_WAIT_POLICY``,
+``MALLOC_ARENA_MAX``, ...) are read from the caller's environment and echoed in the output, to
+compare them in separate processes.
 """
 
 from __future__ import annotations

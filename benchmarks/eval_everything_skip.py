@@ -1,6 +1,7 @@
 """How segment-everything's skip rules trade decoded points against AP, on many images.
 
-Usage: ``python benchmarks/eval_everything_skip.py [--quick] [--no-baseline] [--bbbc-stride K] [--resume]``
+Usage:
+``python benchmarks/eval_everything_skip.py [--quick] [--no-baseline] [--bbbc-stride K] [--resume]``
 
 Images: the DSB2018 image (hand-labelled), the 14 BBBC007 images (algorithmic labels,
 fetched from PyPI on first use, see ``napari_sam.training.development_data``) and every
@@ -76,7 +77,7 @@ def main() -> None:
             segmenter = AutomaticSegmenter(predictor, settings)
             start = time.perf_counter()
             candidates = segmenter.initialise(
-                item.image, item.normalization, embed=lambda window: embedding
+                item.image, item.normalization, embed=lambda window, embedding=embedding: embedding
             )
             result = segmenter.generate(candidates)
             seconds = time.perf_counter() - start
@@ -97,12 +98,14 @@ def main() -> None:
     names = {item.name for item in chosen}
     rows = [r for r in rows if r["setting"] in SETTINGS and r["image"] in names]
     print(
-        f"\n{'setting':26s} {'decoded':>8s} {'AP50 mean':>10s} {'AP75 mean':>10s}  (over {len(rows) // len(SETTINGS)} images)"
+        f"\n{'setting':26s} {'decoded':>8s} {'AP50 mean':>10s} {'AP75 mean':>10s}  "
+        f"(over {len(rows) // len(SETTINGS)} images)"
     )
     for name in SETTINGS:
         mine = [r for r in rows if r["setting"] == name]
         print(
-            f"{name:26s} {sum(r['decoded'] for r in mine):8d} {np.mean([r['ap50'] for r in mine]):10.4f} "
+            f"{name:26s} {sum(r['decoded'] for r in mine):8d} "
+            f"{np.mean([r['ap50'] for r in mine]):10.4f} "
             f"{np.mean([r['ap75'] for r in mine]):10.4f}"
         )
 

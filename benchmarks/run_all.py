@@ -51,12 +51,15 @@ def main() -> None:
             "|---|---|---|---|",
             f"| encoder, seconds per image (median of 5) | {encoder_ours['median_s']:.2f} | "
             f"{encoder_eager['median_s']:.2f} | {speedup:.2f}x |",
-            f"| encoder peak RSS, MB | {encoder_ours['peak_rss_mb']:.0f} | {encoder_eager['peak_rss_mb']:.0f} | |",
+            f"| encoder peak RSS, MB | {encoder_ours['peak_rss_mb']:.0f} | "
+            f"{encoder_eager['peak_rss_mb']:.0f} | |",
             f"| click to 3 masks at 512x512, ms (median of {click['calls']}) | "
-            f"{click['ours_ms_median']:.1f} | {click['reference_style_ms_median']:.1f} | {click['speedup']:.2f}x |",
+            f"{click['ours_ms_median']:.1f} | {click['reference_style_ms_median']:.1f} | "
+            f"{click['speedup']:.2f}x |",
             f"| pixel agreement of the click masks | {click['pixel_agreement']:.6f} | | |",
             f"| napari: point added -> preview shown, ms (median of {annotator['clicks']}) | "
-            f"{annotator['widget_ms_median']:.1f} | {annotator['reference_style_ms_median']:.1f} (decoder only) | |",
+            f"{annotator['widget_ms_median']:.1f} | "
+            f"{annotator['reference_style_ms_median']:.1f} (decoder only) | |",
             *everything_rows(everything),
         ]
     )
@@ -72,12 +75,15 @@ def everything_rows(everything: dict) -> list[str]:
         everything["reference_style"],
     )
     return [
-        f"| segment everything, seconds incl. encoder ({ours['points_decoded']} vs 1024 grid points) | "
-        f"{ours['seconds']:.1f} | {style['seconds']:.1f} | {style['seconds'] / ours['seconds']:.1f}x |",
+        "| segment everything, seconds incl. encoder "
+        f"({ours['points_decoded']} vs 1024 grid points) | "
+        f"{ours['seconds']:.1f} | {style['seconds']:.1f} | "
+        f"{style['seconds'] / ours['seconds']:.1f}x |",
         f"| ... with the reference's settings, every grid point | {equivalent['seconds']:.1f} | "
         f"{style['seconds']:.1f} | {style['seconds'] / equivalent['seconds']:.1f}x |",
         f"| segment everything peak RSS, MB | {ours['peak_rss_mb']} | {style['peak_rss_mb']} | |",
-        f"| segment everything AP@0.5 / AP@0.75 vs human labels | {ours['ap50']:.3f} / {ours['ap75']:.3f} | "
+        "| segment everything AP@0.5 / AP@0.75 vs human labels | "
+        f"{ours['ap50']:.3f} / {ours['ap75']:.3f} | "
         f"{style['ap50']:.3f} / {style['ap75']:.3f} | |",
     ]
 

@@ -44,7 +44,8 @@ def test_segments_links_records_and_resumes(stack_file, tmp_path, capsys):
     assert main(command) == 0
     captured = capsys.readouterr()
     found = re.search(
-        r"(\d+) objects in 2 slices \(2 segmented now, 0 already done\), [\d.]+ s, [\d.]+ slices/min "
+        r"(\d+) objects in 2 slices \(2 segmented now, 0 already done\), "
+        r"[\d.]+ s, [\d.]+ slices/min "
         r"\(in-process, vit_t@",
         captured.out,
     )

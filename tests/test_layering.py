@@ -180,7 +180,8 @@ def _fresh_interpreter(statement: str) -> dict:
         "import json, os, sys\n"
         "before = dict(os.environ)\n"
         f"{statement}\n"
-        "print(json.dumps({'modules': sorted(sys.modules), 'environ_changed': before != dict(os.environ)}))\n"
+        "print(json.dumps({'modules': sorted(sys.modules), "
+        "'environ_changed': before != dict(os.environ)}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300

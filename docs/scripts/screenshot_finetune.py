@@ -1,6 +1,7 @@
 """Screenshot of the fine-tuning widget after a short run on the bundled DSB2018 nuclei.
 
-Run under a display (``xvfb-run -a -s "-screen 0 1600x1000x24" python docs/scripts/screenshot_finetune.py``);
+Run under a display
+(``xvfb-run -a -s "-screen 0 1600x1000x24" python docs/scripts/screenshot_finetune.py``);
 writes ``docs/images/finetune_widget.png``. The run is 4 steps, enough to show the widget's
 final state (status line with the logit calibration), not a useful model.
 """

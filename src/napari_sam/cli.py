@@ -190,7 +190,8 @@ def run_weights(args: argparse.Namespace) -> int:
         for spec in MODELS.values():
             cached = "yes" if weights_path(spec).is_file() else "no"
             print(
-                f"{spec.name:<12} {spec.size / 1e6:>7.1f}MB  {cached:<6}  {spec.license:<10}  {spec.description}"
+                f"{spec.name:<12} {spec.size / 1e6:>7.1f}MB  {cached:<6}  "
+                f"{spec.license:<10}  {spec.description}"
             )
         return 0
     if args.action == "path":
@@ -198,7 +199,8 @@ def run_weights(args: argparse.Namespace) -> int:
         path = weights_path(spec)
         if not is_cached(spec):
             print(
-                f"napari-sam: {args.name} is not cached; run `napari-sam weights fetch {args.name}` "
+                f"napari-sam: {args.name} is not cached; "
+                f"run `napari-sam weights fetch {args.name}` "
                 f"(it would live at {path})",
                 file=sys.stderr,
             )

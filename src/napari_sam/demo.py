@@ -91,7 +91,8 @@ def run_demo(
     everything_seconds = time.perf_counter() - start
     ap = average_precisions(everything.labels, truth, (0.5, 0.75))
     say(
-        f"{everything.count} objects in {everything_seconds:.1f} s; now one box per annotated nucleus"
+        f"{everything.count} objects in {everything_seconds:.1f} s; "
+        "now one box per annotated nucleus"
     )
     start = time.perf_counter()
     embedding = predictor.set_image(image)

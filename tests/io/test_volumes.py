@@ -348,7 +348,9 @@ def test_zarr_group_key_selects_an_array(tmp_path):
         r"'labels/cells', 'raw'",
     ):
         open_volume(tmp_path / "g.zarr", key="nuclei")
-    with pytest.raises(InvalidInputError, match="key=None, level=1 were given but .* single image"):
+    with pytest.raises(
+        InvalidInputError, match=r"key=None, level=1 were given but .* single image"
+    ):
         open_volume(tmp_path / "g.zarr", key="raw", level=1)
     empty = zarr.open_group(tmp_path / "e.zarr", mode="w")
     with pytest.raises(InvalidInputError, match="none \\(the group holds no arrays\\)"):
@@ -389,7 +391,7 @@ def test_ome_zarr_unknown_axis_name_needs_axes(tmp_path):
             {"axes": [{"name": "angle"}, {"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}
         ],
     }
-    with pytest.raises(InvalidInputError, match="Axis 'angle' .* is not one of t, c, z, y, x"):
+    with pytest.raises(InvalidInputError, match=r"Axis 'angle' .* is not one of t, c, z, y, x"):
         open_volume(tmp_path / "o.zarr")
     assert open_volume(tmp_path / "o.zarr", axes="tyx").scale == (1.0, 1.0, 1.0)
 
@@ -436,7 +438,9 @@ def test_unguessable_axes(tmp_path):
     ):
         open_volume(np.zeros((2, 2, 4, 6, 8)))
     tifffile.imwrite(tmp_path / "q3.tif", np.zeros((2, 2, 2, 6, 8), np.uint8))  # three unknown axes
-    with pytest.raises(InvalidInputError, match="tifffile axes 'QQQYX' of .*q3.tif .*axes='tczyx'"):
+    with pytest.raises(
+        InvalidInputError, match=r"tifffile axes 'QQQYX' of .*q3.tif .*axes='tczyx'"
+    ):
         open_volume(tmp_path / "q3.tif")
     tifffile.imwrite(
         tmp_path / "cs.tif",
@@ -444,18 +448,18 @@ def test_unguessable_axes(tmp_path):
         photometric="rgb",
         metadata={"axes": "CYXS"},
     )  # channels twice
-    with pytest.raises(InvalidInputError, match="tifffile axes 'CYXS' of .*cs.tif .*axes='czyx'"):
+    with pytest.raises(InvalidInputError, match=r"tifffile axes 'CYXS' of .*cs.tif .*axes='czyx'"):
         open_volume(tmp_path / "cs.tif")
 
 
 def test_missing_path_and_unknown_formats(tmp_path):
-    with pytest.raises(InvalidInputError, match="No such file or folder: .*nope.tif"):
+    with pytest.raises(InvalidInputError, match=r"No such file or folder: .*nope.tif"):
         open_volume(tmp_path / "nope.tif")
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
     with pytest.raises(InvalidInputError, match=r"Unknown format '.png' .* use napari_sam.io"):
         open_volume(str(tmp_path / "a.png"))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(InvalidInputError, match="is not a zarr store \\(no zarr.json"):
+    with pytest.raises(InvalidInputError, match=r"is not a zarr store \(no zarr.json"):
         open_volume(tmp_path / "folder")
     with pytest.raises(InvalidInputError, match="Cannot open a list as a volume"):
         open_volume([[1, 2], [3, 4]])

@@ -64,7 +64,7 @@ def test_folder_pairs_images_with_their_labels(tmp_path, discs):
     assert [i.name for i in images] == ["img0", "img1"]
     assert [len(i.object_ids()) for i in images] == [2, 2]
     tifffile.imwrite(tmp_path / "lonely.tif", disc_image(disc_labels()))
-    with pytest.raises(InvalidInputError, match="no labels file.*lonely.tif"):
+    with pytest.raises(InvalidInputError, match=r"no labels file.*lonely.tif"):
         images_from_folder(tmp_path)
     with pytest.raises(InvalidInputError, match="No image matches"):
         images_from_folder(tmp_path, pattern="*.png")

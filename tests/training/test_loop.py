@@ -75,7 +75,7 @@ def test_only_the_chosen_parts_train(trainable):
         0.5,
         1.0,
     ]  # last block one step below the neck
-    with pytest.raises(InvalidInputError, match="encoder_blocks must be 1..2"):
+    with pytest.raises(InvalidInputError, match=r"encoder_blocks must be 1..2"):
         parameter_groups(sam, "encoder-last", 5, 0.5, 0.1)
     with pytest.raises(InvalidInputError, match="Unknown trainable parts"):
         parameter_groups(sam, "everything", 1, 0.5, 0.1)

@@ -295,7 +295,8 @@ def test_large_planes_are_tiled_and_their_tiles_cached(
         assert mask_iou(preview, engine.predict(points=points[across : across + 1]).masks[0]) == 1.0
         quality = mask_iou(preview, truth == ids[across])
         print(
-            f"click on nucleus {ids[across]} across a tile border: IoU with the human label {quality:.3f}"
+            f"click on nucleus {ids[across]} across a tile border: "
+            f"IoU with the human label {quality:.3f}"
         )
         assert quality > 0.6
     finally:

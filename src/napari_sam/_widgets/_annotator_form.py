@@ -147,7 +147,11 @@ class AnnotatorForm(QWidget):
             box.clear()
             box.addItems(
                 extra
-                + [l.name for l in self.viewer.layers if isinstance(l, kind) and l not in ours]
+                + [
+                    layer.name
+                    for layer in self.viewer.layers
+                    if isinstance(layer, kind) and layer not in ours
+                ]
             )
             if current and box.findText(current) >= 0:
                 box.setCurrentText(current)

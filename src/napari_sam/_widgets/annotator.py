@@ -365,7 +365,8 @@ class AnnotatorWidget(AnnotatorForm):
         )
         self.clear_prompts()
         self.status.setText(
-            f"Committed object(s) {', '.join(map(str, plan.ids))}{note}. Undo: select the layer, Ctrl-Z."
+            f"Committed object(s) {', '.join(map(str, plan.ids))}{note}. "
+            "Undo: select the layer, Ctrl-Z."
         )
 
     def _remember(self, plan) -> None:

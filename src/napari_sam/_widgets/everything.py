@@ -100,7 +100,8 @@ class EverythingWidget(QWidget):
             1,
             256,
             self.settings.points_per_side,
-            "Grid points along each side of the plane (or tile); 32 suits cells of 15+ px in 512 px.",
+            "Grid points along each side of the plane (or tile); "
+            "32 suits cells of 15+ px in 512 px.",
         )
         self.min_area_box = _spin(
             0, 10**7, self.settings.min_area, "Drop objects smaller than this (pixels)."
@@ -126,8 +127,9 @@ class EverythingWidget(QWidget):
         self.every_point_box = QCheckBox("decode every grid point")
         self.every_point_box.setChecked(not self.settings.skip_covered)
         self.every_point_box.setToolTip(
-            "Off (default): grid points inside or beside objects already found, and points that look like "
-            "background, are skipped (5-8x faster). On: every point is decoded, for the last bit of recall."
+            "Off (default): grid points inside or beside objects already found, and points that "
+            "look like background, are skipped (5-8x faster). On: every point is decoded, for the "
+            "last bit of recall."
         )
         self.link_box = QCheckBox("link planes into 3D objects")
         self.link_box.setChecked(stack.linking is not None)
@@ -364,7 +366,8 @@ class EverythingWidget(QWidget):
             image = self.viewer.layers[self.image_box.currentText()]
             layer.scale, layer.translate = image.scale[-2:], image.translate[-2:]
         self.status.setText(
-            f"{_plane_name(key)}: {result.count} objects from {result.points_decoded} decoded grid points "
+            f"{_plane_name(key)}: {result.count} objects from "
+            f"{result.points_decoded} decoded grid points "
             f"({result.points_skipped} skipped). Thresholds re-apply live."
         )
 

@@ -239,7 +239,10 @@ class FineTuneWidget(QWidget):
         switched = self.switch_annotators(result.weights)
         note = f"; {switched} annotator(s) now use it" if switched else ""
         if result.calibration is not None and result.calibration.scale != 1.0:
-            note += f"; logits x{result.calibration.scale:.2f} to keep segment-everything's stability filter"
+            note += (
+                f"; logits x{result.calibration.scale:.2f} to keep "
+                "segment-everything's stability filter"
+            )
         self.status.setText(
             f"Saved {result.weights} ({result.steps} steps, {result.stopped}){note}."
         )

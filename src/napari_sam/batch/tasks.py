@@ -36,7 +36,9 @@ ModelSource = str | Callable[[], SamModel]  # registry name or checkpoint path, 
 
 @dataclass(frozen=True)
 class StackSource:
-    """An image or (z, y, x) stack on disk, as :func:`~napari_sam.io.volumes.open_volume` opens it."""
+    """An image or (z, y, x) stack on disk, as :func:`~napari_sam.io.volumes.open_volume`
+    opens it.
+    """
 
     path: str  # TIFF, zarr or OME-Zarr folder, or .npy
     key: str | int | None = None  # series (TIFF) or array path (zarr)
@@ -58,7 +60,8 @@ class StackSource:
         if len(volume.stack_axes) > 1:
             raise InvalidInputError(
                 f"{self.path} has axes {volume.axes!r}: segment-everything links slices along one "
-                "stack axis. Select one time point first (e.g. write it to its own file) or pass --axes."
+                "stack axis. Select one time point first (e.g. write it to its own file) "
+                "or pass --axes."
             )
         view = volume.planes_view()
         planes = view if volume.stack_axes else _SinglePlane(view)
@@ -133,7 +136,9 @@ def segment_slice(job: SliceJob, predictor, stack: OpenStack | None = None) -> S
 
 
 def load_predictor(model: ModelSource):
-    """A :class:`~napari_sam.engine.prediction.predictor.Predictor` for a model name, file or factory."""
+    """A :class:`~napari_sam.engine.prediction.predictor.Predictor` for a model name, file or
+    factory.
+    """
     from napari_sam.engine.prediction.predictor import Predictor
 
     return Predictor(model() if callable(model) else model)

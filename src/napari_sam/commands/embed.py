@@ -105,7 +105,8 @@ def run_embed(args: argparse.Namespace) -> int:
     counted = "" if grid is None else " tiles"
     print(
         f"{args.cache}: {summary.planes} planes, {tiling}, {summary.encoded}{counted} encoded now, "
-        f"{summary.reused}{counted} already cached, {summary.seconds:.1f} s ({session.model_id}, axes {volume.axes})"
+        f"{summary.reused}{counted} already cached, {summary.seconds:.1f} s "
+        f"({session.model_id}, axes {volume.axes})"
     )
     return 0
 
@@ -124,6 +125,7 @@ def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
     start, stop = parse_z_range(z_range)
     if not layout.stack_ndim or not stop <= layout.stack_shape[0]:
         raise InvalidInputError(
-            f"--z-range {z_range} does not fit planes 0..{layout.stack_shape[0] if layout.stack_ndim else 0}."
+            f"--z-range {z_range} does not fit planes "
+            f"0..{layout.stack_shape[0] if layout.stack_ndim else 0}."
         )
     return [k for k in keys if start <= k[0] < stop]

@@ -153,8 +153,9 @@ def run_segment_everything(args: argparse.Namespace) -> int:
             progress=bars.update,
         )
     print(
-        f"{args.out}: {summary.objects} objects in {summary.slices} slices ({summary.segmented} segmented now, "
-        f"{summary.reused} already done), {summary.seconds:.1f} s, {summary.slices_per_minute:.1f} slices/min "
+        f"{args.out}: {summary.objects} objects in {summary.slices} slices "
+        f"({summary.segmented} segmented now, {summary.reused} already done), "
+        f"{summary.seconds:.1f} s, {summary.slices_per_minute:.1f} slices/min "
         f"({summary.execution}, {summary.model_id})"
     )
     return 0

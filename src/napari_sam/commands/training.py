@@ -357,7 +357,8 @@ def run_train(args: argparse.Namespace) -> int:
     if result.calibration is not None:
         c = result.calibration
         print(
-            f"logits x{c.scale:.2f}: median stability {c.tuned_median:.3f} -> {c.calibrated_median:.3f} "
+            f"logits x{c.scale:.2f}: median stability "
+            f"{c.tuned_median:.3f} -> {c.calibrated_median:.3f} "
             f"(base model {c.base_median:.3f}, {c.prompts} clicks)"
         )
     _report(rows, Path(args.out), "evaluation")

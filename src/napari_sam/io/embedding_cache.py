@@ -288,13 +288,15 @@ class EmbeddingCache:
         """Write features, then their checksum, then the completion flag."""
         if embedding.model_id != self.signature.model_id:
             raise CacheMismatchError(
-                f"Embedding by {embedding.model_id} cannot go into a cache for {self.signature.model_id}."
+                f"Embedding by {embedding.model_id} cannot go into a cache for "
+                f"{self.signature.model_id}."
             )
         index = self._index(key, tile)
         if tuple(embedding.original_size) != self._original_size(tile):
             raise InvalidInputError(
                 f"An embedding of a {tuple(embedding.original_size)} image cannot be stored for "
-                f"{'tile ' + str(tuple(tile)) if tile is not None else 'a plane'} of {self._original_size(tile)} pixels."
+                f"{'tile ' + str(tuple(tile)) if tile is not None else 'a plane'} "
+                f"of {self._original_size(tile)} pixels."
             )
         where = index if (key or tile is not None) else ()
         features = embedding.features[0].cpu().numpy().astype(self.signature.feature_dtype)

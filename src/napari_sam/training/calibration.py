@@ -1,8 +1,9 @@
 """Keep the released model's logit sharpness after fine-tuning (stability calibration).
 
 Segment-everything keeps a mask only when its *stability score* is high: the IoU of the
-mask thresholded at logit +1 and at -1 (:func:`~napari_sam.engine.everything.filters.stability_scores`,
-threshold 0.95). The released decoder, trained at scale, predicts steep logits; a few
+mask thresholded at logit +1 and at -1
+(:func:`~napari_sam.engine.everything.filters.stability_scores`, threshold 0.95). The
+released decoder, trained at scale, predicts steep logits; a few
 hundred fine-tuning steps with the focal and dice losses leave the sign of the logits
 where the labels want it but flatten them near the outline. The masks a user is shown do
 not change, yet fewer masks pass the stability filter, and segment-everything with its

@@ -56,7 +56,9 @@ class EmbeddingStore:
         return features
 
     def embedding(self, model: SamModel, image: LabelledImage) -> Embedding:
-        """The :class:`~napari_sam.engine.prediction.results.Embedding` a Predictor of ``model`` accepts."""
+        """The :class:`~napari_sam.engine.prediction.results.Embedding` a Predictor of
+        ``model`` accepts.
+        """
         features = self.features(model, image)
         rows, cols = image.labels.shape
         scale = model.input_size / max(rows, cols)

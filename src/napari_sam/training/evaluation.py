@@ -9,9 +9,9 @@ per round at the most interior pixel of the largest error, positive on a miss an
 negative on a false positive, feeding the previous logits back. Masks are those the
 user would see (highest predicted IoU) at full resolution, scored against the labels
 with :func:`~napari_sam.engine.metrics.mask_iou`. On request, the automatic mode
-(:func:`napari_sam.engine.everything.segmenter.segment_plane`, default settings) is scored by average
-precision at IoU 0.5, 0.55, ..., 0.95, averaged over images. :func:`check_regression`
-compares two reports of the same images.
+(:func:`napari_sam.engine.everything.segmenter.segment_plane`, default settings) is scored
+by average precision at IoU 0.5, 0.55, ..., 0.95, averaged over images.
+:func:`check_regression` compares two reports of the same images.
 """
 
 from __future__ import annotations

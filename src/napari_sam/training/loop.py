@@ -287,7 +287,8 @@ def _one_step(
     else:
         raise InvalidInputError(
             f"No usable object in {MAX_DRAWS} draws: objects must have at least min_area="
-            f"{config.min_area} pixels (and survive --crop {config.crop_size}). Lower min_area or the crop."
+            f"{config.min_area} pixels (and survive --crop {config.crop_size}). "
+            "Lower min_area or the crop."
         )
     _set_modes(sam, config.trainable)
     if frozen is not None and not prepared.augmented:

@@ -42,7 +42,9 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft dice loss per mask, ``1 - (2|P.T| + s) / (|P| + |T| + s)``; shapes as :func:`focal_loss`."""
+    """Soft dice loss per mask, ``1 - (2|P.T| + s) / (|P| + |T| + s)``; shapes as
+    :func:`focal_loss`.
+    """
     probability = torch.sigmoid(logits)
     targets = targets.expand_as(logits)
     overlap = (probability * targets).sum(dim=(2, 3))

@@ -96,7 +96,8 @@ def parameter_groups(
         if parts == "encoder-last":
             if not 1 <= encoder_blocks < len(units) - 1:
                 raise InvalidInputError(
-                    f"encoder_blocks must be 1..{len(units) - 2} for this encoder; got {encoder_blocks}."
+                    f"encoder_blocks must be 1..{len(units) - 2} for this encoder; "
+                    f"got {encoder_blocks}."
                 )
             first = len(units) - 1 - encoder_blocks
         else:

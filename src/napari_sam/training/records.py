@@ -50,8 +50,8 @@ def write_training_card(
         "iou_head": IOU_HEAD_NOTES[config.freeze_iou_head],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "napari_sam_version": __version__,
-        "load_with": f"napari_sam.engine.model.loading.load_model({weights.name!r}) or any SAM code "
-        f"that loads the official {trainable.architecture_name} checkpoint",
+        "load_with": f"napari_sam.engine.model.loading.load_model({weights.name!r}) "
+        f"or any SAM code that loads the official {trainable.architecture_name} checkpoint",
         "training": {
             "steps_done": state.step,
             "best_step": best_step,

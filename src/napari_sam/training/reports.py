@@ -24,7 +24,8 @@ def format_table(rows: list[Row]) -> str:
     """A fixed-width table of mean IoU; clicks columns hold the iterative results."""
     clicks = max(len(r.iterative_point) for _, _, r in rows)
     header = (
-        f"{'data':<12} {'model':<28} {'objects':>7} {'point':>6} {'box':>6} {'pt+neg':>6} {'pred':>5} | "
+        f"{'data':<12} {'model':<28} {'objects':>7} {'point':>6} "
+        f"{'box':>6} {'pt+neg':>6} {'pred':>5} | "
         + " ".join(f"{'p' + str(k):>5}" for k in range(1, clicks + 1))
         + " | "
         + " ".join(f"{'b' + str(k):>5}" for k in range(1, clicks + 1))
@@ -32,7 +33,8 @@ def format_table(rows: list[Row]) -> str:
     lines = [header, "-" * len(header)]
     for data, label, report in rows:
         lines.append(
-            f"{data[:12]:<12} {label[:28]:<28} {report.objects:>7} {report.point:>6.3f} {report.box:>6.3f} "
+            f"{data[:12]:<12} {label[:28]:<28} {report.objects:>7} "
+            f"{report.point:>6.3f} {report.box:>6.3f} "
             f"{report.point_negative:>6.3f} {report.predicted_iou:>5.3f} | "
             + " ".join(f"{v:>5.3f}" for v in report.iterative_point)
             + " | "
@@ -49,12 +51,14 @@ def format_table(rows: list[Row]) -> str:
     if automatic:
         lines.append("")
         lines.append(
-            f"{'data':<12} {'model':<28} {'AP50':>6} {'AP75':>6} {'AP90':>6} {'mAP':>6}  (segment everything)"
+            f"{'data':<12} {'model':<28} {'AP50':>6} {'AP75':>6} {'AP90':>6} {'mAP':>6}  "
+            "(segment everything)"
         )
         for data, label, r in automatic:
             ap = r.automatic_ap
             lines.append(
-                f"{data[:12]:<12} {label[:28]:<28} {ap[0.5]:>6.3f} {ap[0.75]:>6.3f} {ap[0.9]:>6.3f} "
+                f"{data[:12]:<12} {label[:28]:<28} "
+                f"{ap[0.5]:>6.3f} {ap[0.75]:>6.3f} {ap[0.9]:>6.3f} "
                 f"{sum(ap.values()) / len(ap):>6.3f}"
             )
     return "\n".join(lines)

@@ -135,7 +135,10 @@ def _chunks(count: int, size: int) -> list[slice]:
 
 def _rows(state: PromptState, rows: slice) -> PromptState:
     """The prompts of some objects of the batch."""
-    pick = lambda value: None if value is None else value[rows]
+
+    def pick(value):
+        return None if value is None else value[rows]
+
     return replace(
         state,
         points=pick(state.points),

@@ -71,7 +71,9 @@ def test_tiles_come_from_the_embedding_cache(tiny_model, make_image, tmp_path):
         )
         calls = []
         encode = cached.predictor.encode
-        cached.predictor.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+        cached.predictor.encode = lambda *a, calls=calls, encode=encode, **k: (
+            calls.append(1) or encode(*a, **k)
+        )
         everything = EverythingSession.from_session(cached, replace(LOOSE, points_per_side=1))
         assert (everything.tile, everything.halo) == (256, 32)
         everything.initialise(())

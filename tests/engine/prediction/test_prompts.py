@@ -86,7 +86,7 @@ def test_points_of_wrong_shape(points):
 
 @pytest.mark.parametrize("labels", [[1], [1, 1, 1], [1, 2], [-1, 1]])
 def test_point_labels_of_wrong_length_or_values(labels):
-    with pytest.raises(InvalidInputError, match="point_labels must be 2 values of 1 .* or 0"):
+    with pytest.raises(InvalidInputError, match=r"point_labels must be 2 values of 1 .* or 0"):
         check_points([(1, 1), (2, 2)], labels, SHAPE)
 
 

@@ -121,7 +121,8 @@ def test_an_object_larger_than_a_window_gets_a_whole_mask(setup, monkeypatch):
     for prompt in ("box", "point"):
         print(
             f"{prompt}: tiled vs untiled IoU {mask_iou(found[prompt], untiled[prompt]):.4f}, "
-            f"vs the drawn cell {mask_iou(found[prompt], cell):.4f} ({tiled.encoder_calls} windows encoded)"
+            f"vs the drawn cell {mask_iou(found[prompt], cell):.4f} "
+            f"({tiled.encoder_calls} windows encoded)"
         )
         assert mask_iou(found[prompt], untiled[prompt]) >= 0.95
         assert mask_iou(found[prompt], cell) >= 0.95

@@ -104,10 +104,10 @@ class TiledSession(AnnotationSession):
         return self.plane(key).ready()
 
     # A tiled plane has one embedding per tile: embed returns the plane that holds them.
-    def embed(
+    def embed(  # type: ignore[override]
         self,
         key: PlaneKey = (),
-        should_stop: Callable[[], bool] | None = None,  # type: ignore[override]
+        should_stop: Callable[[], bool] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> TiledPlane:
         """Encode every grid tile of one plane not yet encoded (slow; safe from a worker thread).

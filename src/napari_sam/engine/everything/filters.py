@@ -93,7 +93,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
 def touches_edges(
     boxes: np.ndarray, shape: tuple[int, int], edges: tuple[bool, bool, bool, bool]
 ) -> np.ndarray:
-    """Which boxes touch one of the chosen edges (top, left, bottom, right) of a (rows, cols) frame."""
+    """Which boxes touch one of the chosen edges (top, left, bottom, right) of a (rows, cols)
+    frame.
+    """
     boxes = np.asarray(boxes)
     hits = np.stack(
         [boxes[:, 0] <= 0, boxes[:, 1] <= 0, boxes[:, 2] >= shape[0], boxes[:, 3] >= shape[1]],

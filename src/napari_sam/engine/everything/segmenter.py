@@ -88,7 +88,9 @@ class AutomaticSegmenter:
     >>> segmenter = AutomaticSegmenter(Predictor("vit_t"))          # doctest: +SKIP
     >>> candidates = segmenter.initialise(image)                     # doctest: +SKIP
     >>> labels = segmenter.generate(candidates).labels               # doctest: +SKIP
-    >>> stricter = segmenter.generate(candidates, replace(settings, pred_iou_thresh=0.95))  # doctest: +SKIP
+    >>> stricter = segmenter.generate(                               # doctest: +SKIP
+    ...     candidates, replace(settings, pred_iou_thresh=0.95)
+    ... )
     """
 
     def __init__(self, predictor: Predictor, settings: EverythingSettings | None = None) -> None:
@@ -229,7 +231,8 @@ def _plane_shape(plane) -> tuple[int, int]:
     shape = tuple(int(s) for s in np.shape(plane))
     if len(shape) not in (2, 3) or min(shape[:2]) < 1:
         raise InvalidInputError(
-            f"Segment everything needs one 2D plane, (rows, cols) or (rows, cols, channels); got shape {shape}."
+            "Segment everything needs one 2D plane, (rows, cols) or (rows, cols, channels); "
+            f"got shape {shape}."
         )
     return shape[0], shape[1]
 

@@ -13,7 +13,9 @@ from napari_sam.errors import InvalidInputError
 
 @dataclass(frozen=True)
 class EverythingSettings:
-    """Settings of segment-everything; defaults chosen on the DSB2018 nuclei (docs/everything.md)."""
+    """Settings of segment-everything; defaults chosen on the DSB2018 nuclei
+    (docs/everything.md).
+    """
 
     points_per_side: int = 32  # grid points along each side of the plane, tile or crop
     points_per_batch: int = 32  # prompts per decoder call; coverage is updated between calls

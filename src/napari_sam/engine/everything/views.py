@@ -12,6 +12,7 @@ of the grid on sparse microscopy images.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from napari_sam.engine.prediction import prompts
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.results import Embedding
 from napari_sam.errors import OperationCancelled
-import itertools
 
 Window = tuple[slice, slice]
 LOW_RES_STRIDE = 4  # encoder-frame pixels per low-resolution logit
@@ -246,7 +246,9 @@ class _GridState:
         return batch[keep]
 
     def decode(self, predictor: Predictor, batch: np.ndarray):
-        """Three candidates per point, flattened: (3B, 256, 256) logits, (3B,) scores and stability."""
+        """Three candidates per point, flattened: (3B, 256, 256) logits, (3B,) scores and
+        stability.
+        """
         settings = self.settings
         out = predictor.predict_low_res(self.local[batch][:, None, :], multimask=True)
         logits = out.logits.reshape(-1, prompts.LOW_RES, prompts.LOW_RES).float()

@@ -111,10 +111,10 @@ def image_to_token(
 
     Either ``image_queries`` (B|1, N, C) or their projection ``projected_queries``
     (B|1, N, I) is given; ``record`` receives each object's (h*t, N) attention weights and
-    (h*t, C) values (with the output projection folded in). One object at a time: its (N, h*t) scores are transposed so
-    that the softmax over each head's t tokens runs along contiguous rows (torch's
-    softmax over a last axis of ~7 entries is ~10x slower), and the output projection's
-    bias rides along in the last matrix product.
+    (h*t, C) values (with the output projection folded in). One object at a time: its
+    (N, h*t) scores are transposed so that the softmax over each head's t tokens runs along
+    contiguous rows (torch's softmax over a last axis of ~7 entries is ~10x slower), and the
+    output projection's bias rides along in the last matrix product.
     """
     heads = attn.num_heads
     k = attn.k_proj(token_keys)  # (B, t, I)

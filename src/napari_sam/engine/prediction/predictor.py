@@ -313,7 +313,8 @@ class Predictor:
             array = np.asarray(boxes, dtype=np.float64)
             if array.ndim != 2 or array.shape[1] != 4:
                 raise InvalidInputError(
-                    f"Batched boxes must have shape (B, 4) as (row0, col0, row1, col1); got {array.shape}."
+                    "Batched boxes must have shape (B, 4) as (row0, col0, row1, col1); "
+                    f"got {array.shape}."
                 )
             corners = (
                 np.stack([prompts.check_box(b, shape) for b in array]) if len(array) else array

@@ -13,8 +13,9 @@ than about 1.5x the window.
 
 Upscaling: SAM's encoder always resizes its input so the longest side is 1024 pixels.
 A window of ``1024 / upscale`` plane pixels is therefore enlarged ``upscale`` times before
-encoding (bilinear, inside :func:`~napari_sam.engine.prediction.preprocess.resize_longest_side`), and
-every prompt and mask is mapped between plane pixels and encoder pixels by the predictor.
+encoding (bilinear, inside
+:func:`~napari_sam.engine.prediction.preprocess.resize_longest_side`), and every prompt and
+mask is mapped between plane pixels and encoder pixels by the predictor.
 ``upscale=2`` gives small cells four times as many encoder pixels, at four times the tiles.
 """
 
@@ -113,7 +114,8 @@ def resolve_tiling(
     if upscale > 1 and side * upscale > window + 1:
         raise InvalidInputError(
             f"A window of {side} pixels (tile {tile} + 2 x halo {halo}) upscaled {upscale:g}x is "
-            f"{side * upscale:.0f} pixels, more than the encoder's {window}: it would be shrunk back. "
+            f"{side * upscale:.0f} pixels, more than the encoder's {window}: "
+            "it would be shrunk back. "
             f"Choose tile <= {int(window / upscale) - 2 * halo}, or leave tile automatic."
         )
     return tile, halo

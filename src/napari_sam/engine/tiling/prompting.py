@@ -106,7 +106,8 @@ class TiledPlane:
     def embedding(
         self, window: Window | Tile, should_stop: Callable[[], bool] | None = None
     ) -> Embedding:
-        """The embedding of a window (or a grid :class:`Tile`), from memory, the backend, or encoded.
+        """The embedding of a window (or a grid :class:`Tile`), from memory, the backend, or
+        encoded.
 
         A grid tile's new embedding is also saved to the backend.
         """
