@@ -125,6 +125,20 @@ def test_only_the_widgets_import_the_gui_stack():
     assert wrong == [], "GUI imports outside napari_sam._widgets:\n" + "\n".join(wrong)
 
 
+def test_no_module_imports_another_modules_private_names():
+    """``from napari_sam.x import _name`` reaches into x's internals: make the name public."""
+    wrong = []
+    for module, path in all_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("napari_sam"):
+                private = [
+                    a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"
+                ]
+                if private and node.module != module:
+                    wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {private}")
+    assert wrong == []
+
+
 def find_cycles(graph: dict[str, set[str]]) -> list[str]:
     """Each cycle found by depth-first search, as "a -> b -> a"."""
     state: dict[str, int] = {}
