@@ -35,8 +35,8 @@ class PromptSettings:
 
     The defaults are the recipe validated in docs/training.md: one round, the first
     prompt only. Each further round costs about one more decoder pass: a step of 16
-    objects took about 25 s with the paper's 11 rounds and 6 s with one on 2 CPU cores,
-    hours instead of minutes for a CPU run.
+    objects took 28.1 s with the paper's 11 rounds and 2.6 s with one on 2 CPU cores
+    (benchmarks/bench_training.py, one run), hours instead of minutes for a CPU run.
     """
 
     iterations: int = 1  # all iterations, the first prompt included (paper: 11, see above)
