@@ -14,7 +14,10 @@ from napari_sam.training.config import PAPER_PROMPTS, EvaluationSettings, Traini
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_model, tiny_architecture):
     """`train` and `evaluate` use the tiny random SAM instead of downloading vit_t."""
+    # Imported before any patch: a module first imported under the patch would keep the
+    # fake `load_model` it bound for the rest of the session (the predictor did, once).
     from napari_sam.engine.model import loading
+    from napari_sam.engine.prediction import predictor
     from napari_sam.training import network
     from tiny_sam import random_model
 
@@ -22,7 +25,8 @@ def tiny_cli(monkeypatch, tiny_model, tiny_architecture):
     monkeypatch.setattr(
         network, "load_trainable", lambda *args, **kwargs: original(random_model(tiny_architecture))
     )
-    monkeypatch.setattr(loading, "load_model", lambda *args, **kwargs: tiny_model)
+    for module in (loading, predictor):
+        monkeypatch.setattr(module, "load_model", lambda *args, **kwargs: tiny_model)
 
 
 def _folder(path, discs, layouts):

@@ -1,0 +1,266 @@
+"""The flags of ``napari-sam train`` and ``napari-sam evaluate``.
+
+Every default and every number in a help text is read from the settings dataclasses
+(:mod:`napari_sam.training.config`, :mod:`napari_sam.engine.everything.settings`), which
+load no torch, so ``napari-sam --help`` stays instant and a default changes in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.model import DEFAULT_MODEL
+from napari_sam.training.config import (
+    PAPER_PROMPTS,
+    REGRESSION_TOLERANCE,
+    TRAINABLE_PARTS,
+    EvaluationSettings,
+    TrainingConfig,
+)
+
+SETS = ("train", "validation", "test", "reference")
+
+
+def add_train_arguments(train: argparse.ArgumentParser) -> None:
+    """Data, output, recipe and evaluation flags of ``train``."""
+    add_data_arguments(train, SETS)
+    train.add_argument(
+        "--out", required=True, help="output folder (weights, model card, checkpoint, tables)"
+    )
+    train.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="starting model name or checkpoint (default %(default)s)",
+    )
+    train.add_argument("--architecture", help="registry name of a checkpoint file's architecture")
+    train.add_argument(
+        "--from-scratch", action="store_true", help="random initial weights (no MAE init)"
+    )
+    add_recipe_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument(
+        "--tolerance",
+        type=float,
+        default=REGRESSION_TOLERANCE,
+        help="allowed drop on the reference set (default %(default)s)",
+    )
+    train.add_argument(
+        "--no-evaluation",
+        action="store_true",
+        help="only train: measure test and reference sets later with "
+        "'napari-sam evaluate', once for several models",
+    )
+    add_common_arguments(train)
+
+
+def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """Data, models and evaluation flags of ``evaluate``."""
+    add_data_arguments(evaluate, ("test", "reference"))
+    evaluate.add_argument(
+        "--model",
+        action="append",
+        help=f"model name or checkpoint (repeatable; default {DEFAULT_MODEL})",
+    )
+    evaluate.add_argument("--architecture", help="registry name of checkpoint files' architecture")
+    evaluate.add_argument(
+        "--out", help="folder for evaluation.csv (and evaluation.png with matplotlib)"
+    )
+    add_common_arguments(evaluate)
+
+
+def add_recipe_arguments(train: argparse.ArgumentParser) -> None:
+    """The training settings; every default is :class:`TrainingConfig`'s (the validated recipe)."""
+    defaults = TrainingConfig()
+    add = train.add_argument
+    add(
+        "--trainable",
+        default=defaults.trainable,
+        choices=TRAINABLE_PARTS,
+        help="what trains (default %(default)s)",
+    )
+    add(
+        "--encoder-blocks",
+        type=int,
+        default=defaults.encoder_blocks,
+        help="encoder blocks trained with encoder-last (default %(default)s)",
+    )
+    add("--steps", type=int, default=defaults.steps, help="training steps (default %(default)s)")
+    add(
+        "--objects",
+        type=int,
+        default=defaults.objects_per_step,
+        help="objects per step (default %(default)s)",
+    )
+    add(
+        "--lr",
+        type=float,
+        default=defaults.learning_rate,
+        help="peak learning rate (default %(default)s)",
+    )
+    add(
+        "--iterations",
+        type=int,
+        default=defaults.prompts.iterations,
+        help="prompting iterations per step (default %(default)s; the SAM paper's "
+        f"{PAPER_PROMPTS.iterations})",
+    )
+    add(
+        "--quiet-iterations",
+        type=int,
+        default=defaults.prompts.quiet_iterations,
+        help="iterations without a new point (default %(default)s; the SAM paper's "
+        f"{PAPER_PROMPTS.quiet_iterations})",
+    )
+    add(
+        "--warmup",
+        type=int,
+        default=defaults.warmup_steps,
+        help="warm-up steps (default %(default)s)",
+    )
+    add(
+        "--layer-decay",
+        type=float,
+        default=defaults.layer_decay,
+        help="layer-wise lr decay of encoder blocks (default %(default)s)",
+    )
+    add(
+        "--drop-path",
+        type=float,
+        default=defaults.drop_path,
+        help="drop path rate when the encoder trains (default %(default)s)",
+    )
+    add("--crop", type=int, default=defaults.crop_size, help="random square crops of this side")
+    add("--flips", action="store_true", default=defaults.flips, help="random flips")
+    add_iou_head_arguments(train, defaults.freeze_iou_head)
+    add(
+        "--no-calibration",
+        dest="calibrate_logits",
+        action="store_false",
+        default=defaults.calibrate_logits,
+        help="do not rescale the kept weights' logits to the base model's stability (by "
+        "default they are, so segment-everything's stability filter still fits)",
+    )
+    add(
+        "--validate-every",
+        type=int,
+        default=defaults.validate_every,
+        help="steps between validations (default %(default)s)",
+    )
+    add(
+        "--validation-objects",
+        type=int,
+        default=defaults.validation_objects,
+        help="objects measured per validation image (default %(default)s)",
+    )
+    add(
+        "--patience",
+        type=int,
+        default=defaults.patience,
+        help="validations without gain before stopping (default %(default)s)",
+    )
+    add(
+        "--max-minutes",
+        type=float,
+        default=defaults.max_minutes,
+        help="stop after this many minutes of training (wall time; the best weights are kept; "
+        f"default {defaults.max_minutes or 0:g}, 0: no limit). With a limit, how many "
+        "steps run, and so the weights, depend on the machine's speed",
+    )
+    add("--seed", type=int, default=defaults.seed, help="seeds sampling and prompts")
+    add("--name", default=defaults.name, help="weights are NAME_ARCH.pt (default %(default)s)")
+
+
+def add_iou_head_arguments(train: argparse.ArgumentParser, freeze: bool) -> None:
+    iou_head = train.add_mutually_exclusive_group()
+    iou_head.add_argument(
+        "--freeze-iou-head",
+        dest="freeze_iou_head",
+        action="store_true",
+        help="keep the released IoU head"
+        + (" (default)" if freeze else "")
+        + ": segment-everything's pred_iou_thresh stays valid",
+    )
+    iou_head.add_argument(
+        "--train-iou-head",
+        dest="freeze_iou_head",
+        action="store_false",
+        help="train the IoU head too"
+        + ("" if freeze else " (default)")
+        + " (the SAM paper's recipe; it learns the new labels' lower IoU, so "
+        "segment-everything then needs a lower pred_iou_thresh)",
+    )
+    train.set_defaults(freeze_iou_head=freeze)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, sets: tuple[str, ...]) -> None:
+    for name in sets:
+        parser.add_argument(
+            f"--{name}-folder",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help=f"{name} images: a folder of images with STEM_labels.EXT beside them",
+        )
+        parser.add_argument(
+            f"--{name}-pair",
+            action="append",
+            default=[],
+            nargs="+",
+            metavar="PATH",
+            help=f"{name} images: IMAGE LABELS [START:STOP] (repeatable)",
+        )
+    if "validation" in sets:
+        parser.add_argument(
+            "--validation-fraction",
+            type=float,
+            default=0.2,
+            help="hold out this fraction of training images for early stopping "
+            "when no validation set is given (default %(default)s; 0: none)",
+        )
+    parser.add_argument(
+        "--pattern", default="*.tif", help="image glob inside folders (default %(default)s)"
+    )
+    parser.add_argument(
+        "--label-suffix", default="_labels", help="labels file = STEM + this (default %(default)s)"
+    )
+    parser.add_argument("--channel", type=int, help="channel of multichannel images")
+    parser.add_argument(
+        "--development",
+        action="store_true",
+        help="use the development splits of docs/training.md (BBBC007, cells3d, DSB2018)",
+    )
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation settings; every default is :class:`EvaluationSettings`'."""
+    defaults = EvaluationSettings()
+    add = parser.add_argument
+    add(
+        "--clicks",
+        type=int,
+        default=defaults.clicks,
+        help="iterative prompting: up to this many prompts (default %(default)s)",
+    )
+    add(
+        "--max-objects",
+        type=int,
+        default=defaults.max_objects,
+        help="objects evaluated per image (default %(default)s)",
+    )
+    add(
+        "--automatic",
+        action="store_true",
+        default=defaults.automatic,
+        help="also score segment-everything by AP at IoU 0.5..0.95 (slow: a point grid per image)",
+    )
+    add(
+        "--automatic-iou",
+        type=float,
+        metavar="T",
+        default=defaults.automatic_iou_threshold,
+        help=f"segment-everything's predicted-IoU threshold (default "
+        f"{EverythingSettings().pred_iou_thresh})",
+    )
+    add("--embedding-cache", help="folder keeping image embeddings between runs")
+    add("--threads", type=int, help="torch CPU threads")
