@@ -5,6 +5,7 @@ The labels must equal those of the in-process run of the same command.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -87,13 +88,24 @@ def _wait_for_workers(address: str, count: int) -> None:
         client.wait_for_workers(count, timeout=120)
 
 
-def test_scheduler_run_equals_the_in_process_run(stack_file, scheduler, tmp_path, capsys):
+def test_scheduler_and_local_cluster_runs_equal_the_in_process_run(
+    stack_file, scheduler, tmp_path, capsys, caplog
+):
     common = ["segment-everything", str(stack_file), "--points-per-side", "8"]
-    assert main(common + ["--out", str(tmp_path / "local.zarr"), "--workers", "0"]) == 0
-    assert main(common + ["--out", str(tmp_path / "remote.zarr"), "--scheduler", scheduler]) == 0
-    output = capsys.readouterr().out
-    assert f"scheduler {scheduler}" in output, output
-    local = np.asarray(zarr.open_group(tmp_path / "local.zarr", mode="r")["labels"][...])
-    remote = np.asarray(zarr.open_group(tmp_path / "remote.zarr", mode="r")["labels"][...])
-    assert local.max() > 0
-    np.testing.assert_array_equal(remote, local)
+    runs = {
+        "in-process": ["--workers", "0"],
+        f"scheduler {scheduler}": ["--scheduler", scheduler],
+        "2 local workers": ["--workers", "2"],
+    }
+    labels = {}
+    for name, flags in runs.items():
+        out = tmp_path / f"{len(labels)}.zarr"
+        assert main(common + ["--out", str(out)] + flags) == 0
+        assert f"({name}, vit_t@" in capsys.readouterr().out
+        labels[name] = np.asarray(zarr.open_group(out, mode="r")["labels"][...])
+    assert labels["in-process"].max() > 0
+    for name in runs:
+        np.testing.assert_array_equal(labels[name], labels["in-process"], err_msg=name)
+    # distributed's INFO lines (workers joining, nannies closing) are not the user's business
+    chatter = [r for r in caplog.records if r.name.startswith("distributed")]
+    assert all(r.levelno >= logging.WARNING for r in chatter), [r.getMessage() for r in chatter]

@@ -88,10 +88,17 @@ def cluster_client(workers: int, scheduler: str | None) -> Iterator[Client]:
 
     The local cluster (and its worker processes) is closed on exit, also on errors.
     """
-    if scheduler is not None:
-        with Client(scheduler) as client:
+    with _quiet_distributed():
+        if scheduler is not None:
+            with Client(scheduler) as client:
+                yield client
+            return
+        with _local_client(workers) as client:
             yield client
-        return
+
+
+@contextmanager
+def _local_client(workers: int) -> Iterator[Client]:
     # LocalCluster writes OMP_NUM_THREADS=1 and friends into this process's environment for
     # its workers; left there, they would change torch in every later subprocess we start.
     environ = dict(os.environ)
@@ -111,6 +118,30 @@ def cluster_client(workers: int, scheduler: str | None) -> Iterator[Client]:
             yield client
     finally:
         cluster.close()
+
+
+@contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """distributed's INFO lines (cluster start, each worker joining and leaving) held back.
+
+    Users see our progress bars and summary; ``napari-sam -v`` (the ``napari_sam`` logger at
+    INFO) lets them through. The levels are restored on exit.
+    """
+    if logging.getLogger("napari_sam").isEnabledFor(logging.INFO):
+        yield
+        return
+    names = {"distributed"} | {
+        name for name in logging.root.manager.loggerDict if name.startswith("distributed.")
+    }
+    loggers = [logging.getLogger(name) for name in sorted(names)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def run_on_cluster(
