@@ -192,6 +192,7 @@ def test_errors(stack_file, reference, tmp_path):
             StackSource(str(stack_file)), reference[0], other, segmenter=embedding_segmenter
         )
     (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("a user's file")  # an empty folder is used
     with pytest.raises(
         CacheMismatchError, match="exists but is not a napari-sam segment-everything store"
     ):

@@ -25,6 +25,7 @@ from napari_sam.batch.tasks import (
     StackSource,
     load_predictor,
 )
+from napari_sam.errors import NapariSamError
 
 if TYPE_CHECKING:
     from napari_sam.engine.prediction.predictor import Predictor
@@ -73,13 +74,21 @@ class ModelPlugin(WorkerPlugin):
         return self.stacks[source]
 
 
-def segment_slice_on_worker(job: SliceJob) -> SliceResult:
-    """The task function: one slice with the worker's model and opened input."""
+def segment_slice_on_worker(job: SliceJob) -> SliceResult | NapariSamError:
+    """The task function: one slice with the worker's model and opened input.
+
+    An error the user can act on (a damaged plane, say) comes back as the task's value,
+    so that the driver raises it as one clear line; raised on the worker, distributed
+    would first log it there as a failed task with its traceback.
+    """
     from napari_sam.batch.tasks import segment_slice
 
     plugin = get_worker().plugins[PLUGIN_NAME]
     assert isinstance(plugin, ModelPlugin) and plugin.predictor is not None  # setup() ran
-    return segment_slice(job, plugin.predictor, plugin.stack(job.source))
+    try:
+        return segment_slice(job, plugin.predictor, plugin.stack(job.source))
+    except NapariSamError as error:
+        return error
 
 
 @contextmanager
@@ -160,6 +169,9 @@ def run_on_cluster(
     futures = client.map(segment_slice_on_worker, list(jobs), pure=False)
     try:
         for future in as_completed(futures):
-            done(future.result())
+            result = future.result()
+            if isinstance(result, NapariSamError):
+                raise result
+            done(result)
     finally:
         client.cancel(futures)

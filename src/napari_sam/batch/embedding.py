@@ -1,8 +1,9 @@
 """Encode every plane (or every tile of every plane) of a volume into an embedding cache.
 
 One code path for the CLI (``napari-sam embed``), the napari widgets and the console:
-planes or tiles already complete in the cache are skipped, the rest are encoded one at a
-time (so memory stays flat whatever the number of planes) and written as they finish.
+planes or tiles already complete (and intact) in the cache are skipped, the rest are
+encoded one at a time (so memory stays flat whatever the number of planes) and written
+as they finish.
 Large planes are cut into tiles with halo (:mod:`napari_sam.engine.tiling.grid`), chosen
 automatically unless the caller sets ``tile``.
 """
@@ -20,6 +21,7 @@ from napari_sam.engine.annotation.session import AnnotationSession
 from napari_sam.engine.annotation.tiled_session import TiledSession, open_session
 from napari_sam.errors import InvalidInputError
 from napari_sam.io.embedding_cache import EmbeddingCache, cache_signature
+from napari_sam.io.store_lock import StoreLock
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,29 @@ def open_cached_session(
     tile: int | None = None,
     halo: int | None = None,
     upscale: float = 1.0,
+    lock: StoreLock | None = None,
 ) -> AnnotationSession:
     """A session whose embeddings persist in ``cache_path`` (tiled for large planes).
 
     ``tile=None`` tiles only planes too large for the encoder (see
     :func:`~napari_sam.engine.tiling.grid.resolve_tiling`), ``tile=0`` never tiles. If the
     cache already exists for this data, model and tiling, no plane or tile that it holds
-    is ever encoded again.
+    is ever encoded again. ``overwrite`` replaces a cache made for other data or
+    settings, or a damaged one, but never a folder holding anything else. ``lock``, the
+    cache's :class:`~napari_sam.io.store_lock.StoreLock` held by the caller, keeps other
+    runs from creating or replacing the cache for as long as the caller holds it (as
+    ``napari-sam embed`` does for its whole run); without it the lock is taken only while
+    the cache is created or replaced.
 
     Raises
     ------
     CacheMismatchError
-        ``cache_path`` holds a cache for other data or settings and ``overwrite`` is False.
+        ``cache_path`` holds a cache for other data or settings and ``overwrite`` is
+        False, is damaged, or holds files that are not a cache's.
+    InvalidInputError
+        ``cache_path`` is a file.
+    StoreInUseError
+        The cache must be created or replaced while another run writes it.
     """
     session = open_session(model, data, channel_axis, channel, capacity, tile, halo, upscale)
     tiling = (
@@ -75,7 +88,9 @@ def open_cached_session(
         halo=tiling[1],
         upscale=tiling[2],
     )
-    cache = EmbeddingCache.open(cache_path, signature, session.layout, overwrite=overwrite)
+    cache = EmbeddingCache.open(
+        cache_path, signature, session.layout, overwrite=overwrite, lock=lock
+    )
     if isinstance(session, TiledSession):
         session.tile_backends = cache.tiles
     else:

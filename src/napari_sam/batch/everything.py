@@ -7,9 +7,13 @@ per slice segments that plane (tiles, when asked for, are handled inside
 :func:`~napari_sam.engine.everything.segmenter.segment_plane`, which merges objects across tile
 borders) and writes only that slice's chunks, so tasks never race. Tasks run in this
 process (``workers=0``), on a new loopback ``distributed.LocalCluster``, or on an
-existing dask scheduler. Slices already complete are skipped, so a killed run resumes.
-Last, :func:`~napari_sam.engine.everything.linking.link_slices` streams over the stored sections and
-writes the 3D labels. See docs/everything.md, "Batch on a cluster".
+existing dask scheduler. Slices already complete, and found intact by the store's
+checksums, are skipped, so a killed run resumes; damaged ones are segmented again. The
+driver holds the store's lock for the whole run, so a second run on the same output
+stops at once. Last, :func:`~napari_sam.engine.everything.linking.link_slices` streams
+over the stored sections and writes the 3D labels (``min_extent`` capped at the slices
+of the run, so a 2D image keeps its objects). See docs/everything.md, "Batch on a
+cluster".
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,8 @@ from napari_sam.engine.everything.segmenter import segment_plane
 from napari_sam.engine.prediction.planes import stack_normalization
 from napari_sam.errors import InvalidInputError
 from napari_sam.io.everything_store import EverythingStore, StoreSignature
+from napari_sam.io.store_lock import StoreLock
+from napari_sam.io.stores import EVERYTHING_STORE, check_store_path
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,8 @@ class StackSummary:
     out: str  # the output store
     slices: int  # slices in the run's z-range
     segmented: int  # slices segmented by this run
-    reused: int  # slices already complete in the store
+    reused: int  # slices already complete in the store (and intact)
+    repaired: int  # slices found damaged on resume and segmented again (among segmented)
     sections: int  # 2D objects over the z-range
     objects: int  # 3D objects in the labels
     removed: int  # linked objects dropped as shorter than the minimum extent
@@ -98,13 +105,15 @@ def segment_stack(
     source : StackSource
         A (z, y, x[, c]) stack or a 2D image on disk.
     out : str or pathlib.Path
-        The output ``.zarr`` folder; an existing run with the same signature is resumed.
+        The output ``.zarr`` folder; an existing run with the same signature is resumed
+        (its finished slices checked first, damaged ones segmented again).
     stack_settings : StackSettings
     execution : Execution
     z_range : (int, int), optional
         Only slices ``start <= z < stop``; the labels then hold those slices linked.
     overwrite : bool
-        Replace an output made for other data or settings.
+        Replace an output of ours made for other data or settings, or damaged; a folder
+        holding anything else, or the input, is never replaced.
     progress : callable, optional
         ``progress(stage, done, total)`` after each slice, stage "segment" then "link".
     segmenter : callable
@@ -119,70 +128,59 @@ def segment_stack(
     Raises
     ------
     InvalidInputError
-        Bad ``z_range`` or worker count, or an input with both t and z axes.
+        Bad ``z_range`` or worker count, an input with both t and z axes, or an ``out``
+        that is a file, is the input, holds it or lies inside it.
     CacheMismatchError
-        ``out`` holds a run for other data or settings and ``overwrite`` is False.
+        ``out`` holds a run for other data or settings and ``overwrite`` is False, is
+        damaged, or holds files that are not ours.
+    StoreInUseError
+        Another run is writing ``out`` (checked before the input is read).
     """
     start = time.perf_counter()
-    if execution.workers < 0:
+    if execution.workers is not None and execution.workers < 0:
         raise InvalidInputError(
             f"workers must be >= 0 (0 runs in this process); got {execution.workers}."
         )
-    stack = source.open()
-    settings = (
-        stack_settings.settings if stack_settings.settings is not None else _default_settings()
-    )
-    first, stop = _check_z_range(z_range, stack.layout.stack_shape[0])
-    normalization = stack_normalization(stack.planes, stack.layout, channel=source.channel)
-    model_id = model_identity(stack_settings.model)
-    signature = _signature(source, stack, model_id, normalization, settings, stack_settings)
-    store = EverythingStore.open(
-        out, signature, stack.layout.plane_shape, stack.layout.stack_shape[0], overwrite
-    )
-    done = store.completed()
-    jobs = [
-        SliceJob(
-            source,
-            str(out),
-            z,
-            normalization,
-            settings,
-            stack_settings.tile,
-            stack_settings.halo,
-            segmenter,
+    out = check_store_path(out, EVERYTHING_STORE, source=source.path)
+    with StoreLock(out, EVERYTHING_STORE.noun) as lock:  # a second run on out stops here
+        stack = source.open()
+        first, stop = _check_z_range(z_range, stack.layout.stack_shape[0])
+        job = _job_template(source, out, stack, stack_settings, segmenter)
+        model_id = model_identity(stack_settings.model)
+        signature = _signature(
+            source, stack, model_id, job.normalization, job.settings, stack_settings
         )
-        for z in range(first, stop)
-        if not done[z]
-    ]
-    results: list[SliceResult] = []
-    report = _counter(progress, "segment", stop - first, (stop - first) - len(jobs), results)
-    _run_jobs(jobs, stack, stack_settings.model, execution, report)
-    segmented_at = time.perf_counter()
-    linked = link_range(store, first, stop, stack_settings.linking, progress)
-    summary = StackSummary(
-        out=str(out),
-        slices=stop - first,
-        segmented=len(jobs),
-        reused=(stop - first) - len(jobs),
-        sections=linked.sections,
-        objects=linked.objects,
-        removed=linked.removed,
-        segment_seconds=round(segmented_at - start, 3),
-        slice_seconds=round(float(np.median([r.seconds for r in results])) if results else 0.0, 3),
-        link_seconds=round(time.perf_counter() - segmented_at, 3),
-        seconds=round(time.perf_counter() - start, 3),
-        model_id=model_id,
-        execution=execution.describe(),
-    )
-    store.record_run(
-        _run_record(
-            summary,
-            z_range=(first, stop),
-            linking=stack_settings.linking,
-            links=linked.links,
-            gap_links=linked.gap_links,
+        store = EverythingStore.open(
+            out, signature, stack.layout.plane_shape, stack.layout.stack_shape[0], overwrite, lock
         )
-    )
+        repaired = store.verify(first, stop)
+        done = store.completed()
+        jobs = [replace(job, z=z) for z in range(first, stop) if not done[z]]
+        execution = execution.resolve(len(jobs))
+        results: list[SliceResult] = []
+        report = _counter(progress, "segment", stop - first, (stop - first) - len(jobs), results)
+        _run_jobs(jobs, stack, stack_settings.model, execution, report)
+        segmented_at = time.perf_counter()
+        linked = link_range(store, first, stop, stack_settings.linking, progress)
+        summary = StackSummary(
+            out=str(out),
+            slices=stop - first,
+            segmented=len(jobs),
+            reused=(stop - first) - len(jobs),
+            repaired=len(repaired),
+            sections=linked.sections,
+            objects=linked.objects,
+            removed=linked.removed,
+            segment_seconds=round(segmented_at - start, 3),
+            slice_seconds=round(float(np.median([r.seconds for r in results])), 3)
+            if results
+            else 0.0,
+            link_seconds=round(time.perf_counter() - segmented_at, 3),
+            seconds=round(time.perf_counter() - start, 3),
+            model_id=model_id,
+            execution=execution.describe(),
+        )
+        store.record_run(_run_record(summary, (first, stop), stack_settings.linking, linked))
     return summary
 
 
@@ -196,14 +194,35 @@ def link_range(
     """Link the stored sections of slices ``first..stop-1`` into the store's labels.
 
     Labels outside the range are cleared. With ``linking`` None every section gets its
-    own id. Streams one slice at a time (see :mod:`napari_sam.engine.everything.linking`).
+    own id. An object cannot span more slices than the range has, so ``min_extent`` is
+    capped at the range's length: a 2D image, a one-slice range or a short stack keeps
+    its objects whatever the linking settings. Streams one slice at a time (see
+    :mod:`napari_sam.engine.everything.linking`).
     """
     store.clear_labels()
     sections, labels = _ZWindow(store.sections, first, stop), _ZWindow(store.labels, first, stop)
     report = None if progress is None else (lambda done, total: progress("link", done, total))
     if linking is None:
         return label_sections(sections, out=labels, progress=report)
+    linking = replace(linking, min_extent=min(linking.min_extent, stop - first))
     return link_slices(sections, linking, out=labels, progress=report)
+
+
+def _job_template(source, out, stack: OpenStack, stack_settings, segmenter) -> SliceJob:
+    """The task of slice 0; each slice's is this one with its own ``z``."""
+    settings = (
+        stack_settings.settings if stack_settings.settings is not None else _default_settings()
+    )
+    return SliceJob(
+        source,
+        str(out),
+        0,
+        stack_normalization(stack.planes, stack.layout, channel=source.channel),
+        settings,
+        stack_settings.tile,
+        stack_settings.halo,
+        segmenter,
+    )
 
 
 def _run_jobs(
@@ -223,10 +242,10 @@ def _run_jobs(
         return
     from napari_sam.batch.cluster import cluster_client, run_on_cluster
 
-    threads = execution.threads
+    threads, workers = execution.threads, execution.workers or 0
     if threads is None and execution.scheduler is None:
-        threads = max(1, (os.cpu_count() or 1) // execution.workers)
-    with cluster_client(execution.workers, execution.scheduler) as client:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    with cluster_client(workers, execution.scheduler) as client:
         run_on_cluster(client, jobs, model, threads, done)
 
 
@@ -285,8 +304,7 @@ def _default_settings():
 def _signature(
     source, stack: OpenStack, model_id, normalization, settings, stack_settings
 ) -> StoreSignature:
-    from napari_sam import __version__
-    from napari_sam.io.embedding_cache import data_fingerprint
+    from napari_sam.io.cache_signature import data_fingerprint
 
     n = normalization
     return StoreSignature(
@@ -302,16 +320,25 @@ def _signature(
         settings=dict(settings.to_dict()),
         tile=stack_settings.tile,
         halo=int(stack_settings.halo),
-        package_version=__version__,
     )
 
 
-def _run_record(summary: StackSummary, **extra) -> dict:
+def _run_record(
+    summary: StackSummary,
+    z_range: tuple[int, int],
+    linking: LinkingSettings | None,
+    linked: LinkedLabels,
+) -> dict:
+    from napari_sam import __version__
+
     record = asdict(summary)
     record["slices_per_minute"] = round(summary.slices_per_minute, 2)
-    record["z_range"] = list(extra["z_range"])
-    record["linking"] = None if extra["linking"] is None else extra["linking"].to_dict()
-    record["links"], record["gap_links"] = extra["links"], extra["gap_links"]
+    record["z_range"] = list(z_range)
+    record["linking"] = None if linking is None else linking.to_dict()
+    if linking is not None:  # capped at the range's slices, see link_range
+        record["min_extent_applied"] = min(linking.min_extent, z_range[1] - z_range[0])
+    record["links"], record["gap_links"] = linked.links, linked.gap_links
+    record["package_version"] = __version__  # information only, never compared
     return record
 
 

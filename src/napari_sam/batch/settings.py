@@ -5,7 +5,8 @@ Kept free of torch and dask so that the command line reads the defaults without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from napari_sam.engine.everything.linking import LinkingSettings
@@ -26,17 +27,44 @@ class StackSettings:
     linking: LinkingSettings | None = field(default_factory=LinkingSettings)  # None: no linking
 
 
+# When ``workers`` is left to the run (None), a local cluster is started only where it can
+# pay for its start-up (a few seconds, and a model per worker): on our 2-core machines one
+# two-thread process beat two one-thread workers on a quiet machine (20.6 against 15.9
+# slices/min, docs/everything.md), and a run of a few slices never earns back the start.
+MAX_AUTO_WORKERS = 4  # each worker holds its own model and buffers (vit_t: about 1.1 GB)
+MIN_CORES_FOR_WORKERS = 4  # below this, in-process torch uses the cores as well as workers
+MIN_SLICES_PER_WORKER = 2  # fewer slices to do than this per worker: in-process
+
+
 @dataclass(frozen=True)
 class Execution:
     """Where slice tasks run."""
 
-    workers: int = 0  # 0: in this process; N: a local cluster of N worker processes
+    workers: int | None = 0  # 0: in this process; N: N local worker processes; None: chosen
     scheduler: str | None = None  # address of an existing dask scheduler (overrides workers)
     threads: int | None = (
         None  # torch threads per worker; None: cores / workers (in-process: unchanged)
     )
 
+    def resolve(self, slices: int, cores: int | None = None) -> Execution:
+        """This execution with ``workers`` chosen for ``slices`` slices to segment.
+
+        Explicit worker counts and schedulers are kept. ``workers=None`` becomes a local
+        cluster of one worker per core (at most :data:`MAX_AUTO_WORKERS`) when the machine
+        has at least :data:`MIN_CORES_FOR_WORKERS` cores and there are at least
+        :data:`MIN_SLICES_PER_WORKER` slices per worker; otherwise 0 (in this process).
+        """
+        if self.workers is not None or self.scheduler:
+            return self
+        cores = (os.cpu_count() or 1) if cores is None else cores
+        workers = min(cores, MAX_AUTO_WORKERS)
+        if cores < MIN_CORES_FOR_WORKERS or slices < MIN_SLICES_PER_WORKER * workers:
+            workers = 0
+        return replace(self, workers=workers)
+
     def describe(self) -> str:
         if self.scheduler:
             return f"scheduler {self.scheduler}"
+        if self.workers is None:
+            return "workers chosen per run"
         return "in-process" if self.workers == 0 else f"{self.workers} local workers"

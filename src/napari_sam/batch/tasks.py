@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.engine.everything.segmenter import segment_plane
-from napari_sam.engine.model.loading import SamModel
+from napari_sam.engine.model.loading import SamModel, load_model
 from napari_sam.engine.prediction.planes import PlaneLayout, plane_layout, read_plane
 from napari_sam.engine.prediction.preprocess import Normalization
 from napari_sam.errors import InvalidInputError
@@ -52,7 +52,9 @@ class StackSource:
         Raises
         ------
         InvalidInputError
-            The input has a time axis as well as z (segment one time point at a time).
+            The input cannot be opened (see :func:`~napari_sam.io.volumes.open_volume`),
+            has a time axis as well as z (segment one time point at a time), or
+            ``channel`` is given for data without a channel axis.
         """
         from napari_sam.io.volumes import open_volume
 
@@ -60,8 +62,20 @@ class StackSource:
         if len(volume.stack_axes) > 1:
             raise InvalidInputError(
                 f"{self.path} has axes {volume.axes!r}: segment-everything links slices along one "
-                "stack axis. Select one time point first (e.g. write it to its own file) "
-                "or pass --axes."
+                "stack axis. Select one time point first (e.g. write it to its own file), "
+                "or, if an axis was misread, pass axes= naming each axis (e.g. axes='czyx')."
+            )
+        if self.channel is not None and not volume.channel_axis:
+            axis = volume.stack_axes[:1]  # the axis that may really hold channels
+            relabel = volume.axes.replace(axis, "c", 1) if axis else ""
+            raise InvalidInputError(
+                f"channel={self.channel} was given but {self.path} has no channel axis (axes "
+                f"{volume.axes!r}): leave out channel="
+                + (
+                    f", or pass axes= naming the channel axis (e.g. axes={relabel!r})."
+                    if axis
+                    else "."
+                )
             )
         view = volume.planes_view()
         planes = view if volume.stack_axes else _SinglePlane(view)
@@ -135,6 +149,21 @@ def segment_slice(job: SliceJob, predictor, stack: OpenStack | None = None) -> S
     return SliceResult(job.z, int(labels.max(initial=0)), round(seconds, 3))
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file whose architecture the user named (``--architecture``).
+
+    A picklable model factory, so workers load it themselves; :func:`model_identity`
+    reads its id without building the network.
+    """
+
+    path: str
+    architecture: str
+
+    def __call__(self) -> SamModel:
+        return load_model(self.path, architecture=self.architecture)
+
+
 def load_predictor(model: ModelSource):
     """A :class:`~napari_sam.engine.prediction.predictor.Predictor` for a model name, file or
     factory.
@@ -152,9 +181,12 @@ def model_identity(model: ModelSource) -> str:
     from napari_sam.engine.model.downloads import file_sha256
     from napari_sam.engine.model.registry import get_model_spec
 
-    if callable(model):
+    if isinstance(model, Checkpoint):
+        spec = get_model_spec(model.path, model.architecture)
+    elif callable(model):
         return model().model_id
-    spec = get_model_spec(model)
+    else:
+        spec = get_model_spec(model)
     if spec.sha256 or spec.path is None:
         return spec.model_id
     return f"{spec.name}@{file_sha256(Path(spec.path))[:12]}"

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 # The flags' defaults and help texts are read from the model registry and the tiling.
+from napari_sam.commands.arguments import add_architecture_argument
 from napari_sam.engine.model import DEFAULT_MODEL
 from napari_sam.engine.tiling.grid import DEFAULT_HALO, DEFAULT_WINDOW
 
@@ -22,6 +23,7 @@ def register(commands) -> None:
     embed.add_argument(
         "--model", default=DEFAULT_MODEL, help="model name or checkpoint file (default %(default)s)"
     )
+    add_architecture_argument(embed)
     embed.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
     embed.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
     embed.add_argument(
@@ -57,34 +59,54 @@ def register(commands) -> None:
         help="encoder pixels per image pixel, e.g. 2 for small cells (default 1)",
     )
     embed.add_argument(
-        "--overwrite", action="store_true", help="replace a cache made for other data/settings"
+        "--overwrite",
+        action="store_true",
+        help="replace a cache made for other data/settings, or a damaged one (never a "
+        "folder holding other files)",
     )
     embed.set_defaults(handler=run_embed)
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    """``napari-sam embed``: planes of a volume into a resumable embedding cache."""
-    from tqdm import tqdm
+    """``napari-sam embed``: planes of a volume into a resumable embedding cache.
 
-    from napari_sam.batch.embedding import embed_volume, open_cached_session
-    from napari_sam.engine.annotation.tiled_session import TiledSession
+    The cache's lock is held for the whole run, so a second ``embed`` (or a segment-everything
+    store) at the same path stops at once; ``--overwrite`` replaces only a cache.
+    """
+    from napari_sam.batch.embedding import open_cached_session
+    from napari_sam.io.store_lock import StoreLock
+    from napari_sam.io.stores import EMBEDDING_CACHE, check_store_path
     from napari_sam.io.volumes import open_volume
 
-    volume = open_volume(args.input, key=args.key, level=args.level, axes=args.axes)
-    data, channel_axis = volume.planes_view(), "c" in volume.axes
-    session = open_cached_session(
-        data,
-        args.cache,
-        model=args.model,
-        channel_axis=channel_axis,
-        channel=args.channel,
-        feature_dtype="float16" if args.float16 else "float32",
-        overwrite=args.overwrite,
-        capacity=1,
-        tile=args.tile,
-        halo=args.halo,
-        upscale=args.upscale,
-    )
+    cache = check_store_path(args.cache, EMBEDDING_CACHE, source=args.input)
+    with StoreLock(cache, EMBEDDING_CACHE.noun) as lock:  # a second run stops here at once
+        volume = open_volume(args.input, key=args.key, level=args.level, axes=args.axes)
+        data, channel_axis = volume.planes_view(), "c" in volume.axes
+        session = open_cached_session(
+            data,
+            args.cache,
+            model=_model(args.model, args.architecture),
+            channel_axis=channel_axis,
+            channel=args.channel,
+            feature_dtype="float16" if args.float16 else "float32",
+            overwrite=args.overwrite,
+            capacity=1,
+            tile=args.tile,
+            halo=args.halo,
+            upscale=args.upscale,
+            lock=lock,
+        )
+        _embed_planes(args, session, volume.axes)
+    return 0
+
+
+def _embed_planes(args: argparse.Namespace, session, axes: str) -> None:
+    """Encode the planes asked for with a progress bar, then print the summary line."""
+    from tqdm import tqdm
+
+    from napari_sam.batch.embedding import embed_volume
+    from napari_sam.engine.annotation.tiled_session import TiledSession
+
     planes = _plane_keys(session.layout, args.z_range)
     grid = session.cache.grid
     unit = "plane" if grid is None else "tile"
@@ -106,9 +128,8 @@ def run_embed(args: argparse.Namespace) -> int:
     print(
         f"{args.cache}: {summary.planes} planes, {tiling}, {summary.encoded}{counted} encoded now, "
         f"{summary.reused}{counted} already cached, {summary.seconds:.1f} s "
-        f"({session.model_id}, axes {volume.axes})"
+        f"({session.model_id}, axes {axes})"
     )
-    return 0
 
 
 def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
@@ -129,3 +150,12 @@ def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
             f"0..{layout.stack_shape[0] if layout.stack_ndim else 0}."
         )
     return [k for k in keys if start <= k[0] < stop]
+
+
+def _model(model: str, architecture: str | None):
+    """``--model`` as a name, or as a loaded checkpoint of the named ``--architecture``."""
+    if architecture is None:
+        return model
+    from napari_sam.engine.model.loading import load_model
+
+    return load_model(model, architecture=architecture)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 # The flags' defaults and help texts are read from the settings they fill.
-from napari_sam.batch.settings import StackSettings
+from napari_sam.batch.settings import (
+    MAX_AUTO_WORKERS,
+    MIN_CORES_FOR_WORKERS,
+    MIN_SLICES_PER_WORKER,
+    StackSettings,
+)
+from napari_sam.commands.arguments import add_architecture_argument
 from napari_sam.engine.everything.linking import LinkingSettings
 from napari_sam.engine.everything.settings import EverythingSettings
-
-MAX_DEFAULT_WORKERS = 4  # each worker holds its own model and buffers (vit_t: about 1.4 GB at peak)
 
 # Flags that override one EverythingSettings field each; omitted flags keep the engine's
 # defaults (shown in --help; documented with their evaluation in docs/everything.md).
@@ -50,8 +53,9 @@ def register(commands) -> None:
     where.add_argument(
         "--workers",
         type=int,
-        help=f"local worker processes (default: one per core, at most {MAX_DEFAULT_WORKERS}; "
-        "0 runs in this process)",
+        help="local worker processes; 0 runs in this process (default: in this process, "
+        f"or one worker per core, at most {MAX_AUTO_WORKERS}, on machines of "
+        f"{MIN_CORES_FOR_WORKERS}+ cores with {MIN_SLICES_PER_WORKER}+ slices per worker to do)",
     )
     where.add_argument(
         "--scheduler", metavar="ADDRESS", help="an existing dask scheduler, e.g. tcp://host:8786"
@@ -62,6 +66,7 @@ def register(commands) -> None:
     parser.add_argument(
         "--model", default=stack.model, help="model name or checkpoint file (default %(default)s)"
     )
+    add_architecture_argument(parser)
     parser.add_argument(
         "--tile",
         type=int,
@@ -119,7 +124,10 @@ def register(commands) -> None:
         "--no-gap-closing", action="store_true", help="do not link over one missed slice"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an output made for other data/settings"
+        "--overwrite",
+        action="store_true",
+        help="replace an output made for other data/settings, or a damaged one (never a "
+        "folder holding other files or the input)",
     )
     parser.set_defaults(handler=run_segment_everything)
 
@@ -135,11 +143,10 @@ def run_segment_everything(args: argparse.Namespace) -> int:
     source = StackSource(
         args.input, key=args.key, level=args.level, axes=args.axes, channel=args.channel
     )
-    workers = (
-        args.workers if args.workers is not None else min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
-    )
     execution = Execution(
-        workers=0 if args.scheduler else workers, scheduler=args.scheduler, threads=args.threads
+        workers=0 if args.scheduler else args.workers,
+        scheduler=args.scheduler,
+        threads=args.threads,
     )
     z_range = None if args.z_range is None else parse_z_range(args.z_range)
     with _Bars() as bars:
@@ -152,9 +159,14 @@ def run_segment_everything(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=bars.update,
         )
+    repaired = (
+        f", {summary.repaired} damaged slice{'s' if summary.repaired > 1 else ''} redone"
+        if summary.repaired
+        else ""
+    )
     print(
         f"{args.out}: {summary.objects} objects in {summary.slices} slices "
-        f"({summary.segmented} segmented now, {summary.reused} already done), "
+        f"({summary.segmented} segmented now, {summary.reused} already done{repaired}), "
         f"{summary.seconds:.1f} s, {summary.slices_per_minute:.1f} slices/min "
         f"({summary.execution}, {summary.model_id})"
     )
@@ -187,8 +199,21 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     if args.every_point:
         settings = settings.every_point()
     return StackSettings(
-        model=args.model, settings=settings, tile=args.tile, halo=args.halo, linking=_linking(args)
+        model=model_source(args.model, args.architecture),
+        settings=settings,
+        tile=args.tile,
+        halo=args.halo,
+        linking=_linking(args),
     )
+
+
+def model_source(model: str, architecture: str | None):
+    """``--model`` as a batch run loads it: the name, or a checkpoint with its architecture."""
+    if architecture is None:
+        return model
+    from napari_sam.batch.tasks import Checkpoint
+
+    return Checkpoint(model, architecture)
 
 
 def _linking(args: argparse.Namespace) -> LinkingSettings | None:

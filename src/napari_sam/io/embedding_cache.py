@@ -11,130 +11,72 @@ the signature has a tile size):
 ``checksum``  (*stack, [*grid]) uint32, crc32 of each plane's or tile's feature bytes
 ``complete``  (*stack, [*grid]) uint8, 1 once the features and checksum are written
 
-The group's ``napari_sam`` attribute is the :class:`CacheSignature`: data shape and dtype,
-a content fingerprint from a few sampled planes (never the whole volume), the model and
-its weights, the intensity normalisation, tile, halo and upscale factor, feature dtype and
-package version. A tile's window (and so its embedding's original size) follows from the
-plane shape, tile and halo. Opening a cache with another signature raises
-:class:`~napari_sam.errors.CacheMismatchError` (or starts afresh when asked). Chunks are
-written atomically by zarr's local store; a plane or tile counts only once its
-``complete`` flag is set after its data and checksum, and one whose checksum no longer
+The group's ``napari_sam`` attribute is the
+:class:`~napari_sam.io.cache_signature.CacheSignature` with the format version (2): data
+shape and dtype, a content fingerprint from a few sampled planes (never the whole
+volume), the model and its weights, the intensity normalisation, tile, halo, upscale
+factor and feature dtype; never the package version, so a new release reuses the caches
+of the last. Version 1 caches (the same arrays, a signature that also held
+``package_version``) are read as they are. ``written_by`` records the release that
+created the cache, for information. A tile's window (and so its embedding's original
+size) follows from the plane shape, tile and halo. Opening a cache with another
+signature raises :class:`~napari_sam.errors.CacheMismatchError`; ``overwrite`` replaces
+only a folder holding nothing but a cache (see :mod:`napari_sam.io.stores`), under the
+cache's :class:`~napari_sam.io.store_lock.StoreLock`. Chunks are written atomically by
+zarr's local store; a plane or tile counts only once its ``complete`` flag is set after
+its data and checksum, and one whose chunks fail to decode or whose checksum no longer
 matches (a damaged or deleted chunk) is treated as missing, so an interrupted or
-corrupted run resumes by recomputing exactly what is missing. See docs/large_data.md.
+corrupted run resumes by recomputing exactly what is missing. Disk errors (permissions,
+a full disk) raise :class:`~napari_sam.errors.StoreAccessError` instead of passing for
+damage. See docs/large_data.md.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import zlib
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
-from napari_sam.engine.prediction.planes import PlaneLayout, read_plane
+from napari_sam.engine.prediction.planes import PlaneLayout
 from napari_sam.engine.prediction.preprocess import Normalization
 from napari_sam.engine.prediction.results import Embedding
-from napari_sam.engine.tiling.grid import check_upscale, tile_grid
+from napari_sam.engine.tiling.grid import tile_grid
 from napari_sam.errors import CacheMismatchError, InvalidInputError
+from napari_sam.io.cache_signature import (  # re-exported: callers import them from here
+    FINGERPRINT_PLANES,
+    FORMAT,
+    VERSION,
+    CacheSignature,
+    cache_signature,
+    data_fingerprint,
+)
+from napari_sam.io.store_lock import StoreLock
+from napari_sam.io.stores import (
+    DECODE_ERRORS,
+    EMBEDDING_CACHE,
+    StoreKind,
+    access_error,
+    check_store_path,
+    claim_store,
+    damaged_error,
+    read_or_raise,
+    read_units,
+    replace_store,
+)
 
-FORMAT = "napari-sam embedding cache"
-VERSION = 1
-FINGERPRINT_PLANES = 3  # first, middle and last plane
-
-
-@dataclass(frozen=True)
-class CacheSignature:
-    """Everything an embedding depends on; two caches are interchangeable iff equal."""
-
-    data_shape: tuple[int, ...]
-    data_dtype: str
-    channel_axis: bool
-    fingerprint: str  # sha256 over sampled planes, see data_fingerprint
-    model_id: str  # registry name @ weights sha256 prefix
-    normalization: tuple  # (low, high, channel, channel_weights)
-    tile: int | None  # tile side in pixels, None for whole planes
-    halo: int  # overlap between tiles in pixels
-    feature_dtype: str  # "float32" or "float16"
-    package_version: str
-    upscale: float = 1.0  # encoder pixels per plane pixel, at least (caches before tiles: 1)
-
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, payload: dict) -> CacheSignature:
-        fields = {k: v for k, v in payload.items() if k not in ("format", "version")}
-        fields.setdefault("upscale", 1.0)  # caches written before tiles were stored
-        fields["data_shape"] = tuple(fields["data_shape"])
-        norm = list(fields["normalization"])
-        norm[3] = None if norm[3] is None else tuple(norm[3])
-        fields["normalization"] = tuple(norm)
-        return cls(**fields)
-
-    def differences(self, other: CacheSignature) -> list[str]:
-        mine, theirs = asdict(self), asdict(other)
-        return [
-            f"{k}: cache has {theirs[k]!r}, expected {mine[k]!r}"
-            for k in mine
-            if mine[k] != theirs[k]
-        ]
-
-
-def data_fingerprint(data, layout: PlaneLayout, planes: int = FINGERPRINT_PLANES) -> str:
-    """sha256 of the shape, dtype and a strided sample of a few planes' pixels."""
-    digest = hashlib.sha256(json.dumps([list(layout.shape), str(np.dtype(data.dtype))]).encode())
-    count = int(np.prod(layout.stack_shape)) if layout.stack_ndim else 1
-    for flat in np.unique(np.linspace(0, count - 1, min(planes, count)).round().astype(int)):
-        key = (
-            tuple(int(i) for i in np.unravel_index(flat, layout.stack_shape))
-            if layout.stack_ndim
-            else ()
-        )
-        plane = read_plane(data, layout, key)
-        digest.update(np.ascontiguousarray(plane[::7, ::7]).tobytes())
-    return digest.hexdigest()
-
-
-def cache_signature(
-    data,
-    layout: PlaneLayout,
-    model_id: str,
-    normalization: Normalization,
-    feature_dtype: str = "float32",
-    tile: int | None = None,
-    halo: int = 0,
-    upscale: float = 1.0,
-) -> CacheSignature:
-    """The signature a cache for this data and these settings must carry.
-
-    ``tile`` None (whole planes) or the interior side in pixels, with ``halo`` and
-    ``upscale`` as resolved by :func:`~napari_sam.engine.tiling.grid.resolve_tiling`.
-    """
-    from napari_sam import __version__
-
-    if tile is not None:
-        tile_grid(layout.plane_shape, tile, halo)  # validates tile and halo
-    if feature_dtype not in ("float32", "float16"):
-        raise InvalidInputError(
-            f"feature_dtype must be 'float32' or 'float16'; got {feature_dtype!r}."
-        )
-    n = normalization
-    return CacheSignature(
-        data_shape=tuple(layout.shape),
-        data_dtype=str(np.dtype(data.dtype)),
-        channel_axis=layout.channel_axis,
-        fingerprint=data_fingerprint(data, layout),
-        model_id=model_id,
-        normalization=(n.low, n.high, n.channel, n.channel_weights),
-        tile=None if tile is None else int(tile),
-        halo=int(halo),
-        feature_dtype=feature_dtype,
-        package_version=__version__,
-        upscale=check_upscale(upscale),
-    )
+KIND = EMBEDDING_CACHE
+__all__ = [
+    "FINGERPRINT_PLANES",
+    "FORMAT",
+    "VERSION",
+    "CacheSignature",
+    "EmbeddingCache",
+    "PlaneTiles",
+    "cache_signature",
+    "data_fingerprint",
+]
 
 
 class EmbeddingCache:
@@ -146,8 +88,15 @@ class EmbeddingCache:
     :class:`~napari_sam.engine.tiling.prompting.TiledPlane`.
     """
 
-    def __init__(self, group, signature: CacheSignature, layout: PlaneLayout) -> None:
+    def __init__(
+        self,
+        group,
+        signature: CacheSignature,
+        layout: PlaneLayout,
+        path: str | Path | None = None,
+    ) -> None:
         self.group = group
+        self.path = Path(path if path is not None else getattr(group.store, "root", "."))
         self.signature = signature
         self.layout = layout
         self.normalization = Normalization(*signature.normalization)
@@ -165,43 +114,69 @@ class EmbeddingCache:
         signature: CacheSignature,
         layout: PlaneLayout,
         overwrite: bool = False,
+        lock: StoreLock | None = None,
     ) -> EmbeddingCache:
         """Open (or create) the cache at ``path`` for data with ``signature``.
+
+        An existing cache with this signature opens without its lock (a viewer may read
+        it while ``napari-sam embed`` fills it); creating or replacing one takes the lock
+        for as long as that lasts.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            A ``.zarr`` folder.
+        signature : CacheSignature
+        layout : PlaneLayout
+        overwrite : bool
+            Replace a cache made for other data or settings, or a damaged one; never a
+            folder holding anything else.
+        lock : StoreLock, optional
+            The cache's lock, already held by the caller (e.g. for a whole ``embed`` run).
 
         Raises
         ------
         CacheMismatchError
-            ``path`` holds a cache for other data or settings and ``overwrite`` is False;
-            the message lists each difference.
+            ``path`` holds a cache for other data or settings and ``overwrite`` is False
+            (the message lists each difference), is damaged, or holds files that are not
+            a cache's (also with ``overwrite``).
+        InvalidInputError
+            ``path`` is a file.
+        StoreInUseError
+            The cache must be created or replaced while another run holds its lock.
         """
-        import zarr
-
-        path = Path(path)
-        if path.exists():
-            existing = _read_signature(path)
-            if existing is None and not overwrite:
-                raise CacheMismatchError(
-                    f"{path} exists but is not a napari-sam embedding cache: choose another path "
-                    "or pass overwrite=True (--overwrite) to replace it."
-                )
-            if existing is not None and existing != signature:
+        path = check_store_path(path, KIND)
+        if lock is None and _matches(path, signature):
+            return cls._reopen(path, signature, layout)
+        with StoreLock(path, KIND.noun) if lock is None else nullcontext(lock):
+            payload = claim_store(path, KIND, overwrite)
+            if payload is not None and _signature_of(payload, path) != signature:
                 if not overwrite:
                     raise CacheMismatchError(
-                        f"The embedding cache {path} was made for other data or settings:\n  - "
-                        + "\n  - ".join(signature.differences(existing))
-                        + "\nUse another cache path, the cache's own settings (e.g. --tile/--halo/"
-                        "--upscale), or overwrite=True (--overwrite) to start afresh."
+                        _mismatch(path, signature, _signature_of(payload, path))
                     )
-                shutil.rmtree(path)
-            elif existing is not None:
-                return cls(zarr.open_group(path, mode="r+"), signature, layout)
-            else:
-                shutil.rmtree(path)
-        cache = cls(zarr.open_group(path, mode="w"), signature, layout)
+                replace_store(path, KIND)
+                payload = None
+            if payload is not None:
+                return cls._reopen(path, signature, layout)
+            return cls._create(path, signature, layout)
+
+    @classmethod
+    def _reopen(cls, path: Path, signature: CacheSignature, layout: PlaneLayout) -> EmbeddingCache:
+        import zarr
+
+        return cls(zarr.open_group(path, mode="r+"), signature, layout, path)
+
+    @classmethod
+    def _create(cls, path: Path, signature: CacheSignature, layout: PlaneLayout) -> EmbeddingCache:
+        import zarr
+
+        from napari_sam import __version__
+
+        cache = cls(zarr.open_group(path, mode="a"), signature, layout, path)
         cache._create_arrays()
-        cache.group.attrs["napari_sam"] = (
-            signature.to_dict()
-        )  # last: a half-made cache has no signature
+        cache.group.attrs["written_by"] = f"napari-sam {__version__}"  # information only
+        cache.group.attrs["napari_sam"] = signature.to_dict()  # last: a half-made cache has none
         return cache
 
     def _create_arrays(self) -> None:
@@ -247,33 +222,41 @@ class EmbeddingCache:
         return index if index else (0,)
 
     def is_complete(self, key: tuple[int, ...], tile: tuple[int, int] | None = None) -> bool:
-        """True when the plane's (or tile's) features are written (checksum not verified here)."""
-        return bool(self.group["complete"][self._index(key, tile)])
+        """True when the plane's (or tile's) features are written (checksum not verified here;
+        a flag chunk that fails to decode reads as not written)."""
+        return self._flag(self._index(key, tile))
 
     def completed(self) -> list[tuple[int, ...]]:
         """Keys of planes (tiled: plane key + tile row, col) marked complete."""
-        flags = np.asarray(self.group["complete"][...])
+        flags, _ = read_units(self.group["complete"], self.path, KIND, "the completion flags")
         if not self.layout.stack_ndim and not self.tiled:
             return [()] if flags[0] else []
         return [tuple(int(i) for i in k) for k in np.argwhere(flags)]
 
     def load(self, key: tuple[int, ...], tile: tuple[int, int] | None = None) -> Embedding | None:
-        """The stored embedding of a plane or tile, or None if missing, incomplete or damaged."""
+        """The stored embedding of a plane or tile, or None if missing, incomplete or damaged.
+
+        Raises
+        ------
+        StoreAccessError
+            The disk refused a read (permissions, a lost mount): never taken for damage.
+        """
         import torch
 
         index = self._index(key, tile)
         where = index if (key or tile is not None) else ()
-        if not self.group["complete"][index]:
+        if not self._flag(index):
             return None
-        try:
-            features = np.asarray(self.group["features"][where])
-        except Exception:  # a damaged chunk fails to decode
+        what = f"{'tile ' + str(tuple(tile)) + ' of ' if tile is not None else ''}plane {key}"
+        try:  # a chunk that fails to decode is damage: the plane or tile is encoded again
+            features = np.asarray(read_or_raise(self.group["features"], where, *self._at(what)))
+            checksum = int(read_or_raise(self.group["checksum"], index, *self._at(what)))
+            size = read_or_raise(self.group["input_size"], where, *self._at(what))
+        except DECODE_ERRORS:
             return None
-        if zlib.crc32(np.ascontiguousarray(features).tobytes()) != int(
-            self.group["checksum"][index]
-        ):
+        if zlib.crc32(np.ascontiguousarray(features).tobytes()) != checksum:
             return None
-        rows, cols = (int(v) for v in self.group["input_size"][where])
+        rows, cols = (int(v) for v in size)
         return Embedding(
             features=torch.from_numpy(features.astype(np.float32))[None],
             input_size=(rows, cols),
@@ -285,7 +268,13 @@ class EmbeddingCache:
     def save(
         self, key: tuple[int, ...], embedding: Embedding, tile: tuple[int, int] | None = None
     ) -> None:
-        """Write features, then their checksum, then the completion flag."""
+        """Write features, then their checksum, then the completion flag.
+
+        Raises
+        ------
+        StoreAccessError
+            The disk refused a write (permissions, a full disk).
+        """
         if embedding.model_id != self.signature.model_id:
             raise CacheMismatchError(
                 f"Embedding by {embedding.model_id} cannot go into a cache for "
@@ -300,10 +289,24 @@ class EmbeddingCache:
             )
         where = index if (key or tile is not None) else ()
         features = embedding.features[0].cpu().numpy().astype(self.signature.feature_dtype)
-        self.group["features"][where] = features
-        self.group["input_size"][where] = np.asarray(embedding.input_size, np.int32)
-        self.group["checksum"][index] = zlib.crc32(np.ascontiguousarray(features).tobytes())
-        self.group["complete"][index] = 1
+        try:
+            self.group["features"][where] = features
+            self.group["input_size"][where] = np.asarray(embedding.input_size, np.int32)
+            self.group["checksum"][index] = zlib.crc32(np.ascontiguousarray(features).tobytes())
+            self.group["complete"][index] = 1
+        except OSError as error:
+            raise access_error(self.path, KIND, f"write plane {key}", error) from error
+
+    def _flag(self, index: tuple[int, ...]) -> bool:
+        """The completion flag at ``index``; False when its chunk fails to decode."""
+        try:
+            return bool(read_or_raise(self.group["complete"], index, *self._at("a flag")))
+        except DECODE_ERRORS:
+            return False
+
+    def _at(self, what: str) -> tuple[Path, StoreKind, str]:
+        """The trailing arguments of :func:`~napari_sam.io.stores.read_or_raise`."""
+        return self.path, KIND, what
 
     def tiles(self, key: tuple[int, ...]) -> PlaneTiles:
         """The tiles of one plane as a backend keyed by (tile row, tile col)."""
@@ -335,21 +338,45 @@ class PlaneTiles:
         self.cache.save(self.key, embedding, tile=index)
 
     def completed(self) -> set[tuple[int, int]]:
-        """Grid indices of the tiles marked complete (one read of this plane's flags)."""
-        flags = np.asarray(
-            self.cache.group["complete"][self.key]
-            if self.key
-            else self.cache.group["complete"][...]
-        )
+        """Grid indices of the tiles marked complete (one read of this plane's flags; a
+        flag chunk that fails to decode reads as not complete)."""
+        cache = self.cache
+        try:
+            flags = np.asarray(
+                read_or_raise(
+                    cache.group["complete"], self.key or ..., *cache._at("the tile flags")
+                )
+            )
+        except DECODE_ERRORS:
+            rows, cols = cache.grid_shape
+            return {
+                (r, c) for r in range(rows) for c in range(cols) if cache._flag(self.key + (r, c))
+            }
         return {(int(r), int(c)) for r, c in np.argwhere(flags)}
 
 
-def _read_signature(path: Path) -> CacheSignature | None:
+def _matches(path: Path, signature: CacheSignature) -> bool:
+    """True when ``path`` is a readable cache with this signature (read without the lock)."""
+    if not path.is_dir():
+        return False
     try:
-        meta = json.loads((path / "zarr.json").read_text())
-        payload = meta.get("attributes", {}).get("napari_sam")
-    except (OSError, ValueError):
-        return None
-    if not payload or payload.get("format") != FORMAT or payload.get("version") != VERSION:
-        return None
-    return CacheSignature.from_dict(payload)
+        payload = claim_store(path, KIND, overwrite=False)
+    except CacheMismatchError:
+        return False  # decided again under the lock, where the error is raised
+    return payload is not None and _signature_of(payload, path) == signature
+
+
+def _signature_of(payload: dict, path: Path) -> CacheSignature:
+    try:
+        return CacheSignature.from_dict(payload)
+    except (KeyError, TypeError, IndexError, ValueError) as error:
+        raise damaged_error(path, KIND, f"its signature is incomplete: {error!r}") from error
+
+
+def _mismatch(path: Path, signature: CacheSignature, existing: CacheSignature) -> str:
+    return (
+        f"The embedding cache {path} was made for other data or settings:\n  - "
+        + "\n  - ".join(signature.differences(existing))
+        + "\nUse another cache path, the cache's own settings (e.g. --tile/--halo/"
+        "--upscale), or overwrite=True (--overwrite) to start afresh."
+    )

@@ -181,3 +181,13 @@ def test_errors():
 def test_settings_round_trip():
     settings = LinkingSettings(iou_threshold=0.4, gap_closing=False, min_extent=3)
     assert LinkingSettings.from_dict(settings.to_dict()) == settings
+
+
+def test_a_stack_shorter_than_min_extent_keeps_its_objects():
+    one = np.zeros((1, 40, 40), np.int32)
+    one[0, 5:10, 5:10], one[0, 20:30, 20:30] = 1, 2
+    assert link_slices(one, LinkingSettings(min_extent=2)).objects == 2
+    two = np.concatenate([one, one])
+    assert link_slices(two, LinkingSettings(min_extent=5)).objects == 2
+    three = np.concatenate([two, np.zeros_like(one)])
+    assert link_slices(three, LinkingSettings(min_extent=3, gap_closing=False)).objects == 0

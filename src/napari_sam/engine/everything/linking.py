@@ -116,6 +116,10 @@ def link_slices(
 ) -> LinkedLabels:
     """Link per-slice 2D labels into 3D objects.
 
+    An object cannot span more slices than the stack has, so ``settings.min_extent`` is
+    capped at the number of slices: one slice, or a stack shorter than ``min_extent``,
+    keeps every object.
+
     Parameters
     ----------
     slices : array-like, (z, rows, cols) int
@@ -147,7 +151,7 @@ def link_slices(
     return write_tracks(
         slices,
         tracks,
-        settings.min_extent,
+        min(settings.min_extent, slices.shape[0]),  # a short stack keeps its objects
         out,
         _shifted(progress, slices.shape[0], 2 * slices.shape[0]),
         should_stop,
