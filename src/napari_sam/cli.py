@@ -2,7 +2,12 @@
 
 ``main(argv)`` returns an exit code, so tests call it in-process. Errors that the user
 can fix (a :class:`~napari_sam.errors.NapariSamError`) print one clear line and exit 1;
-argument mistakes exit 2 through argparse.
+argument mistakes exit 2 through argparse. The library's messages name parameters as
+Python callers write them (``channel=INDEX``); :func:`command_line_words` shows the same
+message with the running subcommand's flags (``--channel INDEX``) through one table,
+:data:`PARAMETER_FLAGS`, so each message has one source. Before any work, no output may
+be an input or nest with it (:data:`OUTPUTS`), and ``--point -5,10`` is read as the
+coordinates it means (:func:`~napari_sam.commands.predict.attach_negative_values`).
 """
 
 from __future__ import annotations
@@ -10,11 +15,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from napari_sam import __version__
+from napari_sam.commands.predict import attach_negative_values
 from napari_sam.errors import NapariSamError
 
 log = logging.getLogger("napari_sam")
@@ -27,30 +36,108 @@ COMMAND_MODULES = (
     "napari_sam.commands.training",
 )
 
+# Parameters that library messages name (``axes=``, ``channel=INDEX``) and the dest of the
+# flag that sets each on the command line; shown as that flag when the running subcommand
+# has it. None: no flag (Python only), and a sentence naming it is left out.
+PARAMETER_FLAGS: dict[str, str | None] = {
+    "architecture": "architecture",
+    "axes": "axes",
+    "channel": "channel",
+    "key": "key",
+    "level": "level",
+    "channel_weights": None,
+}
 
-def coordinate_pair(text: str) -> tuple[float, float]:
-    """argparse type for ``ROW,COL``."""
-    return tuple(_numbers(text, 2, "ROW,COL"))  # type: ignore[return-value]
+# The input and the outputs of each subcommand that writes files (argument dests). No
+# output may be the input, lie inside it, or hold it (--overwrite would delete it with
+# the output), and no two outputs may be one path.
+OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "predict": ("image", ("out", "overlay")),
+    "embed": ("input", ("cache",)),
+    "segment-everything": ("input", ("out",)),
+}
 
 
-def box_corners(text: str) -> tuple[float, float, float, float]:
-    """argparse type for ``ROW0,COL0,ROW1,COL1``."""
-    return tuple(_numbers(text, 4, "ROW0,COL0,ROW1,COL1"))  # type: ignore[return-value]
+def command_line_words(message: str, flags: Collection[str]) -> str:
+    """A library message as the command line shows it.
+
+    Parameters named the Python way (``axes=``, ``level=2``, ``axes='zyx'``) become the
+    flags of :data:`PARAMETER_FLAGS` (``--axes``, ``--level 2``, ``--axes zyx``) when
+    their dest is in ``flags`` (those of the running subcommand); a sentence naming a
+    Python-only parameter is left out. Other text is unchanged.
+
+    Parameters
+    ----------
+    message : str
+    flags : collection of str
+        Argument dests of the running subcommand, e.g. ``vars(args)``.
+    """
+    python_only = [name for name, dest in PARAMETER_FLAGS.items() if dest is None]
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", message)
+    kept = [s for s in sentences if not any(_parameter(name).search(s) for name in python_only)]
+    text = " ".join(kept or sentences)
+    for name, dest in PARAMETER_FLAGS.items():
+        if dest is not None and dest in flags:
+            text = _parameter(name).sub(partial(_flag, dest), text)
+    return text
 
 
-def _numbers(text: str, count: int, form: str) -> list[float]:
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != count:
-        raise argparse.ArgumentTypeError(f"expected {form} ({count} numbers), got {text!r}")
-    return values
+def _parameter(name: str) -> re.Pattern[str]:
+    """``name=`` and its value, as a word (not inside ``my_name=`` or a path)."""
+    return re.compile(rf"(?<![^\s(]){re.escape(name)}=('[^'\s]*'|[^\s,;)]*)")
+
+
+def _flag(dest: str, found: re.Match[str]) -> str:
+    """``--dest VALUE`` from ``name=VALUE`` (quotes dropped; the punctuation that ends a
+    sentence kept after it)."""
+    value, end = re.fullmatch(r"(.*?)([.:]*)", found.group(1)).groups()  # type: ignore[union-attr]
+    value = value[1:-1] if len(value) > 1 and value[0] == value[-1] == "'" else value
+    return f"--{dest.replace('_', '-')}" + (f" {value}" if value else "") + end
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse outputs that are the input, nest with it, or repeat each other.
+
+    Raises
+    ------
+    InvalidInputError
+        An output of :data:`OUTPUTS` resolves to the input, lies inside it, or holds it;
+        or two outputs are the same path.
+    """
+    from napari_sam.errors import InvalidInputError
+
+    if args.command not in OUTPUTS:
+        return
+    input_name, output_names = OUTPUTS[args.command]
+    source = Path(getattr(args, input_name)).resolve()
+    seen: dict[Path, str] = {}
+    for name in output_names:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        flag, target = "--" + name, Path(value).resolve()
+        if target in seen:
+            raise InvalidInputError(
+                f"{seen[target]} and {flag} are the same file {value}: give each its own "
+                "name (e.g. mask.tif and mask.png)."
+            )
+        seen[target] = flag
+        problem = (
+            "is the input itself: napari-sam never writes over its input"
+            if target == source
+            else f"lies inside the input {source}"
+            if target.is_relative_to(source)
+            else f"holds the input {source} (--overwrite would delete it with the output)"
+            if source.is_relative_to(target)
+            else None
+        )
+        if problem:
+            raise InvalidInputError(f"{flag} {value} {problem}: choose a path outside it.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from napari_sam.commands.predict import register as register_predict
     from napari_sam.engine.model import DEFAULT_MODEL  # not at the top: imports torch
 
     parser = argparse.ArgumentParser(
@@ -59,46 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-sam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    predict = commands.add_parser(
-        "predict",
-        help="segment one object from point and/or box prompts",
-        description="Segment one object of a 2D image from prompts; writes a 0/1 mask.",
-    )
-    predict.add_argument("image", help="2D image file (.tif, .png, .jpg, .npy)")
-    predict.add_argument(
-        "--point",
-        type=coordinate_pair,
-        action="append",
-        default=[],
-        metavar="ROW,COL",
-        help="a point on the object (repeatable)",
-    )
-    predict.add_argument(
-        "--negative",
-        type=coordinate_pair,
-        action="append",
-        default=[],
-        metavar="ROW,COL",
-        help="a point on the background (repeatable)",
-    )
-    predict.add_argument(
-        "--box",
-        type=box_corners,
-        metavar="ROW0,COL0,ROW1,COL1",
-        help="a box around the object, corners inclusive",
-    )
-    predict.add_argument("--out", required=True, help="output mask (.tif, .png or .npy)")
-    predict.add_argument("--overlay", help="also write the mask over the image as a PNG")
-    predict.add_argument(
-        "--model", default=DEFAULT_MODEL, help="model name or checkpoint file (default %(default)s)"
-    )
-    predict.add_argument(
-        "--channel", type=int, help="channel index for multichannel images (last axis)"
-    )
-    predict.add_argument("--device", help="torch device (default: cuda, mps or cpu)")
-    predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
-
+    register_predict(commands)  # first in --help: the simplest job
     weights = commands.add_parser("weights", help="list, fetch or locate model weights")
     actions = weights.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="registered models and whether they are cached")
@@ -121,63 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    argv = attach_negative_values(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"predict": run_predict, "weights": run_weights, "demo": run_demo}
+    handlers = {"weights": run_weights, "demo": run_demo}
     try:
+        check_outputs(args)
         return handlers[args.command](args) if args.command in handlers else args.handler(args)
     except NapariSamError as error:
-        print(f"napari-sam: error: {error}", file=sys.stderr)
+        print(f"napari-sam: error: {command_line_words(str(error), vars(args))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("napari-sam: interrupted", file=sys.stderr)
         return 130
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """``napari-sam predict``: prompts to one mask file."""
-    import numpy as np
-
-    from napari_sam.engine.prediction.predictor import Predictor
-    from napari_sam.engine.prediction.preprocess import compute_normalization
-    from napari_sam.errors import InvalidInputError
-    from napari_sam.io.images import read_image, write_labels
-    from napari_sam.io.overlay import save_overlay
-
-    if not (args.point or args.negative or args.box):
-        raise InvalidInputError(
-            "Give at least one prompt: --point ROW,COL or --box ROW0,COL0,ROW1,COL1."
-        )
-    if args.negative and not (args.point or args.box):
-        raise InvalidInputError("--negative points only refine an object: add --point or --box.")
-    for existing in (args.out, args.overlay):
-        if existing and not args.overwrite and _exists(existing):
-            raise InvalidInputError(
-                f"{existing} already exists: choose another name or pass --overwrite."
-            )
-    image = read_image(args.image)
-    normalization = compute_normalization(image, channel=args.channel)
-    predictor = Predictor(args.model, device=args.device)
-    predictor.set_image(image, normalization)
-    points = list(args.point) + list(args.negative)
-    labels = [1] * len(args.point) + [0] * len(args.negative)
-    prediction = predictor.predict(
-        points=np.array(points) if points else None,
-        point_labels=np.array(labels) if points else None,
-        box=args.box,
-    )
-    mask = prediction.best_mask.astype(np.uint8)
-    write_labels(args.out, mask, overwrite=True)
-    if args.overlay:
-        save_overlay(args.overlay, normalization.apply(image), mask)
-    print(
-        f"wrote {args.out}: {int(mask.sum())} pixels, predicted IoU "
-        f"{prediction.scores[prediction.best]:.3f} ({predictor.model.model_id})"
-    )
-    return 0
 
 
 def run_weights(args: argparse.Namespace) -> int:
@@ -231,12 +238,6 @@ def run_demo(args: argparse.Namespace) -> int:
         "wrote " + ", ".join(summary.outputs)
     )
     return 0
-
-
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).exists()
 
 
 class _DownloadBar:

@@ -1,8 +1,26 @@
-"""Command-line values shared by several subcommands, parsed once."""
+"""Command-line values and flags shared by several subcommands, defined once."""
 
 from __future__ import annotations
 
+import argparse
+
 from napari_sam.errors import InvalidInputError
+
+ARCHITECTURE_HELP = (
+    "registry name of the architecture of a --model checkpoint file, e.g. vit_b "
+    "(default: guessed from the file name; refused for registered model names)"
+)
+
+
+def add_architecture_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--architecture`` to a subcommand whose ``--model`` may be a checkpoint file.
+
+    The value reaches :func:`~napari_sam.engine.model.loading.load_model` (or
+    :func:`~napari_sam.engine.model.registry.get_model_spec`) as ``architecture=``,
+    which checks it; errors naming ``architecture=`` then read ``--architecture`` on the
+    command line (see ``napari_sam.cli.PARAMETER_FLAGS``).
+    """
+    parser.add_argument("--architecture", metavar="NAME", help=ARCHITECTURE_HELP)
 
 
 def parse_z_range(text: str) -> tuple[int, int]:

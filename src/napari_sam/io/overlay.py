@@ -11,7 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sam.errors import InvalidInputError
+from napari_sam.io.file_errors import unwritable_file
+
 GOLDEN_ANGLE = 0.381966  # fraction of the hue circle between consecutive labels
+OVERLAY_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}  # Pillow writes these
 
 
 def label_colors(count: int) -> np.ndarray:
@@ -59,11 +63,37 @@ def overlay_labels(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.35) -> 
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def check_overlay_path(path: str | Path) -> Path:
+    """Refuse, before any work, an overlay whose format cannot be written.
+
+    Raises
+    ------
+    InvalidInputError
+        The suffix is not one of :data:`OVERLAY_SUFFIXES`.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in OVERLAY_SUFFIXES:
+        raise InvalidInputError(
+            f"Unsupported overlay format {path.suffix!r} for {path}: an overlay is a picture, "
+            "written as .png (or .jpg, .tif, .bmp)."
+        )
+    return path
+
+
 def save_overlay(path: str | Path, rgb: np.ndarray, labels: np.ndarray) -> Path:
-    """Write :func:`overlay_labels` as a PNG."""
+    """Write :func:`overlay_labels` as a PNG (or JPEG, TIFF, BMP by suffix).
+
+    Raises
+    ------
+    InvalidInputError
+        The suffix is not a picture format, or the file cannot be written.
+    """
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay_labels(rgb, labels)).save(path)
+    path = check_overlay_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(overlay_labels(rgb, labels)).save(path)
+    except OSError as error:
+        raise unwritable_file(path, error) from error
     return path

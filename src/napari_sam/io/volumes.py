@@ -6,6 +6,11 @@ https://ngff.openmicroscopy.org) or an in-memory array (numpy, dask, zarr) into 
 chunks), axis names (``"zyx"``, ``"tczyx"``, ...) and a pixel size per axis.
 :meth:`Volume.planes_view` reorders axes lazily to the (leading..., y, x[, c]) order of
 :mod:`napari_sam.engine.prediction.planes`.
+
+Files are checked twice: when opened (an empty, cut-short or mistaken file raises
+:class:`~napari_sam.errors.InvalidInputError` naming it), and when read, since a TIFF
+whose page index is whole may still miss pages and a zarr store may hold a damaged chunk:
+a read through :meth:`Volume.planes_view` that fails says which plane of which file.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from xml.etree import ElementTree
 import numpy as np
 
 from napari_sam.errors import InvalidInputError
+from napari_sam.io.transposed import TransposedArray
 
 AXIS_LETTERS = ("t", "c", "z", "y", "x")
 PLANE_ORDER = "tzyxc"  # planes_view order: plane-selecting axes, then y, x, channels
@@ -95,62 +101,14 @@ class Volume:
         array-like
             Shape ``[t,] [z,] rows, cols [, channels]`` (axes :attr:`planes_axes`), so
             ``view[(t, z)]`` is one plane, as ``engine.planes.plane_layout(view.shape,
-            channel_axis=volume.channel_axis)`` expects: the data itself, a numpy view,
-            a dask transpose, or a :class:`TransposedArray` (zarr, other array-likes).
+            channel_axis=volume.channel_axis)`` expects: the data itself or a view of it
+            (numpy, dask), or a :class:`TransposedArray` (zarr, TIFF and other
+            array-likes, even in their own order, so that a failed read names the file).
         """
         order = tuple(self.axes.index(a) for a in self.planes_axes)
-        if order == tuple(range(len(order))):
-            return self.data
         if isinstance(self.data, np.ndarray) or type(self.data).__module__.startswith("dask."):
-            return self.data.transpose(order)
-        return TransposedArray(self.data, order)
-
-
-class TransposedArray:
-    """A read-only array-like that reorders the axes of another, translating indices.
-
-    ``TransposedArray(data, order)[key]`` equals ``np.transpose(data, order)[key]`` but
-    asks ``data`` only for the selected region, so a zarr array reads only the chunks
-    of that region (without dask's scheduling, 3-7x faster per plane). Keys are
-    integers, slices and one ``...``.
-    """
-
-    def __init__(self, data, order: tuple[int, ...]) -> None:
-        self.data, self.order = data, tuple(order)
-        self.shape = tuple(int(data.shape[i]) for i in self.order)
-        self.dtype, self.ndim = np.dtype(data.dtype), len(self.shape)
-        chunks = getattr(data, "chunks", None)
-        self.chunks = None if chunks is None else tuple(chunks[i] for i in self.order)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.asarray(self[...], dtype=dtype)
-
-    def __getitem__(self, key) -> np.ndarray:
-        key = _expand_key(key if isinstance(key, tuple) else (key,), self.ndim)
-        source_key = [slice(None)] * self.ndim
-        for view_axis, item in enumerate(key):
-            source_key[self.order[view_axis]] = item
-        block = np.asarray(self.data[tuple(source_key)])
-        kept = [a for a in range(self.ndim) if not isinstance(source_key[a], int)]
-        wanted = [self.order[v] for v in range(self.ndim) if not isinstance(key[v], int)]
-        return block.transpose([kept.index(a) for a in wanted])
-
-
-def _expand_key(key: tuple, ndim: int) -> tuple:
-    """A key of exactly ``ndim`` ints and slices (``...`` and missing axes filled)."""
-    key = tuple(int(k) if isinstance(k, np.integer) else k for k in key)
-    dots = sum(k is Ellipsis for k in key)  # not count(): arrays compare elementwise
-    if (
-        dots > 1
-        or len(key) - dots > ndim
-        or any(not isinstance(k, (int, slice)) and k is not Ellipsis for k in key)
-    ):
-        raise InvalidInputError(
-            f"Index {key!r} is not supported on a reordered view of {ndim} axes: use at most "
-            f"{ndim} integers and slices and one '...' (or np.asarray(view) first)."
-        )
-    at = key.index(Ellipsis) if dots else len(key)
-    return key[:at] + (slice(None),) * (ndim - len(key) + dots) + key[at + 1 :]
+            return self.data if order == tuple(range(len(order))) else self.data.transpose(order)
+        return TransposedArray(self.data, order, self.source)
 
 
 def open_volume(
@@ -162,8 +120,8 @@ def open_volume(
     ----------
     source : str, pathlib.Path, numpy.ndarray, dask.array.Array, zarr.Array or zarr.Group
         A ``.tif``/``.tiff`` file (OME-TIFF and ImageJ included), a ``.npy`` file
-        (memory-mapped), a zarr store folder (v2 or v3, OME-Zarr included), or an array
-        in memory (not copied).
+        (memory-mapped), a zarr store folder (v2 or v3, OME-Zarr included), a ``.png``,
+        ``.jpg`` or ``.bmp`` picture (read whole), or an array in memory (not copied).
     key : str or int, optional
         Which image of several: a TIFF's series index, or the path of an array or
         OME-Zarr image inside a zarr group (``"raw"``, ``"labels/cells"``).
@@ -182,9 +140,11 @@ def open_volume(
     Raises
     ------
     InvalidInputError
-        The path does not exist or has an unknown format; ``key`` or ``level`` does not
-        exist (the message lists those that do); ``axes`` is invalid or does not match
-        the data, or cannot be guessed.
+        The path does not exist or has an unknown format; the file cannot be decoded
+        (empty, cut short, a damaged TIFF page index or zarr metadata, not the format its
+        suffix says); ``key`` or ``level`` does not exist (the message lists those that
+        do); ``axes`` is invalid or does not match the data, or cannot be guessed.
+        Damage found only when data is read raises it then (see :meth:`Volume.planes_view`).
     """
     if isinstance(source, (str, Path)):
         return _open_path(Path(source), key, level, axes)
@@ -203,9 +163,11 @@ def open_volume(
 def _open_array(data, key, level, axes: str | None, source: str, scale=None) -> Volume:
     """A Volume of one array: axes given, from zarr dimension names, or guessed."""
     if key is not None or level != 0:
+        names = [n for n, extra in (("key", key is not None), ("level", level != 0)) if extra]
+        given = " and ".join(f"{n}={key if n == 'key' else level!r}" for n in names)
         raise InvalidInputError(
-            f"key={key!r}, level={level!r} were given but {source} holds a single image "
-            "at one resolution: leave key=None and level=0."
+            f"{given} {'were' if len(names) > 1 else 'was'} given, but {source} holds a "
+            f"single image at one resolution: leave out {' and '.join(n + '=' for n in names)}."
         )
     names = getattr(getattr(data, "metadata", None), "dimension_names", None) or ["?"]
     if not axes and all(str(n).lower() in AXIS_LETTERS for n in names):
@@ -262,6 +224,9 @@ def check_axes(axes: str, ndim: int, source: str = "the data") -> str:
 
 
 def _open_path(path: Path, key, level: int, axes: str | None) -> Volume:
+    from napari_sam.io.file_errors import unreadable_file
+    from napari_sam.io.images import PIL_SUFFIXES, TIFF_SUFFIXES, read_image
+
     if not path.exists():
         raise InvalidInputError(f"No such file or folder: {path}. Check the path.")
     if path.is_dir():
@@ -272,18 +237,27 @@ def _open_path(path: Path, key, level: int, axes: str | None) -> Volume:
             )
         import zarr
 
-        node = zarr.open(path, mode="r")
+        try:
+            node = zarr.open(path, mode="r")
+        except Exception as error:  # broken metadata: JSON, codecs, versions
+            raise unreadable_file(path, "a zarr store", error) from error
         if isinstance(node, zarr.Group):
             return _open_group(node, key, level, axes, f"zarr store {path}")
         return _open_array(node, key, level, axes, f"zarr array {path}")
-    if path.suffix.lower() in (".tif", ".tiff"):
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
         return _open_tiff(path, key, level, axes)
-    if path.suffix.lower() == ".npy":
-        data = np.load(path, mmap_mode="r", allow_pickle=False)
+    if suffix == ".npy":
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as error:  # a bad header, a file shorter than its header says
+            raise unreadable_file(path, "a numpy .npy file", error) from error
         return _open_array(data, key, level, axes, f"numpy file {path}")
+    if suffix in PIL_SUFFIXES:  # a 2D picture: small, read whole
+        return _open_array(read_image(path), key, level, axes, f"image file {path}")
     raise InvalidInputError(
-        f"Unknown format {path.suffix!r} for {path}: open_volume reads .tif/.tiff, .npy "
-        "and zarr store folders. For PNG or JPEG use napari_sam.io.images.read_image."
+        f"Unknown format {path.suffix!r} for {path}: expected a .tif/.tiff, .npy, .png, "
+        ".jpg or .bmp file, or a zarr store folder (OME-Zarr included)."
     )
 
 
@@ -355,14 +329,19 @@ def _ngff_axes(axes_meta, source: str) -> str | None:
 
 
 def _open_tiff(path: Path, key, level: int, axes: str | None) -> Volume:
-    import tifffile
     import zarr
 
-    tif = tifffile.TiffFile(path)  # stays open while the zarr view uses it
+    from napari_sam.io.file_errors import unreadable_file
+    from napari_sam.io.tiff_files import open_tiff
+
+    tif = open_tiff(path)  # stays open while the zarr view uses it
     index = _check_index(0 if key is None else key, len(tif.series), "key", f"TIFF {path}")
     series = tif.series[index]
     level = _check_index(level, len(series.levels), "level", f"series {index} of {path}")
-    data = zarr.open_array(series.aszarr(level=level), mode="r")
+    try:
+        data = zarr.open_array(series.aszarr(level=level), mode="r")
+    except Exception as error:  # page index or tags that do not describe an image
+        raise unreadable_file(path, "a TIFF file", error) from error
     source = f"{path} series {index} level {level}"
     axes = axes or _tiff_axes(series.levels[level].axes, source)
     fits = isinstance(axes, str) and len(axes) == data.ndim  # else _open_array reports it

@@ -138,17 +138,30 @@ def get_model_spec(name_or_path: str | Path, architecture: str | None = None) ->
     Raises
     ------
     UnknownModelError
-        The name is not registered and no such file exists, or the architecture of a
-        file cannot be told.
+        The name is not registered and no such file exists; the architecture of a file
+        cannot be told, or is not a registered name; or ``architecture`` names another
+        model than a registered ``name_or_path`` (it is only for files).
     """
     key = str(name_or_path)
     if key in MODELS and not Path(key).is_file():
+        if architecture not in (None, key):
+            raise UnknownModelError(
+                f"{key!r} is a registered model with its own architecture, but "
+                f"architecture={architecture!r} was given: leave out architecture= (it "
+                "names the architecture of a checkpoint file)."
+            )
         return MODELS[key]
     path = Path(key).expanduser()
     if not path.is_file():
         raise UnknownModelError(
             f"Unknown model {key!r}: it is neither a registered name "
             f"({', '.join(MODELS)}) nor an existing checkpoint file."
+        )
+    if architecture is not None and architecture not in MODELS:
+        raise UnknownModelError(
+            f"Cannot tell the architecture of checkpoint {path}: architecture={architecture!r} "
+            f"is not a registered model; pass architecture= one of {', '.join(MODELS)} (the "
+            "model it was fine-tuned from)."
         )
     arch_name = architecture or _guess_architecture(path.name)
     if arch_name not in MODELS:
