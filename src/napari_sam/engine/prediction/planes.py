@@ -13,11 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_sam.engine.prediction.preprocess import Normalization, compute_normalization
+from napari_sam.engine.prediction.preprocess import (
+    LARGE_PLANE_PIXELS,
+    Normalization,
+    compute_normalization,
+    constant_value,
+    format_pixel,
+    sample_plane,
+    select_channels,
+)
 from napari_sam.errors import InvalidInputError
 
 PlaneKey = tuple[int, ...]
 SAMPLE_PLANES = 8  # planes read to compute a stack's intensity normalisation
+PLANE_SAMPLE_PIXELS = 250_000  # pixels kept of each of those planes, about
+PLANE_SAMPLE_WINDOWS = 16  # windows read from each of them when the planes are large
 
 
 @dataclass(frozen=True)
@@ -123,19 +133,57 @@ def stack_normalization(
     """One intensity mapping for the whole stack, from a few evenly spaced planes.
 
     Reads at most ``planes`` planes, never the whole volume, so every slice of a stack is
-    normalised alike (no jumps in contrast between slices, no seams between tiles).
+    normalised alike (no jumps in contrast between slices, no seams between tiles). Of a
+    plane larger than :data:`~napari_sam.engine.prediction.preprocess.LARGE_PLANE_PIXELS`
+    only :data:`PLANE_SAMPLE_WINDOWS` windows are read. When every sampled plane is
+    constant, the other planes are read one at a time until one differs.
+
+    Raises
+    ------
+    InvalidInputError
+        Bad values or channel choice (see
+        :func:`~napari_sam.engine.prediction.preprocess.compute_normalization`), or a
+        constant stack: every plane (or, for large planes, every sampled window) holds
+        the same value, for every dtype.
     """
     count = int(np.prod(layout.stack_shape)) if layout.stack_ndim else 1
     picks = np.unique(np.linspace(0, count - 1, min(planes, count)).round().astype(int))
-    samples = []
-    for flat in picks:
-        key = (
-            tuple(int(i) for i in np.unravel_index(flat, layout.stack_shape))
-            if layout.stack_ndim
-            else ()
-        )
-        plane = read_plane(data, layout, key)
-        step = max(1, int(np.sqrt(plane.shape[0] * plane.shape[1] / 250_000)))
-        samples.append(plane[::step, ::step])
-    sample = np.concatenate(samples, axis=0)  # planes stacked as one tall image
+    sample = np.concatenate([_plane_sample(data, layout, int(i)) for i in picks], axis=0)
+    value = constant_value(select_channels(sample, channel, channel_weights))
+    for flat in range(count if value is not None else 0):  # look for a plane that differs
+        if flat in picks:
+            continue
+        grown = np.concatenate([sample, _plane_sample(data, layout, flat)], axis=0)
+        if constant_value(select_channels(grown, channel, channel_weights)) is None:
+            sample, value = grown, None
+            break
+    if value is not None:
+        raise InvalidInputError(_constant_stack_message(layout, value))
     return compute_normalization(sample, channel=channel, channel_weights=channel_weights)
+
+
+def _plane_sample(data, layout: PlaneLayout, flat: int) -> np.ndarray:
+    """About PLANE_SAMPLE_PIXELS pixels of plane number ``flat``: strided, or windows."""
+    key = (
+        tuple(int(i) for i in np.unravel_index(flat, layout.stack_shape))
+        if layout.stack_ndim
+        else ()
+    )
+    rows, cols = layout.plane_shape
+    if rows * cols > LARGE_PLANE_PIXELS:
+        view = PlaneView(data, layout, key)
+        return sample_plane(view, PLANE_SAMPLE_PIXELS, PLANE_SAMPLE_WINDOWS)
+    plane = read_plane(data, layout, key)
+    step = max(1, int(np.sqrt(rows * cols / PLANE_SAMPLE_PIXELS)))
+    return plane[::step, ::step]
+
+
+def _constant_stack_message(layout: PlaneLayout, value: tuple[float, ...]) -> str:
+    rows, cols = layout.plane_shape
+    where = " in the windows sampled from it" if rows * cols > LARGE_PLANE_PIXELS else ""
+    what = "Every plane of the data" if layout.stack_ndim else "The image"
+    return (
+        f"{what} (shape {layout.shape}) is constant{where} (every pixel is "
+        f"{format_pixel(value)}): there is nothing to segment. Check that the right file, "
+        "series, level or channel was opened."
+    )

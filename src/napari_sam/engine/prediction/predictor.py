@@ -18,6 +18,7 @@ import torch
 from napari_sam.engine.model.loading import SamModel, load_model
 from napari_sam.engine.network.fast_decoder import FastDecoder, ImageContext
 from napari_sam.engine.prediction import prompts
+from napari_sam.engine.prediction.output_checks import check_embedding, check_finite
 from napari_sam.engine.prediction.preprocess import (
     Normalization,
     compute_normalization,
@@ -62,7 +63,8 @@ class Predictor:
     model : str, pathlib.Path or SamModel
         Registry name (default ``"vit_t"``), checkpoint file, or an already loaded model.
     device : str, optional
-        Torch device for a model given by name; ``None`` picks cuda, mps, then cpu.
+        Torch device for a model given by name; ``None`` is the CPU unless an accelerator
+        type is verified (docs/devices.md); ``"auto"`` picks cuda, mps, then cpu.
 
     Examples
     --------
@@ -76,6 +78,7 @@ class Predictor:
         self._embedding: Embedding | None = None
         self._upsampler: LogitUpsampler | None = None
         self._context: ImageContext | None = None
+        self._features: torch.Tensor | None = None  # the embedding's, on the model's device
         self._decoder = FastDecoder(self.model.module.mask_decoder)
         with torch.inference_mode():
             self._image_pe = self.model.module.prompt_encoder.dense_positional_encoding()
@@ -114,6 +117,14 @@ class Predictor:
         Returns
         -------
         Embedding
+
+        Raises
+        ------
+        InvalidInputError
+            A bad image (see :func:`compute_normalization`), a constant one included
+            when ``normalization`` is computed here.
+        ModelOutputError
+            The encoder returned NaN or infinite values (damaged weights).
         """
         embedding = self.encode(image, normalization, should_stop)
         self.set_embedding(embedding)
@@ -134,6 +145,7 @@ class Predictor:
         pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()
         with torch.inference_mode(), stop_points(self.model.module.image_encoder, should_stop):
             features = self.model.module(pixels.to(self.model.device))
+            check_finite(self.model, features, "image embedding")
         return Embedding(
             features=features,
             input_size=resized.shape[:2],
@@ -149,18 +161,24 @@ class Predictor:
         ------
         CacheMismatchError
             The embedding was computed by other weights.
+        ModelOutputError
+            The embedding holds NaN or infinite values (e.g. a cache written by damaged
+            weights).
         """
         if embedding.model_id != self.model.model_id:
             raise CacheMismatchError(
                 f"This embedding was computed by {embedding.model_id}, but the predictor "
                 f"holds {self.model.model_id}: encode the image again with set_image."
             )
+        check_embedding(embedding)
         self._upsampler = LogitUpsampler(
             embedding.original_size, embedding.input_size, self.model.input_size
         )
         prompt_encoder = self.model.module.prompt_encoder
         no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        self._context = self._decoder.prepare(embedding.features, self._image_pe, no_mask)
+        # a cached embedding comes from disk on the CPU; on the CPU this is no copy
+        self._features = embedding.features.to(self.model.device)
+        self._context = self._decoder.prepare(self._features, self._image_pe, no_mask)
         self._embedding = embedding
 
     def predict(
@@ -191,6 +209,11 @@ class Predictor:
         -------
         Prediction
             ``masks`` (N, H, W), ``scores`` (N,), ``logits`` (N, 256, 256).
+
+        Raises
+        ------
+        ModelOutputError
+            The decoder returned NaN or infinite logits or scores (damaged weights).
         """
         shape = self.embedding.original_size
         point_set = prompts.check_points(points, point_labels, shape)
@@ -241,6 +264,11 @@ class Predictor:
         -------
         BatchPrediction
             ``masks`` (B, N, H, W), ``scores`` (B, N), ``logits`` (B, N, 256, 256).
+
+        Raises
+        ------
+        ModelOutputError
+            As for :meth:`predict`.
         """
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1; got {batch_size}.")
@@ -354,6 +382,11 @@ class Predictor:
         -------
         LowResBatch
             ``logits`` (B, N, 256, 256) and ``scores`` (B, N) as torch tensors.
+
+        Raises
+        ------
+        ModelOutputError
+            As for :meth:`predict`.
         """
         coords, labels, _, _ = self._check_batch(points, point_labels, None, None)
         logits, scores = self._decode_low_res(coords, labels, None, None, multimask)
@@ -385,6 +418,12 @@ class Predictor:
         embedding = self.embedding
         device = self.model.device
         sam = self.model.module
+        if logits is not None and not np.isfinite(logits).all():
+            # Caught here, or the decoder's NaN output would be blamed on the weights.
+            raise InvalidInputError(
+                "mask_input holds NaN or infinite values: pass finite low-resolution logits, "
+                "such as a previous prediction's logits[i]."
+            )
         original, resized = embedding.original_size, embedding.input_size
         with torch.inference_mode():
             point_arg = None
@@ -404,7 +443,11 @@ class Predictor:
             sparse, dense = sam.prompt_encoder(point_arg, box_arg, mask_arg)
             context = self._context
             if mask_arg is not None:  # a dense prompt per object: no shared image work
-                context = self._decoder.prepare(embedding.features, self._image_pe, dense)
+                assert self._features is not None  # set with the embedding
+                context = self._decoder.prepare(self._features, self._image_pe, dense)
             chosen = slice(1, None) if multimask else slice(0, 1)
             assert context is not None  # prepared with the embedding
-            return self._decoder(context, sparse, chosen)
+            low_res, iou = self._decoder(context, sparse, chosen)
+            check_finite(self.model, iou, "predicted IoU")
+            check_finite(self.model, low_res, "mask logits")
+            return low_res, iou

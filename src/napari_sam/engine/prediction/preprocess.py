@@ -2,7 +2,11 @@
 
 A :class:`Normalization` is computed once from the data (robust percentiles, so a few
 hot pixels do not wash out the image) and then applied unchanged to every tile and slice
-of the same data: per-tile normalisation makes seams. Grey images are copied to three
+of the same data: per-tile normalisation makes seams. A constant image (every channel
+constant, whatever the dtype) is refused there: SAM would return a whole-image mask or
+nothing. A plane larger than :data:`LARGE_PLANE_PIXELS` is never read whole to compute
+the mapping: a grid of windows spread evenly over it is read instead (a stratified
+sample, like the strided sample that smaller images use). Grey images are copied to three
 channels; images with other channel counts need a chosen channel or a channel mix.
 Resizing follows SAM's "longest side to the encoder size" rule with bilinear filtering.
 """
@@ -18,6 +22,8 @@ from napari_sam.errors import InvalidInputError
 
 DEFAULT_PERCENTILES = (0.5, 99.5)
 SAMPLE_PIXELS = 1 << 22  # percentiles of larger images come from a strided sample
+LARGE_PLANE_PIXELS = 1 << 26  # 64 Mpx: larger planes are sampled in windows, not read whole
+SAMPLE_WINDOWS = 64  # windows read from a large plane (8 x 8 on a square plane)
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,10 @@ def select_channels(
         return image.astype(np.float64) @ weights
     if channel is not None:
         if not -channels <= channel < channels:
-            raise InvalidInputError(f"channel {channel} does not exist: the image has {channels}.")
+            raise InvalidInputError(
+                f"channel {channel} does not exist: the image has {channels} channels "
+                f"(0 to {channels - 1}, or negative from the last)."
+            )
         return image[..., channel]
     if channels == 1:
         return image[..., 0]
@@ -120,13 +129,13 @@ def select_channels(
         return image
     raise InvalidInputError(
         f"The image has {channels} channels (last axis of shape {image.shape}); choose one "
-        "with channel=INDEX or mix them with channel_weights=(...). Only 3 channels are "
-        "taken as RGB."
+        "with channel=INDEX. Only 3 channels are taken as RGB. Or mix them into grey with "
+        "channel_weights=(w0, w1, ...), one weight per channel."
     )
 
 
 def compute_normalization(
-    image: np.ndarray,
+    image,
     percentiles: tuple[float, float] | None = None,
     channel: int | None = None,
     channel_weights: tuple[float, ...] | None = None,
@@ -135,7 +144,10 @@ def compute_normalization(
 
     Parameters
     ----------
-    image : numpy.ndarray, shape (H, W) or (H, W, C)
+    image : array-like, shape (H, W) or (H, W, C)
+        numpy, or a lazy array (dask, zarr, a plane view): a plane of more than
+        :data:`LARGE_PLANE_PIXELS` pixels is read in :data:`SAMPLE_WINDOWS` windows of
+        :data:`SAMPLE_PIXELS` pixels in all (see :func:`sample_plane`), never whole.
     percentiles : (float, float), optional
         Percentiles mapped to 0 and 255. Default: uint8 images are kept as they are
         (0 -> 0, 255 -> 255); other dtypes use (0.5, 99.5).
@@ -149,9 +161,14 @@ def compute_normalization(
     Raises
     ------
     InvalidInputError
-        Bad shape or values (see :func:`select_channels`), or a constant image.
+        Bad shape or values (see :func:`select_channels`), or a constant image: every
+        pixel of the chosen channels the same, for every dtype (uint8 and bool included).
     """
-    data = select_channels(image, channel, channel_weights)
+    shape = tuple(np.shape(image))
+    data = select_channels(sample_plane(image), channel, channel_weights)
+    constant = constant_value(data)
+    if constant is not None:
+        raise InvalidInputError(_constant_message(constant, shape, data.shape))
     if percentiles is None and data.dtype == np.uint8:
         return Normalization(0.0, 255.0, channel, channel_weights)
     low_q, high_q = percentiles or DEFAULT_PERCENTILES
@@ -163,13 +180,104 @@ def compute_normalization(
     if flat.size > SAMPLE_PIXELS:
         flat = flat[:: flat.size // SAMPLE_PIXELS]
     low, high = np.percentile(flat.astype(np.float64), [low_q, high_q])
-    if not high > low:
-        low, high = float(flat.min()), float(flat.max())
-    if not high > low:
-        raise InvalidInputError(
-            f"The image is constant (every pixel is {low:g}): there is nothing to segment."
-        )
+    if not high > low:  # mostly one value: use the range, never constant (checked above)
+        low, high = float(data.min()), float(data.max())
     return Normalization(float(low), float(high), channel, channel_weights)
+
+
+def constant_value(data: np.ndarray) -> tuple[float, ...] | None:
+    """The value of every pixel, one per channel, if ``data`` is constant; else None.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (H, W) or (H, W, C), any real dtype or bool
+        Constant means every channel constant over (H, W), even with different values.
+    """
+    first = data[0, 0]
+    if (data[:8] != first).any():  # cheap: most images vary within their first rows
+        return None
+    low, high = data.min(axis=(0, 1)), data.max(axis=(0, 1))
+    if np.any(low != high):
+        return None
+    return tuple(float(v) for v in np.atleast_1d(low))
+
+
+def format_pixel(value: tuple[float, ...]) -> str:
+    """A pixel value for a message: ``7`` for grey, ``(10, 20, 30)`` for channels."""
+    shown = [f"{v:g}" for v in value]
+    return shown[0] if len(shown) == 1 else "(" + ", ".join(shown) + ")"
+
+
+def _constant_message(
+    value: tuple[float, ...], shape: tuple[int, ...], sampled: tuple[int, ...]
+) -> str:
+    shown = format_pixel(value)
+    if not is_large_plane(shape):
+        return (
+            f"The image is constant (every pixel is {shown}): there is nothing to segment. "
+            "If it is one part of larger data, compute the normalization from the whole "
+            "data and pass it."
+        )
+    windows = len(window_grid((shape[0], shape[1]), SAMPLE_PIXELS, SAMPLE_WINDOWS))
+    return (
+        f"The image is constant in the {sampled[0] * sampled[1]:,} pixels sampled from "
+        f"{windows} windows spread over its {shape[0]} x {shape[1]} pixels (every "
+        f"sampled pixel is {shown}): there is nothing to segment there. If the data lies "
+        "elsewhere, crop to it or pass Normalization(low, high) explicitly."
+    )
+
+
+def is_large_plane(shape: tuple[int, ...]) -> bool:
+    """True when an image of ``shape`` (rows, cols[, channels]) is sampled in windows."""
+    return len(shape) in (2, 3) and shape[0] * shape[1] > LARGE_PLANE_PIXELS
+
+
+def sample_plane(image, pixels: int = SAMPLE_PIXELS, windows: int = SAMPLE_WINDOWS) -> np.ndarray:
+    """An image as numpy, or for a large plane, windows of it stacked into one tall image.
+
+    A plane of at most :data:`LARGE_PLANE_PIXELS` pixels is returned whole. A larger one
+    is read only in about ``windows`` windows of ``pixels`` pixels in all, one window
+    per cell of an even grid over the plane (centred in its cell), so a lazy array
+    computes or decompresses only the chunks under them.
+
+    Parameters
+    ----------
+    image : array-like, shape (H, W) or (H, W, C)
+        Anything indexable by ``image[rows, cols]`` with a ``shape``.
+    pixels : int
+        Pixels read from a large plane, about.
+    windows : int
+        Number of windows, at most.
+
+    Returns
+    -------
+    numpy.ndarray, shape (H, W[, C]) or (k * h, w[, C])
+        The image, or its k windows of h x w pixels stacked along the rows.
+    """
+    shape = tuple(np.shape(image))
+    if not is_large_plane(shape):
+        return np.asarray(image)
+    grid = window_grid((shape[0], shape[1]), pixels, windows)
+    return np.concatenate([np.asarray(image[rows, cols]) for rows, cols in grid], axis=0)
+
+
+def window_grid(shape: tuple[int, int], pixels: int, windows: int) -> list[tuple[slice, slice]]:
+    """(rows, cols) slices of at most ``windows`` equal windows, ``pixels`` in all, spread
+    evenly over a plane of ``shape``: one centred in each cell of a grid."""
+    side = max(1, int(np.sqrt(pixels / windows)))
+    height, width = min(side, shape[0]), min(side, shape[1])
+    across = int(np.sqrt(windows))
+    down = min(shape[0] // height, across)
+    across = min(shape[1] // width, windows // down)
+    down = min(shape[0] // height, windows // across)
+    rows = _window_starts(shape[0], height, down)
+    cols = _window_starts(shape[1], width, across)
+    return [(slice(r, r + height), slice(c, c + width)) for r in rows for c in cols]
+
+
+def _window_starts(length: int, size: int, count: int) -> list[int]:
+    centres = (np.arange(count) + 0.5) * length / count
+    return [int(min(max(0, round(c - size / 2)), length - size)) for c in centres]
 
 
 def resized_shape(shape: tuple[int, int], longest: int) -> tuple[int, int]:

@@ -1,4 +1,9 @@
-"""The results of the engine as frozen dataclasses: embeddings and predictions."""
+"""The results of the engine as frozen dataclasses: embeddings and predictions.
+
+Predictions are numpy arrays on the CPU whatever the device; an embedding's features stay
+on the device that computed them (the CPU when read from a cache), and the predictor
+moves them to its model's device where they enter the decoder.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ if TYPE_CHECKING:
 class Embedding:
     """An image encoded once, reusable for any number of prompts."""
 
-    features: torch.Tensor  # (1, 256, 64, 64) float32 image embedding
+    features: torch.Tensor  # (1, 256, 64, 64) float32 image embedding, on any device
     input_size: tuple[int, int]  # (rows, cols) of the resized image inside the encoder frame
     original_size: tuple[int, int]  # (rows, cols) of the image given to set_image
     model_id: str  # weights that computed it (name@sha256-prefix)
@@ -67,4 +72,4 @@ class LowResBatch:
     """Low-resolution decoder output for B objects, kept as torch tensors for filtering."""
 
     logits: torch.Tensor  # (B, N, 256, 256) float32 logits in the padded encoder frame
-    scores: torch.Tensor  # (B, N) float32 predicted IoU
+    scores: torch.Tensor  # (B, N) float32 predicted IoU; both on the model's device

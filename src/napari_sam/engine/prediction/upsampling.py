@@ -7,6 +7,7 @@ with only a few non-zero weights per output pixel. :class:`LogitUpsampler` compu
 weights once per image size by pushing an identity matrix through the same two
 ``torch.nn.functional.interpolate`` calls, then applies them as gathers: about 20x fewer
 operations than the two dense interpolations, with the same values to float rounding.
+The weights are made on the CPU and follow the logits to their device (a few kB).
 """
 
 from __future__ import annotations
@@ -50,15 +51,18 @@ class LogitUpsampler:
         self.col_index, self.col_weight = axis_weights(low, frame, resized[1], original[1])
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, 256, 256) float -> (N, rows, cols) float."""
+        """(N, 256, 256) float on any device -> (N, rows, cols) float on the same device."""
         n, _low_rows, low_cols = logits.shape
-        rows = logits.index_select(1, self.row_index[:, 0]).mul_(self.row_weight[:, 0, None])
-        for k in range(1, self.row_index.shape[1]):  # whole source rows: contiguous gathers
-            rows.add_(
-                logits.index_select(1, self.row_index[:, k]).mul_(self.row_weight[:, k, None])
-            )
+        # On the CPU ``.to`` returns the tensors themselves; elsewhere it copies a few kB.
+        row_index, row_weight, col_index, col_weight = (
+            t.to(logits.device)
+            for t in (self.row_index, self.row_weight, self.col_index, self.col_weight)
+        )
+        rows = logits.index_select(1, row_index[:, 0]).mul_(row_weight[:, 0, None])
+        for k in range(1, row_index.shape[1]):  # whole source rows: contiguous gathers
+            rows.add_(logits.index_select(1, row_index[:, k]).mul_(row_weight[:, k, None]))
         flat = rows.reshape(-1, low_cols)  # 2D index_select on the last axis is the fast one
-        out = flat.index_select(1, self.col_index[:, 0]).mul_(self.col_weight[:, 0])
-        for k in range(1, self.col_index.shape[1]):
-            out.add_(flat.index_select(1, self.col_index[:, k]).mul_(self.col_weight[:, k]))
+        out = flat.index_select(1, col_index[:, 0]).mul_(col_weight[:, 0])
+        for k in range(1, col_index.shape[1]):
+            out.add_(flat.index_select(1, col_index[:, k]).mul_(col_weight[:, k]))
         return out.view(n, self.original[0], self.original[1])

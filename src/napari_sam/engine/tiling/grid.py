@@ -17,16 +17,31 @@ encoding (bilinear, inside
 :func:`~napari_sam.engine.prediction.preprocess.resize_longest_side`), and every prompt and
 mask is mapped between plane pixels and encoder pixels by the predictor.
 ``upscale=2`` gives small cells four times as many encoder pixels, at four times the tiles.
+
+Huge planes: the number of tiles grows with the plane's area (a 200000 x 200000 slide needs
+68,121 tiles of 768). :func:`tile_grid`, which every tiled path goes through, logs a
+warning when a plane needs more than :data:`WARN_TILES` tiles, with the embeddings' size,
+the encoding time and how to reduce them (:func:`plan_tiles` gives the same numbers to a
+caller before it starts). Nothing is refused: planning stays cheap, the work is resumable
+and cancellable, and only the caller knows whether a whole slide is what the user wants.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 from dataclasses import dataclass
 
 from napari_sam.errors import InvalidInputError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_WINDOW = 1024  # the encoder's native input side
 DEFAULT_HALO = 128  # context on each side; objects up to ~256 px across fit a window
+WARN_TILES = 10_000  # tiles per plane above which planning warns (40 GiB of embeddings)
+TILE_EMBEDDING_BYTES = 256 * 64 * 64 * 4  # one tile's float32 embedding (every SAM variant)
+SECONDS_PER_TILE = 1.0  # encoder time per tile, the default model on a CPU, about
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,70 @@ def resolve_tiling(
     return tile, halo
 
 
+@dataclass(frozen=True)
+class TilePlan:
+    """How much work tiling one plane means, before any of it is done."""
+
+    shape: tuple[int, int]  # (rows, cols) of the plane
+    tile: int  # interior side in plane pixels
+    halo: int  # overlap in plane pixels
+    tiles: int  # tiles of the plane
+
+    @property
+    def embedding_bytes(self) -> int:
+        """Size of the plane's tile embeddings in float32 (half with float16)."""
+        return self.tiles * TILE_EMBEDDING_BYTES
+
+    @property
+    def seconds(self) -> float:
+        """Encoding time of the plane at :data:`SECONDS_PER_TILE`."""
+        return self.tiles * SECONDS_PER_TILE
+
+    def describe(self) -> str:
+        """One paragraph: the tiles, their cost, and how to reduce them."""
+        rows, cols = self.shape
+        return (
+            f"A plane of {rows} x {cols} pixels needs {self.tiles:,} tiles of {self.tile} "
+            f"pixels (halo {self.halo}): about {self.embedding_bytes / 2**30:,.0f} GiB of "
+            "embeddings per plane (float32; half with --float16) and about "
+            f"{_duration(self.seconds)} of encoding per plane at {SECONDS_PER_TILE:g} s per "
+            "tile (the default model on a CPU; a GPU is faster). To reduce it: larger tiles "
+            "(--tile) or a lower --upscale (half the upscale, a quarter of the tiles), fewer "
+            "planes (--z-range) or a crop (ROI) of the data, or a coarser --level of a "
+            "multiscale (OME-Zarr) image."
+        )
+
+
+def plan_tiles(shape: tuple[int, int], tile: int, halo: int) -> TilePlan:
+    """Count the tiles of a plane without making them (cheap for any plane size).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (rows, cols) of one plane.
+    tile, halo : int
+        Interior side and overlap in plane pixels; ``tile`` at least 1.
+    """
+    count = math.ceil(shape[0] / tile) * math.ceil(shape[1] / tile)
+    return TilePlan((int(shape[0]), int(shape[1])), int(tile), int(halo), count)
+
+
+@functools.lru_cache(maxsize=32)
+def _warn_once(message: str) -> None:
+    """Log a warning once per process: a session plans the same plane several times."""
+    log.warning(message)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
 def check_upscale(upscale: float) -> float:
     """The upscale factor as a float; raises InvalidInputError unless positive and finite."""
     try:
@@ -137,6 +216,10 @@ def check_upscale(upscale: float) -> float:
 def tile_grid(shape: tuple[int, int], tile: int, halo: int) -> list[Tile]:
     """Cut a (rows, cols) plane into tiles of ``tile`` x ``tile`` interiors plus ``halo``.
 
+    Logs a warning (once per plan and process) when the plane needs more than
+    :data:`WARN_TILES` tiles: their number, embedding size, encoding time, and how to
+    reduce them (see :class:`TilePlan`).
+
     Raises
     ------
     InvalidInputError
@@ -147,6 +230,9 @@ def tile_grid(shape: tuple[int, int], tile: int, halo: int) -> list[Tile]:
             f"Tiling needs tile >= 1 and halo >= 0 on a non-empty plane; got tile={tile}, "
             f"halo={halo}, plane {shape}."
         )
+    plan = plan_tiles(shape, tile, halo)
+    if plan.tiles > WARN_TILES:
+        _warn_once(plan.describe())
     tiles = []
     for ty, r0 in enumerate(range(0, shape[0], tile)):
         for tx, c0 in enumerate(range(0, shape[1], tile)):
