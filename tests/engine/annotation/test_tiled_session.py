@@ -116,3 +116,17 @@ def test_cancelling_keeps_the_tiles_already_encoded(tiny_model, image):
         plane.encode_tiles(should_stop=lambda: len(backend.saved) >= 3 and not asked.append(1))
     assert len(backend.saved) == 3 and not plane.ready()
     assert plane.encode_tiles() == 12 - 3 and plane.ready()
+
+
+def test_without_a_cache_a_plane_keeps_only_the_tiles_memory_holds(
+    tiny_model, image, monkeypatch, caplog
+):
+    from napari_sam.engine.annotation import tiled_session
+
+    assert tiled_session.tiles_in_memory() >= 16
+    everything = TiledSession(tiny_model, image, tile=64, halo=8).plane()
+    assert everything.capacity == len(everything.tiles) + tiled_session.SPARE_WINDOWS
+    monkeypatch.setattr(tiled_session, "tiles_in_memory", lambda: 5)
+    capped = TiledSession(tiny_model, image, tile=64, halo=8).plane()
+    assert len(capped.tiles) > 5 and capped.capacity == 16  # the session's own capacity
+    assert "Attach an embedding cache" in caplog.text

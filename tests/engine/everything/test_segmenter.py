@@ -127,7 +127,7 @@ class StubDecoder:
 
     def __init__(self, finds):
         self.finds = finds
-        self.model = SimpleNamespace(input_size=1024)
+        self.model = SimpleNamespace(input_size=1024, device="cpu")
         self.decoded: list[tuple[float, float]] = []
         self.batch_sizes: list[int] = []
 

@@ -3,24 +3,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from napari_sam.engine.model import runtime
-
-
-def test_resolve_device_keeps_an_explicit_choice():
-    assert runtime.resolve_device("cpu") == "cpu"
-    assert runtime.resolve_device("cuda:1") == "cuda:1"
-
-
-def test_resolve_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert runtime.resolve_device() == "cpu"
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert runtime.resolve_device() == "mps"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert runtime.resolve_device(None) == "cuda"
+# resolve_device (the device policy) is tested in tests/engine/test_gpu_policy.py.
 
 
 # Allocates and frees a 50 MB block (above glibc's largest mmap threshold, 32 MB) a few

@@ -11,6 +11,8 @@ sessions the same way.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +35,10 @@ from napari_sam.engine.tiling.prompting import TileBackend, TiledPlane
 
 PLANES_KEPT = 3  # the visible plane and the two neighbours prefetched around it
 SPARE_WINDOWS = 4  # re-centred windows kept beside a plane's grid tiles
+TILE_EMBEDDING_BYTES = 256 * 64 * 64 * 4  # one tile's float32 image embedding: 4 MiB
+MEMORY_SHARE = 4  # tiles kept in memory without a cache: at most 1/4 of physical memory
+
+log = logging.getLogger(__name__)
 
 
 class TiledSession(AnnotationSession):
@@ -91,8 +97,19 @@ class TiledSession(AnnotationSession):
             upscale=self.upscale,
             backend=backend,
         )
-        if backend is None:  # memory is the only store: keep every grid tile
-            tiled.capacity = max(self.capacity, len(tiled.tiles) + SPARE_WINDOWS)
+        if backend is None:  # memory is the only store: keep every grid tile that fits
+            wanted = len(tiled.tiles) + SPARE_WINDOWS
+            tiled.capacity = max(self.capacity, min(wanted, tiles_in_memory()))
+            if wanted > tiled.capacity:
+                log.warning(
+                    "A plane of %d tiles needs %.1f GiB of embeddings, more than a quarter of "
+                    "this machine's memory: only %d are kept, the others are encoded again "
+                    "when revisited. Attach an embedding cache on disk (napari-sam embed, "
+                    "or cache= in Python) to keep them all.",
+                    len(tiled.tiles),
+                    len(tiled.tiles) * TILE_EMBEDDING_BYTES / 2**30,
+                    tiled.capacity,
+                )
         with self._lock:
             self._planes[key] = tiled
             while len(self._planes) > PLANES_KEPT:
@@ -178,3 +195,12 @@ def open_session(
         halo=halo,
         upscale=upscale,
     )
+
+
+def tiles_in_memory() -> int:
+    """Tile embeddings that fit in a quarter of physical memory (64 where unknown)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return 64
+    return max(16, int(memory // MEMORY_SHARE // TILE_EMBEDDING_BYTES))

@@ -25,7 +25,8 @@ def stability_scores(logits: torch.Tensor, offset: float, threshold: float = 0.0
 
     Returns
     -------
-    torch.Tensor, shape (M,) float32 (1.0 for a mask empty at both thresholds)
+    torch.Tensor, shape (M,) float32 on the device of ``logits`` (1.0 for a mask empty at
+    both thresholds)
     """
     flat = logits.reshape(len(logits), -1)
     inner = (flat > threshold + offset).sum(dim=1, dtype=torch.int32)
@@ -46,14 +47,14 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
 
     Returns
     -------
-    torch.Tensor, shape (M, 4) int64
+    torch.Tensor, shape (M, 4) int64, on the device of ``masks``
     """
     m, rows, cols = masks.shape
     if m == 0:
-        return torch.zeros((0, 4), dtype=torch.int64)
+        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
     any_row, any_col = masks.any(dim=2), masks.any(dim=1)
-    row_index = torch.arange(rows).expand(m, rows)
-    col_index = torch.arange(cols).expand(m, cols)
+    row_index = torch.arange(rows, device=masks.device).expand(m, rows)
+    col_index = torch.arange(cols, device=masks.device).expand(m, cols)
     row0 = torch.where(any_row, row_index, rows).amin(dim=1)
     row1 = torch.where(any_row, row_index + 1, 0).amax(dim=1)
     col0 = torch.where(any_col, col_index, cols).amin(dim=1)

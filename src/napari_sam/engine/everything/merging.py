@@ -59,15 +59,15 @@ def view_survivors(
     rows, cols = (math.ceil(s * low / candidates.frame) for s in candidates.input_size)
     valid = (rows, cols)
     logits = candidates.logits[:, : valid[0], : valid[1]].float()
-    stability = stability_scores(logits, settings.stability_offset).numpy()
+    stability = stability_scores(logits, settings.stability_offset).cpu().numpy()
     chosen = np.flatnonzero(
         (candidates.scores >= settings.pred_iou_thresh)
         & (stability >= settings.stability_score_thresh)
     )
     masks = logits[chosen] > 0
-    low_boxes = mask_boxes(masks).numpy()
+    low_boxes = mask_boxes(masks).cpu().numpy()
     scale = np.array(view.shape, dtype=np.float64) / np.array(valid)
-    areas = masks.sum(dim=(1, 2)).numpy() * scale.prod()
+    areas = masks.sum(dim=(1, 2)).cpu().numpy() * scale.prod()
     window_area = view.shape[0] * view.shape[1]
     ok = (
         (areas > 0)
@@ -112,13 +112,16 @@ def _edge_count(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _upsample(candidates: ViewCandidates, indices: np.ndarray) -> np.ndarray:
-    """(S,) candidate indices -> (S, rows, cols) bool masks in window pixels."""
+    """(S,) candidate indices -> (S, rows, cols) bool masks in window pixels.
+
+    Upsampled where the logits are (the decoder's device); only the masks leave it.
+    """
     upsampler = LogitUpsampler(candidates.encoded_size, candidates.input_size, candidates.frame)
     with torch.inference_mode():
         logits = upsampler(candidates.logits[torch.from_numpy(indices)].float())
         if tuple(candidates.encoded_size) != candidates.view.shape:  # the window was upscaled
             logits = F.interpolate(logits[None], size=candidates.view.shape, mode="bilinear")[0]
-    return (logits > 0).numpy()
+    return (logits > 0).cpu().numpy()
 
 
 def _crop(

@@ -128,7 +128,7 @@ class AutomaticSegmenter:
         """
         shape = _plane_shape(plane)
         if embed is None:
-            normalization = normalization or compute_normalization(np.asarray(plane))
+            normalization = normalization or compute_normalization(plane)
             embed = _encoder(self.predictor, plane, normalization, should_stop)
         views = plan_views(shape, self.settings, tile, halo)
         total = sum(v.points_per_side**2 for v in views)

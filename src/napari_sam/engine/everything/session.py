@@ -29,7 +29,7 @@ from napari_sam.engine.prediction.planes import (
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import InvalidInputError, OperationCancelled
 
-KEPT_PLANES = 4  # decoded planes kept for re-thresholding (about 50-150 MB each)
+KEPT_PLANES = 4  # decoded planes kept for re-thresholding (50-150 MB each, on the decoder's device)
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,7 +7,8 @@ view's *region* (a tile's interior, so neighbouring tiles never prompt the same 
 decoded in batches, coarse points first. After each batch, the pixels of confident masks
 are marked covered and later grid points falling there are skipped: a nucleus hit by one
 point needs no second prompt, and the background mask, found in the first batch, saves most
-of the grid on sparse microscopy images.
+of the grid on sparse microscopy images. The grid's state and the candidates stay on the
+decoder's device; only small per-point decisions come back to the CPU.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class ViewCandidates:
     """Every decoded candidate of one view that passed the keep floors."""
 
     view: View
-    logits: torch.Tensor  # (M, 256, 256) float16 low-res logits in the padded encoder frame
+    logits: torch.Tensor  # (M, 256, 256) float16 low-res logits in the padded encoder frame,
+    # on the decoder's device
     scores: np.ndarray  # (M,) float32 predicted IoU
     points: np.ndarray  # (M, 2) float64 plane (row, col) of the prompt that made each
     encoded_size: tuple[int, int]  # (rows, cols) the window had when encoded (upscaling)
@@ -147,7 +149,8 @@ def decode_view(
     scale = np.array(embedding.original_size, dtype=np.float64) / np.array(view.shape)
     local = (points - origin + 0.5) * scale - 0.5  # pixel centres map to pixel centres
     local = np.clip(local, 0, np.array(embedding.original_size) - 1)
-    grid = _GridState(embedding, local, settings)
+    device = torch.device(predictor.model.device)
+    grid = _GridState(embedding, local, settings, device)
     kept_logits, kept_scores, kept_points = [], [], []
     for start, stop in _batches(len(points), settings.points_per_batch):
         if should_stop is not None and should_stop():
@@ -159,13 +162,14 @@ def decode_view(
                 stability >= settings.keep_stability_floor
             )
             kept_logits.append(logits[keep].half())
-            kept_scores.append(scores[keep].numpy())
+            keep_here = keep.cpu().numpy()
+            kept_scores.append(scores[keep].cpu().numpy())
             kept_points.append(
-                np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep.numpy()]
+                np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep_here]
             )
         if progress is not None:
             progress(stop - start)
-    empty = torch.zeros((0, prompts.LOW_RES, prompts.LOW_RES), dtype=torch.float16)
+    empty = torch.zeros((0, prompts.LOW_RES, prompts.LOW_RES), dtype=torch.float16, device=device)
     return ViewCandidates(
         view=view,
         logits=torch.cat(kept_logits) if kept_logits else empty,
@@ -197,19 +201,27 @@ class _GridState:
       (``SKIP_WARMUP`` points) gives both sets their first examples; until both have one,
       nothing is skipped this way (an image whose coarse points all miss its objects must
       not lose the whole grid).
+
+    Tensors live on ``device``, the decoder's, where the logits arrive; the embedding may
+    be elsewhere (one read from a cache is on the CPU): only its (P, C) vectors move.
     """
 
-    def __init__(self, embedding: Embedding, local: np.ndarray, settings) -> None:
+    def __init__(
+        self, embedding: Embedding, local: np.ndarray, settings, device: torch.device
+    ) -> None:
         self.settings = settings
         self.local = local
-        self.cells = _low_res_cells(local, embedding)
+        cells = _low_res_cells(local, embedding)
         features = embedding.features[0].float()  # (C, 64, 64)
-        patch = self.cells // (prompts.LOW_RES // features.shape[-1])
+        patch = (cells // (prompts.LOW_RES // features.shape[-1])).to(features.device)
         vectors = features[:, patch[:, 0], patch[:, 1]].T
-        self.vectors = torch.nn.functional.normalize(vectors, dim=1)  # (P, C)
+        self.vectors = torch.nn.functional.normalize(vectors, dim=1).to(device)  # (P, C)
+        self.cells = cells.to(device)  # (P, 2)
         self.found: list[int] = []
         self.empty: list[int] = []
-        self.covered = torch.zeros((prompts.LOW_RES, prompts.LOW_RES), dtype=torch.bool)
+        self.covered = torch.zeros(
+            (prompts.LOW_RES, prompts.LOW_RES), dtype=torch.bool, device=device
+        )
         # skip_distance in window pixels -> low-res cells (a window pixel is resized by
         # input_size / original_size into the encoder frame, LOW_RES_STRIDE pixels per cell)
         cells_per_pixel = embedding.input_size[0] / embedding.original_size[0] / LOW_RES_STRIDE
@@ -224,7 +236,8 @@ class _GridState:
             if self.reach > 0:
                 side = 2 * self.reach + 1
                 covered = F.max_pool2d(covered[None, None].float(), side, 1, self.reach)[0, 0] > 0
-            batch = self._skip(batch, ~covered[self.cells[batch, 0], self.cells[batch, 1]].numpy())
+            cells = self.cells[batch]
+            batch = self._skip(batch, ~covered[cells[:, 0], cells[:, 1]].cpu().numpy())
         # Background is recognised only by comparison: it needs examples of both kinds.
         if (
             self.settings.skip_margin is not None
@@ -237,7 +250,8 @@ class _GridState:
             empty_similarity = (vectors @ self.vectors[self.empty].T).amax(dim=1)
             found_similarity = (vectors @ self.vectors[self.found].T).amax(dim=1)
             batch = self._skip(
-                batch, (empty_similarity - found_similarity < self.settings.skip_margin).numpy()
+                batch,
+                (empty_similarity - found_similarity < self.settings.skip_margin).cpu().numpy(),
             )
         return batch
 
@@ -275,11 +289,13 @@ class _GridState:
         # The point found an object if a confident, object-sized mask contains it (a point
         # beside a nucleus may return that nucleus: its embedding is still background's).
         cells = self.cells[batch].repeat_interleave(logits.shape[0] // len(batch), dim=0)
-        inside = logits[torch.arange(len(logits)), cells[:, 0], cells[:, 1]] > 0
+        objects_axis = torch.arange(len(logits), device=logits.device)
+        inside = logits[objects_axis, cells[:, 0], cells[:, 1]] > 0
         objects = (
             (confident & inside & (area < settings.background_fraction))
             .view(len(batch), -1)
             .any(dim=1)
+            .cpu()
             .numpy()
         )
         self.found.extend(batch[objects].tolist())
@@ -294,7 +310,8 @@ def _valid_fraction(embedding: Embedding) -> float:
 
 
 def _low_res_cells(local: np.ndarray, embedding: Embedding) -> torch.Tensor:
-    """(P, 2) window (row, col) -> (P, 2) int64 (row, col) of their low-res logit."""
+    """(P, 2) window (row, col) -> (P, 2) int64 (row, col) of their low-res logit, on the
+    CPU."""
     xy = prompts.to_encoder_xy(local, embedding.original_size, embedding.input_size)
     cells = np.floor(xy[:, ::-1] / LOW_RES_STRIDE).astype(np.int64)
     return torch.from_numpy(np.clip(cells, 0, prompts.LOW_RES - 1))
