@@ -153,6 +153,7 @@ def test_cancel_stops_the_encoding(make_napari_viewer, qtbot, dsb, shared_predic
     widget._shared_model = lambda: shared_predictor
     widget.start()
     assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.jobs.kind == "encode", timeout=60_000)  # model loaded
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert not widget.session.has_embedding(())

@@ -6,6 +6,7 @@ Only layout lives here; :mod:`napari_sam._widgets.annotator` holds the behaviour
 from __future__ import annotations
 
 from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -59,6 +60,10 @@ class AnnotatorForm(QWidget):
         )
         self.polarity_label, self.status = QLabel(), QLabel("Pick an image and press Start.")
         self.status.setWordWrap(True)
+        # Room for four lines: Qt does not grow a wrapped label in a dock's layout, and the
+        # large-object question needs three.
+        self.status.setMinimumHeight(4 * self.status.fontMetrics().lineSpacing())
+        self.status.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         form = QFormLayout()
         form.addRow("image", self.image_box)
         form.addRow("channel", self.channel_box)
@@ -99,6 +104,17 @@ class AnnotatorForm(QWidget):
         self.save_button.clicked.connect(lambda: self.save_record())
         self.load_button.clicked.connect(lambda: self.load_record())
         self._show_polarity()
+
+    def session_controls(self) -> tuple[QWidget, ...]:
+        """The controls that act on a session: disabled until one is open."""
+        return (
+            self.commit_button,
+            self.clear_button,
+            self.cycle_button,
+            self.refine_box,
+            self.save_button,
+            self.load_button,
+        )
 
     def _build_tiling(self) -> QHBoxLayout:
         """Tile, halo and upscale controls; -1 means automatic, tile 0 means whole planes."""
@@ -178,6 +194,4 @@ class AnnotatorForm(QWidget):
         self.viewer.layers.events.inserted.disconnect(self.reset_choices)
         self.viewer.layers.events.removed.disconnect(self.reset_choices)
         self.cancel()
-        if getattr(self, "_torch", None) is not None:
-            self._torch.shutdown(wait=False)
-            self._torch = None
+        self.jobs.shutdown()

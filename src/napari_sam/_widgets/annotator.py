@@ -1,26 +1,32 @@
 """The "SAM annotator" dock widget: points and boxes in, live masks out, commit to labels.
 
 The widget only moves data between napari layers and
-:class:`~napari_sam.engine.annotation.session.AnnotationSession`: it encodes the visible plane
-in a worker thread (with a progress bar and a cancel button), previews masks on the GUI
+:class:`~napari_sam.engine.annotation.session.AnnotationSession`: it loads the model (and
+downloads it on first use) and encodes the visible plane in the background (one
+:class:`~napari_sam._widgets._jobs.JobSlot`, with a cancel button), previews masks on the GUI
 thread whenever a prompt changes (tens of milliseconds), and commits through the labels
-layer's own undo history. Key bindings live on the viewer and are removed on close.
+layer's own undo history, into one "SAM objects" layer unless another is chosen. A commit
+of an object covering more than half of the plane asks first. Key bindings live on the
+viewer and are removed on close.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QFileDialog
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 
+from napari_sam._widgets._annotator_commits import CommitActions
 from napari_sam._widgets._annotator_form import NEW_LAYER, AnnotatorForm
-from napari_sam.engine.annotation.objects import boxes_on_plane, on_plane, plan_commit
-from napari_sam.errors import NapariSamError, OperationCancelled
+from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, report
+from napari_sam.engine.annotation.objects import boxes_on_plane, on_plane
+from napari_sam.errors import InvalidInputError, NapariSamError, OperationCancelled
+
+OBJECTS = "SAM objects"  # the labels layer the annotator makes, once per image
 
 
-class AnnotatorWidget(AnnotatorForm):
+class AnnotatorWidget(CommitActions, AnnotatorForm):
     """Dock widget for interactive SAM segmentation of an image layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
@@ -31,69 +37,102 @@ class AnnotatorWidget(AnnotatorForm):
         self.preview_result = None
         self.points_layer = self.boxes_layer = self.preview_layer = self.objects_layer = None
         self.image_layer = None
-        self.worker = None
-        self._torch = None  # TorchThread, created with the first encoding
+        self.jobs = JobSlot(self._show_busy, self._job_failed)
+        self._download = Download()  # of the model being loaded
+        self._load_timer = QTimer(self, interval=250)
+        self._load_timer.timeout.connect(self._show_loading)
         self.positive = True
         self.record = None  # AnnotationRecord of the committed objects
         self._build_ui()
+        self._show_busy(None)
         self._bind_keys()
         self.reset_choices()
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
         self.viewer.dims.events.current_step.connect(self._on_step)
 
+    @property
+    def worker(self):
+        """The napari worker of the running job (loading or encoding), or None."""
+        return self.jobs.worker
+
     # ---------------------------------------------------------------- session
     def start(self) -> None:
-        """Create the session (tiled for large planes) and prompt layers for the chosen image."""
-        from napari_sam.engine.annotation.tiled_session import open_session
+        """Open a session on the chosen image in the background: load the model, then encode.
 
+        The model loads (and downloads on first use) off the GUI thread; the status line
+        says "loading model ..." and Cancel stops it. The session (tiled for large planes)
+        and the prompt layers appear once it is loaded.
+        """
         name = self.image_box.currentText()
         if not name:
             show_error("napari-sam: add an image layer first (File > Open, or a sample).")
             return
         layer = self.viewer.layers[name]
         channel = None if self.channel_box.value() < 0 else self.channel_box.value()
-        channel_axis = bool(layer.rgb) or channel is not None
-        cache = self.cache_edit.text().strip()
-        try:
-            if cache:
-                from napari_sam.batch.embedding import open_cached_session
-
-                self.session = open_cached_session(
-                    layer.data,
-                    cache,
-                    self._shared_model(),
-                    channel_axis=channel_axis,
-                    channel=channel,
-                    **self.tiling(),
-                )
-            else:
-                self.session = open_session(
-                    self._shared_model(),
-                    layer.data,
-                    channel_axis=channel_axis,
-                    channel=channel,
-                    **self.tiling(),
-                )
-        except NapariSamError as error:
-            show_error(f"napari-sam: {error}")
-            return
-        self.image_layer = layer
-        self._make_layers(layer)
-        tiles = (
-            f", tiles of {self.session.tile} + halo {self.session.halo}"
-            if getattr(self.session, "tile", None)
-            else ""
+        options = dict(
+            channel_axis=bool(layer.rgb) or channel is not None, channel=channel, **self.tiling()
         )
-        self.status.setText(f"{self.session.model_id} on {name!r}{tiles}: add points or boxes.")
+        cache = self.cache_edit.text().strip()
+        self._download = Download()
+        self.jobs.start(
+            lambda stop: self._open_session(layer.data, cache, options),
+            lambda session: self._session_opened(session, layer),
+            kind="load",
+        )
+        self._show_loading()
+
+    def _open_session(self, data, cache: str, options: dict):
+        """Load the model and open the session (on the torch thread)."""
+        from napari_sam.engine.annotation.tiled_session import open_session
+
+        if cache:
+            from napari_sam.batch.embedding import open_cached_session
+
+            return open_cached_session(data, cache, self._shared_model(), **options)
+        return open_session(self._shared_model(), data, **options)
+
+    def _session_opened(self, session, layer: Image) -> None:
+        self.session = session
+        self.image_layer = layer
+        try:
+            self._make_layers(layer)
+        except InvalidInputError as error:
+            self.session = None
+            self.status.setText(f"Error: {error}")
+            report(error)
+            return
+        tile = getattr(session, "tile", None)
+        tiles = f", tiles of {tile} + halo {session.halo}" if tile else ""
+        self.status.setText(
+            f"{session.model_id} on {layer.name!r}{tiles}: add points or boxes; "
+            f"objects go into {self.objects_layer.name!r}."
+        )
         self._ensure_embedding()
 
     def _shared_model(self):
-        from napari_sam.engine.prediction.predictor import Predictor
-
+        """The current session's predictor if it holds this model, else a new one (torch thread)."""
         if self.session is not None and self.session.predictor.model.spec.name == self.model_name:
             return self.session.predictor
-        return Predictor(self.model_name)
+        return open_predictor(self.model_name, self._download)
+
+    def _show_loading(self) -> None:
+        if self.jobs.kind == "load":
+            self.status.setText(self._download.describe(self.model_name))
+
+    def _show_busy(self, kind: str | None) -> None:
+        """Buttons for the running job: none, "load", "encode" or "prefetch"."""
+        loading = kind == "load"
+        self.start_button.setEnabled(not loading)
+        self.cancel_button.setEnabled(kind in ("load", "encode"))
+        self.cancel_button.setText("Cancel loading" if loading else "Cancel encoding")
+        ready = self.session is not None and not loading
+        for control in self.session_controls():
+            control.setEnabled(ready)
+        if loading:
+            self._load_timer.start()
+        else:
+            self._load_timer.stop()
 
     def _make_layers(self, image: Image) -> None:
         spatial = self.session.layout.shape[
@@ -102,19 +141,16 @@ class AnnotatorWidget(AnnotatorForm):
         geometry = dict(
             scale=image.scale[: len(spatial)], translate=image.translate[: len(spatial)]
         )
+        objects = self._chosen_objects(spatial)
         for layer in (self.points_layer, self.boxes_layer, self.preview_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         self.preview_layer = self.viewer.add_labels(
             np.zeros(spatial, np.uint16), name="SAM preview", opacity=0.5, **geometry
         )
-        target = self.labels_box.currentText()
-        if target and target != NEW_LAYER:
-            self.objects_layer = self.viewer.layers[target]
-        else:
-            self.objects_layer = self.viewer.add_labels(
-                np.zeros(spatial, np.int32), name="SAM objects", **geometry
-            )
+        self.objects_layer = objects or self.viewer.add_labels(
+            np.zeros(spatial, np.int32), name=OBJECTS, **geometry
+        )
         self.boxes_layer = self.viewer.add_shapes(
             ndim=len(spatial),
             name="SAM boxes",
@@ -139,6 +175,31 @@ class AnnotatorWidget(AnnotatorForm):
         self.boxes_layer.events.data.connect(self._on_prompts)
         self.id_box.setValue(int(np.max(self.objects_layer.data, initial=0)) + 1)
         self.reset_choices()
+        self.labels_box.setCurrentText(self.objects_layer.name)  # the form shows where
+
+    def _chosen_objects(self, spatial: tuple[int, ...]):
+        """The labels layer chosen under "objects into"; None: make a new one.
+
+        After the first start the form shows our "SAM objects" layer, so starting again
+        reuses it; one made for an image of another shape is replaced by a new one.
+
+        Raises
+        ------
+        InvalidInputError
+            The chosen labels layer does not have the image's shape.
+        """
+        target = self.labels_box.currentText()
+        if not target or target == NEW_LAYER:
+            return None
+        layer = self.viewer.layers[target]
+        if layer.data.shape == spatial:
+            return layer
+        if layer is self.objects_layer:  # ours, made for another image
+            return None
+        raise InvalidInputError(
+            f"The labels layer {target!r} has shape {layer.data.shape}, the image "
+            f"{spatial}: choose a labels layer of the image's shape or {NEW_LAYER}."
+        )
 
     def plane_key(self) -> tuple[int, ...]:
         """The plane shown by the viewer, as leading indices of the image."""
@@ -152,43 +213,23 @@ class AnnotatorWidget(AnnotatorForm):
     # ---------------------------------------------------------------- encoding
     def _ensure_embedding(self, then_preview: bool = True) -> None:
         key = self.plane_key()
+        if self.jobs.kind == "load":
+            return  # the loaded session encodes its plane
         if self.session is None or self.session.has_embedding(key):
             if then_preview:
                 self.update_preview()
             self._prefetch(key)
             return
-        if self.worker is not None:
-            self.worker.quit()
-        worker = self._embedding_worker(key, {"desc": "SAM: encoding the image plane"})
-        worker.returned.connect(lambda _: self._encoded(key))
-        worker.finished.connect(lambda: self.cancel_button.setEnabled(False))
-        self.worker = worker
-        self.cancel_button.setEnabled(True)
-        self.status.setText(f"Encoding plane {key or ''} in the background...")
-        worker.start()
-
-    def _embedding_worker(self, key, progress):
-        """A worker that encodes one plane and polls its own abort flag."""
-        session, holder = self.session, []
-        if self._torch is None:
-            from napari_sam.engine.model.threads import TorchThread
-
-            self._torch = TorchThread()  # allocates from the main arena: see docs/threading.md
-
-        def job():  # the napari worker only waits; the encoder runs on the torch thread
-            return self._torch.run(
-                session.embed, key, should_stop=lambda: holder[0].abort_requested
-            )
-
-        # Our handler replaces superqt's default, which would re-raise a cancellation.
-        worker = create_worker(
-            job, _progress=progress, _connect={"errored": self._worker_failed}, _start_thread=False
+        session = self.session
+        self.jobs.start(
+            lambda stop: session.embed(key, should_stop=stop),
+            lambda _: self._encoded(key),
+            kind="encode",
+            progress={"desc": "SAM: encoding the image plane"},
         )
-        holder.append(worker)
-        return worker
+        self.status.setText(f"Encoding plane {key or ''} in the background...")
 
     def _encoded(self, key) -> None:
-        self.worker = None
         self.status.setText(f"Plane {key or ''} ready: {self.session.model_id}.")
         if key == self.plane_key():
             self.update_preview()
@@ -196,36 +237,38 @@ class AnnotatorWidget(AnnotatorForm):
 
     def _prefetch(self, key) -> None:
         """Encode the neighbouring planes quietly, so stepping through z is instant."""
-        if self.session is None or self.worker is not None:
+        if self.session is None or self.jobs.worker is not None:
             return
         missing = [k for k in self.session.neighbours(key) if not self.session.has_embedding(k)]
         if missing:
-            worker = self._embedding_worker(missing[0], False)
-            worker.returned.connect(lambda _: self._prefetched(key))
-            self.worker = worker
-            worker.start()
+            session, plane = self.session, missing[0]
+            self.jobs.start(
+                lambda stop: session.embed(plane, should_stop=stop),
+                lambda _: self._prefetched(key),
+                kind="prefetch",
+            )
 
     def _prefetched(self, key) -> None:
-        self.worker = None
         if self.plane_key() != key:
             self._ensure_embedding()
         else:
             self._prefetch(key)
 
-    def _worker_failed(self, error: Exception) -> None:
-        self.worker = None
-        self.cancel_button.setEnabled(False)
+    def _job_failed(self, error: Exception) -> None:
+        """An error of the running job (the JobSlot drops those of replaced jobs)."""
         if isinstance(error, OperationCancelled):
-            self.status.setText("Encoding cancelled.")
-        elif isinstance(error, NapariSamError):
-            show_error(f"napari-sam: {error}")
-        else:
-            raise error
+            self.status.setText(f"Cancelled: {error}")
+            return
+        if isinstance(error, NapariSamError):
+            self.status.setText(f"Error: {error}")
+        report(error)
 
     def cancel(self) -> None:
-        """Stop a running encoding."""
-        if self.worker is not None:
-            self.worker.quit()
+        """Stop the model loading (or its download) or the encoding that is running."""
+        if self.jobs.kind == "load":
+            self._download.cancel()
+            self.status.setText("Loading cancelled; press Start to try again.")
+        self.jobs.cancel()
 
     def _on_step(self, event=None) -> None:
         if self.session is not None:
@@ -293,6 +336,7 @@ class AnnotatorWidget(AnnotatorForm):
         data = self.preview_layer.data
         data[key] = plane
         self.preview_layer.refresh()
+        self._forget_question()
         objects = self.preview_result.objects if self.preview_result else ()
         if len(objects) == 1 and len(objects[0].prediction.scores) > 1:
             scores = ", ".join(f"{s:.2f}" for s in objects[0].prediction.scores)
@@ -327,93 +371,6 @@ class AnnotatorWidget(AnnotatorForm):
 
     def previous_id(self) -> None:
         self.id_box.setValue(max(1, self.id_box.value() - 1))
-
-    # ---------------------------------------------------------------- commit
-    def commit(self) -> None:
-        """Write the previewed objects into the objects layer (one undo step)."""
-        if not self.preview_result or not self.preview_result.objects:
-            show_info("napari-sam: nothing to commit; add a positive point or a box first.")
-            return
-        key = self.preview_result.key
-        layer = self.objects_layer
-        plane = np.asarray(layer.data[key])
-        refined = self._refined_mask(key)
-        ids = None if refined is None else [int(layer.selected_label)]
-        plan = plan_commit(
-            plane,
-            self.preview_result.masks()[:1] if ids else self.preview_result.masks(),
-            self.id_box.value(),
-            self.overwrite_box.isChecked(),
-            ids=ids,
-        )
-        with layer.block_history():
-            if refined is not None:  # pixels the corrected object no longer covers
-                rows, cols = np.nonzero(refined & ~self.preview_result.masks()[0])
-                layer.data_setitem(tuple(np.full(len(rows), k) for k in key) + (rows, cols), 0)
-            for label in set(plan.ids) - {0}:
-                chosen = plan.values == label
-                index = tuple(np.full(int(chosen.sum()), k) for k in key) + (
-                    plan.rows[chosen],
-                    plan.cols[chosen],
-                )
-                layer.data_setitem(index, label)
-        self._remember(plan)
-        if ids is None:
-            self.id_box.setValue(max(plan.ids + (self.id_box.value() - 1,)) + 1)
-        note = (
-            f"; {plan.blocked_pixels} pixels of other objects kept" if plan.blocked_pixels else ""
-        )
-        self.clear_prompts()
-        self.status.setText(
-            f"Committed object(s) {', '.join(map(str, plan.ids))}{note}. "
-            "Undo: select the layer, Ctrl-Z."
-        )
-
-    def _remember(self, plan) -> None:
-        from napari_sam.engine.annotation.records import AnnotationRecord, object_record
-
-        if self.record is None or self.record.model_id != self.session.model_id:
-            self.record = AnnotationRecord(
-                self.session.model_id, self.session.normalization, self.session.layout.shape
-            )
-        for item, label in zip(self.preview_result.objects, plan.ids):
-            if label:
-                self.record = self.record.with_object(
-                    object_record(item, self.preview_result.key, label)
-                )
-        self.objects_layer.metadata["napari_sam"] = self.record.to_json()
-
-    def save_record(self, path: str | None = None) -> None:
-        """Write the prompts and settings of the committed objects as JSON."""
-        if self.record is None:
-            show_info("napari-sam: nothing committed yet.")
-            return
-        if path is None:
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Save the annotation record", "sam_record.json", "JSON (*.json)"
-            )
-        if path:
-            self.record.save(path)
-            self.status.setText(f"Record saved to {path}.")
-
-    def load_record(self, path: str | None = None) -> None:
-        """Replay a saved record on the current image into a new labels layer."""
-        from napari_sam.engine.annotation.records import AnnotationRecord, replay
-
-        if path is None:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Replay an annotation record", "", "JSON (*.json)"
-            )
-        if not path or self.session is None:
-            return
-        try:
-            record = AnnotationRecord.load(path)
-            labels = replay(self.session, record)
-        except NapariSamError as error:
-            show_error(f"napari-sam: {error}")
-            return
-        geometry = dict(scale=self.preview_layer.scale, translate=self.preview_layer.translate)
-        self.viewer.add_labels(labels, name="SAM objects (replayed)", **geometry)
 
     def clear_prompts(self) -> None:
         """Remove the points and boxes of the visible plane and the preview."""

@@ -1,66 +1,28 @@
 """The "SAM segment everything" dock widget: preview a plane, re-threshold live, run the stack.
 
 Thin by design: :class:`~napari_sam.engine.everything.session.EverythingSession` does the
-work on a :class:`~napari_sam.engine.model.threads.TorchThread` (the GUI never waits on torch).
+work on a :class:`~napari_sam.engine.model.threads.TorchThread` through a
+:class:`~napari_sam._widgets._jobs.JobSlot`; the model loads (and downloads on first use)
+there too, so the GUI never waits on torch.
 Previews go to one reusable "SAM everything preview" layer; a stack run always creates a
-new labels layer, so nothing the user made is overwritten.
+new labels layer, so nothing the user made is overwritten. The form's controls live in
+:mod:`napari_sam._widgets._everything_form`.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
 
+from napari_sam._widgets._everything_form import EverythingForm
+from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, report
 from napari_sam.errors import NapariSamError, OperationCancelled
 
 PREVIEW = "SAM everything preview"
 RESULT = "SAM everything"
-# (setting, label, minimum, maximum, step, tooltip) of the live thresholds.
-THRESHOLDS = (
-    (
-        "pred_iou_thresh",
-        "predicted IoU >=",
-        0.0,
-        1.2,
-        0.01,
-        "SAM's own estimate of mask quality; higher keeps fewer, better masks.",
-    ),
-    (
-        "stability_score_thresh",
-        "stability >=",
-        0.0,
-        1.0,
-        0.01,
-        "How little a mask changes when its logit threshold moves by +-1.",
-    ),
-    (
-        "box_nms_thresh",
-        "NMS box IoU",
-        0.05,
-        1.0,
-        0.05,
-        "Masks whose boxes overlap a better mask's by more are duplicates.",
-    ),
-)
 
 
-class EverythingWidget(QWidget):
+class EverythingWidget(EverythingForm):
     """Dock widget running segment-everything on an image layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
@@ -72,8 +34,8 @@ class EverythingWidget(QWidget):
         self.settings = EverythingSettings()
         self.session = None
         self.session_key = None  # (layer, channel, tiling) the session was made for
-        self.worker = None
-        self._torch = None
+        self.jobs = JobSlot(self._show_busy, self._failed)
+        self._download = Download()  # of the model being loaded
         self._pending = False  # a re-threshold was asked for while one was running
         self._timer = QTimer(self, singleShot=True, interval=150)
         self._timer.timeout.connect(self.rethreshold)
@@ -85,128 +47,24 @@ class EverythingWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
 
-    # ------------------------------------------------------------------ form
-    def _build_ui(self) -> None:
-        from napari_sam.batch.settings import StackSettings
-        from napari_sam.engine.tiling.grid import DEFAULT_HALO
-
-        stack = StackSettings()  # the defaults of `napari-sam segment-everything`
-        form = QFormLayout()
-        self.image_box = QComboBox()
-        self.channel_box = _spin(
-            -1, 64, -1, "Channel of multichannel data (all: grey or RGB).", "all"
-        )
-        self.points_box = _spin(
-            1,
-            256,
-            self.settings.points_per_side,
-            "Grid points along each side of the plane (or tile); "
-            "32 suits cells of 15+ px in 512 px.",
-        )
-        self.min_area_box = _spin(
-            0, 10**7, self.settings.min_area, "Drop objects smaller than this (pixels)."
-        )
-        self.region_box = _spin(
-            0,
-            10**6,
-            self.settings.min_region_area,
-            "Remove islands and fill holes smaller than this (pixels).",
-        )
-        self.tile_box = _spin(
-            0,
-            8192,
-            stack.tile or 0,
-            "Tile side for planes larger than the encoder (0: whole plane).",
-            "none",
-        )
-        self.halo_box = _spin(
-            0, 2048, DEFAULT_HALO, "Overlap around each tile: about the largest object's radius."
-        )
-        self.background_box = QCheckBox("drop the background mask")
-        self.background_box.setChecked(self.settings.drop_background)
-        self.every_point_box = QCheckBox("decode every grid point")
-        self.every_point_box.setChecked(not self.settings.skip_covered)
-        self.every_point_box.setToolTip(
-            "Off (default): grid points inside or beside objects already found, and points that "
-            "look like background, are skipped (5-8x faster). On: every point is decoded, for the "
-            "last bit of recall."
-        )
-        self.link_box = QCheckBox("link planes into 3D objects")
-        self.link_box.setChecked(stack.linking is not None)
-        for name, box in (
-            ("image", self.image_box),
-            ("channel", self.channel_box),
-            ("points per side", self.points_box),
-            ("tile", self.tile_box),
-            ("halo", self.halo_box),
-        ):
-            form.addRow(name, box)
-        self.threshold_boxes = {}
-        for setting, label, low, high, step, tip in THRESHOLDS:
-            box = QDoubleSpinBox(
-                minimum=low,
-                maximum=high,
-                singleStep=step,
-                decimals=2,
-                value=getattr(self.settings, setting),
-            )
-            box.setToolTip(tip + " Changing it re-thresholds the preview without decoding again.")
-            box.valueChanged.connect(self._timer.start)
-            self.threshold_boxes[setting] = box
-            form.addRow(label, box)
-        for box in (self.min_area_box, self.region_box):
-            box.valueChanged.connect(self._timer.start)
-        self.background_box.toggled.connect(self._timer.start)
-        form.addRow("min object area", self.min_area_box)
-        form.addRow("min island/hole", self.region_box)
-        form.addRow("", self.background_box)
-        form.addRow("", self.every_point_box)
-        form.addRow("", self.link_box)
-        self.preview_button = QPushButton("Preview this plane")
-        self.run_button = QPushButton("Run on all planes")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.status = QLabel("Pick an image and press Preview.")
-        self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        row = QHBoxLayout()
-        for button in (self.preview_button, self.run_button, self.cancel_button):
-            row.addWidget(button)
-        layout.addLayout(row)
-        layout.addWidget(self.status)
-        layout.addStretch()
-        self.preview_button.clicked.connect(self.preview)
-        self.run_button.clicked.connect(self.run_stack)
-        self.cancel_button.clicked.connect(self.cancel)
-
-    def reset_choices(self, *_: object) -> None:
-        """Refresh the image list (napari calls this when layers change)."""
-        current = self.image_box.currentText()
-        self.image_box.clear()
-        self.image_box.addItems(
-            [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-        )
-        if current and self.image_box.findText(current) >= 0:
-            self.image_box.setCurrentText(current)
-
-    def current_settings(self):
-        """The form's settings as :class:`EverythingSettings`."""
-        values = {name: box.value() for name, box in self.threshold_boxes.items()}
-        settings = replace(
-            self.settings,
-            points_per_side=self.points_box.value(),
-            min_area=self.min_area_box.value(),
-            min_region_area=self.region_box.value(),
-            drop_background=self.background_box.isChecked(),
-            **values,
-        )
-        return settings.every_point() if self.every_point_box.isChecked() else settings
+    def closeEvent(self, event) -> None:  # Qt names it
+        """Cancel a running job, end the torch thread, and disconnect from the viewer."""
+        self.jobs.shutdown()
+        self._timer.stop()
+        self._poll_timer.stop()
+        self.viewer.layers.events.inserted.disconnect(self.reset_choices)
+        self.viewer.layers.events.removed.disconnect(self.reset_choices)
+        super().closeEvent(event)
 
     # --------------------------------------------------------------- actions
+    @property
+    def worker(self):
+        """The napari worker of the running job (loading or decoding), or None."""
+        return self.jobs.worker
+
     def preview(self) -> None:
         """Decode the visible plane in the background, then show its labels."""
-        if not self._ensure_session():
+        if not self._session_ready(self.preview):
             return
         key, settings = self.plane_key(), self.current_settings()
 
@@ -221,7 +79,7 @@ class EverythingWidget(QWidget):
         key = self.plane_key()
         if self.session is None or not self.session.has_candidates(key):
             return
-        if self.worker is not None:
+        if self.jobs.worker is not None:
             self._pending = True
             return
         settings = self.current_settings()
@@ -233,7 +91,7 @@ class EverythingWidget(QWidget):
 
     def run_stack(self) -> None:
         """Segment every plane (and link in 3D) into a new labels layer."""
-        if not self._ensure_session():
+        if not self._session_ready(self.run_stack):
             return
         link = self.link_box.isChecked()
         layer = self.viewer.layers[self.image_box.currentText()]
@@ -244,6 +102,7 @@ class EverythingWidget(QWidget):
             ),
             lambda result: self._add_result(result, layer),
             "Segmenting every plane...",
+            kind="run",
         )
         self._poll_timer.start()
 
@@ -251,7 +110,9 @@ class EverythingWidget(QWidget):
         self._done = (done, total)  # from the torch thread; the GUI reads it in _poll
 
     def _poll(self) -> None:
-        if self._done is not None and self.worker is not None:
+        if self.jobs.kind == "load" and self.session is None:
+            self.status.setText(self._download.describe(self.model_name))
+        if self._done is not None and self.jobs.kind == "run":
             done, total = self._done
             self.status.setText(
                 f"Segmenting every plane: {done} of {total} done"
@@ -259,9 +120,11 @@ class EverythingWidget(QWidget):
             )
 
     def cancel(self) -> None:
-        """Stop the running decoding; nothing is written."""
-        if self.worker is not None:
-            self.worker.quit()
+        """Stop the running model loading or decoding; nothing is written."""
+        if self.jobs.kind == "load":
+            self._download.cancel()
+            self.status.setText("Cancelled; press Preview to try again.")
+        self.jobs.cancel()
 
     # --------------------------------------------------------------- helpers
     def plane_key(self) -> tuple[int, ...]:
@@ -271,14 +134,12 @@ class EverythingWidget(QWidget):
             int(i) for i in self.viewer.dims.current_step[: self.session.layout.stack_ndim]
         )
 
-    def _ensure_session(self) -> bool:
-        from napari_sam.engine.everything.session import EverythingSession
-        from napari_sam.engine.prediction.predictor import Predictor
-
+    def _session_request(self) -> tuple | None:
+        """(key, options) of the session the form asks for; None (and a message) if none."""
         name = self.image_box.currentText()
         if not name:
             show_error("napari-sam: add an image layer first (File > Open, or a sample).")
-            return False
+            return None
         layer = self.viewer.layers[name]
         channel = None if self.channel_box.value() < 0 else self.channel_box.value()
         tile = self.tile_box.value() or None
@@ -290,61 +151,91 @@ class EverythingWidget(QWidget):
             self.points_box.value(),
             self.every_point_box.isChecked(),
         )
-        settings = self.current_settings()
+        options = dict(
+            data=layer.data,
+            channel_axis=bool(layer.rgb) or channel is not None,
+            channel=channel,
+            settings=self.current_settings(),
+            tile=tile,
+            halo=self.halo_box.value() if tile else 0,
+        )
+        return key, options
+
+    def _open_session(self, options: dict):
+        """A new EverythingSession, with the current predictor or a newly loaded one."""
+        from napari_sam.engine.everything.session import EverythingSession
+
+        predictor = (
+            self.session.predictor
+            if self.session is not None
+            else open_predictor(self.model_name, self._download)
+        )
+        options = dict(options)
+        return EverythingSession(predictor, options.pop("data"), **options)
+
+    def _session_ready(self, then) -> bool:
+        """True if the session for the form is open; else open it in the background, then
+        call ``then()`` (the model loads off the GUI thread)."""
+        request = self._session_request()
+        if request is None:
+            return False
+        key, options = request
+        if self.session is not None and self.session_key == key:
+            self.session.settings = options["settings"]
+            return True
+        if self.jobs.worker is not None:
+            show_error("napari-sam: segment everything is already running; cancel it first.")
+            return False
+        self._download = Download()
+        loads = self.session is None
+        self.jobs.start(
+            lambda stop: self._open_session(options),
+            lambda session: self._session_opened(session, key, then),
+            kind="load",
+        )
+        self.status.setText(
+            self._download.describe(self.model_name) if loads else "Preparing the image..."
+        )
+        if loads:
+            self._poll_timer.start()
+        return False
+
+    def _session_opened(self, session, key, then) -> None:
+        self.session, self.session_key = session, key
+        then()
+
+    def _ensure_session(self) -> bool:
+        """Open the session for the form now, on the calling thread (scripts and tests)."""
+        request = self._session_request()
+        if request is None:
+            return False
+        key, options = request
         try:
             if self.session is None or self.session_key != key:
-                predictor = (
-                    self.session.predictor
-                    if self.session is not None
-                    else Predictor(self.model_name)
-                )
-                self.session = EverythingSession(
-                    predictor,
-                    layer.data,
-                    channel_axis=bool(layer.rgb) or channel is not None,
-                    channel=channel,
-                    settings=settings,
-                    tile=tile,
-                    halo=self.halo_box.value() if tile else 0,
-                )
-                self.session_key = key
-            self.session.settings = settings
+                self.session, self.session_key = self._open_session(options), key
+            self.session.settings = options["settings"]
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return False
         return True
 
-    def _start(self, job, done, message: str) -> None:
-        if self.worker is not None:
+    def _start(self, job, done, message: str, kind: str = "decode") -> None:
+        if self.jobs.worker is not None:
             show_error("napari-sam: segment everything is already running; cancel it first.")
             return
-        if self._torch is None:
-            from napari_sam.engine.model.threads import TorchThread
-
-            self._torch = TorchThread()
-        holder = []
-
-        def work():
-            return self._torch.run(job, lambda: holder[0].abort_requested)
-
-        worker = create_worker(
-            work,
-            _progress={"desc": "SAM: segment everything"},
-            _connect={"errored": self._failed},
-            _start_thread=False,
-        )
-        holder.append(worker)
-        worker.returned.connect(done)
-        worker.finished.connect(self._finished)
-        self.worker = worker
-        self.cancel_button.setEnabled(True)
+        self.jobs.start(job, done, kind=kind, progress={"desc": "SAM: segment everything"})
         self.status.setText(message)
-        worker.start()
+
+    def _show_busy(self, kind: str | None) -> None:
+        """Buttons for the running job: none, "load", "decode" or "run"."""
+        for button in (self.preview_button, self.run_button):
+            button.setEnabled(kind is None)
+        self.cancel_button.setEnabled(kind is not None)
+        if kind is None:
+            self._finished()
 
     def _finished(self) -> None:
         self._poll_timer.stop()
-        self.worker = None
-        self.cancel_button.setEnabled(False)
         if self._pending:
             self._pending = False
             self.rethreshold()
@@ -352,10 +243,10 @@ class EverythingWidget(QWidget):
     def _failed(self, error: Exception) -> None:
         if isinstance(error, OperationCancelled):
             self.status.setText("Cancelled; nothing was written.")
-        elif isinstance(error, NapariSamError):
-            show_error(f"napari-sam: {error}")
-        else:
-            raise error
+            return
+        if isinstance(error, NapariSamError):
+            self.status.setText(f"Error: {error}")
+        report(error)
 
     def _show_preview(self, keyed) -> None:
         key, result = keyed
@@ -389,13 +280,3 @@ class EverythingWidget(QWidget):
 
 def _plane_name(key: tuple[int, ...]) -> str:
     return f"Plane {', '.join(map(str, key))}" if key else "The image"
-
-
-def _spin(low: int, high: int, value: int, tip: str, special: str | None = None) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setValue(value)
-    box.setToolTip(tip)
-    if special:
-        box.setSpecialValueText(special)
-    return box

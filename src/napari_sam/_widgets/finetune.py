@@ -4,7 +4,8 @@ The data-engine loop in napari: segment (automatically or by clicks), correct, c
 a labels layer, fine-tune here, and continue annotating with the fine-tuned model. The
 widget reads the chosen image and labels layers, runs
 :func:`~napari_sam.training.annotations.fine_tune_annotations` on a
-:class:`~napari_sam.engine.model.threads.TorchThread` (the GUI stays responsive; a timer shows
+:class:`~napari_sam.engine.model.threads.TorchThread`, model loading included (the GUI stays
+responsive; the status says "loading model ..." until the first step, then a timer shows
 progress), and on success switches every open SAM annotator to the new weights.
 """
 
@@ -202,7 +203,10 @@ class FineTuneWidget(QWidget):
         self.progress_bar.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.status.setText(f"Fine-tuning on {len(images)} image(s); results go to {output}.")
+        self.status.setText(
+            f"loading model {Path(model).name} and preparing {len(images)} image(s) ... "
+            f"(results go to {output})"
+        )
         self.timer.start(POLL_MS)
         self.worker.start()
 
@@ -262,6 +266,9 @@ class FineTuneWidget(QWidget):
         """Stop a running training (it saves a checkpoint) and disconnect from the viewer."""
         self._stop = True
         self.timer.stop()
+        if self._torch is not None:  # ends after the running call
+            self._torch.shutdown(wait=False)
+            self._torch = None
         self.viewer.layers.events.inserted.disconnect(self.reset_choices)
         self.viewer.layers.events.removed.disconnect(self.reset_choices)
         super().closeEvent(event)

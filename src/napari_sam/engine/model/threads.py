@@ -12,13 +12,20 @@ about 262,000 page faults per image against none; with or without a Qt event loo
 whatever ``OMP_WAIT_POLICY`` says. :class:`TorchThread` runs work on a thread that
 allocates from the main arena: 1.1-1.2 s, no page faults.
 
-glibc cannot assign an arena to a thread. We cap the number of arenas at one
-(``mallopt(M_ARENA_MAX, 1)``: from then on, new threads share existing arenas instead of
-making new ones, as with ``MALLOC_ARENA_MAX=1``), then start candidate threads until one
-finds itself in the main arena (the ``NON_MAIN_ARENA`` bit of a chunk it allocates is
-clear). Earlier candidates stay parked meanwhile, so that each new one is handed another
-arena; they exit once a thread is found. Other platforms and C libraries get one plain
-thread. Meant for GUI processes; batch code should run torch on its main thread.
+glibc cannot assign an arena to a thread. We start candidate threads until one finds itself
+in the main arena (the ``NON_MAIN_ARENA`` bit of a chunk it allocates is clear). Earlier
+candidates stay parked meanwhile, each holding its arena, so that the next one is handed
+another; they exit once a thread is found. New threads get new arenas until glibc's limit
+(8 per core), then reuse existing ones in turn, the main arena first. Capping the arenas at
+one (``mallopt(M_ARENA_MAX, 1)``, as ``MALLOC_ARENA_MAX=1``) would find it sooner, but that
+cap cannot be undone: glibc ignores a later 0 and keeps the limit it computed, so every
+thread of the process would share arenas for good. Measured on 2 cores, the search without
+the cap took 16 candidates and 3-7 ms (docs/threading.md), so the cap is only
+an option (``cap_arenas=True``). The malloc tuning of
+:mod:`~napari_sam.engine.model.runtime` is scoped to the thread: each call runs inside
+:func:`~napari_sam.engine.model.runtime.allocator_tuned`, and freed memory is kept for the
+next call while the thread lives. Other platforms and C libraries get one plain thread.
+Meant for GUI processes; batch code should run torch on its main thread.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import queue
 import sys
 import threading
@@ -33,11 +41,20 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Self
 
+from napari_sam.engine.model.runtime import (
+    allocator_tuned,
+    release_freed_memory,
+    retain_freed_memory,
+    scope_allocator_tuning,
+)
+
 log = logging.getLogger(__name__)
 
 _M_ARENA_MAX = -8  # mallopt parameter from glibc's malloc.h
 _NON_MAIN_ARENA = 0x4  # bit of a chunk's size field: chunk belongs to a thread arena
-_MAX_CANDIDATES = 256  # bounds the arenas to cycle through: far more than a GUI makes
+# Bounds the search: glibc makes up to 8 arenas per core (counted when the limit is first
+# reached), then hands them out in turn; twice that, plus arenas of exited threads.
+_MAX_CANDIDATES = 16 * (os.cpu_count() or 1) + 64
 _STOP = object()
 
 
@@ -74,13 +91,28 @@ class TorchThread:
         Intra-op threads for torch inside this thread only; by default the process
         setting, which new threads inherit. (1 was slower than 2 on 2 cores in every
         case we measured, GUI idle or busy.)
+    name : str
+        Thread name, shown in debuggers and profilers.
+    cap_arenas : bool
+        Cap glibc's arenas at one for the rest of the process before the search (faster
+        search; every later thread shares arenas). Off by default.
 
     Attributes
     ----------
     in_main_arena : bool
         Whether the thread allocates from glibc's main arena (False off glibc).
-    name : str
-        Thread name, shown in debuggers and profilers.
+    candidates : int
+        Threads started to find it (1 off glibc).
+
+    retains_memory : bool
+        Whether freed memory stays in glibc's heap between calls while the thread lives
+        (False off glibc or with ``NAPARI_SAM_NO_MALLOC_TUNING`` set).
+
+    Notes
+    -----
+    Creating a TorchThread marks the process as one we share (napari's): from then on
+    :func:`~napari_sam.engine.model.runtime.tune_allocator` tunes nothing for good, and
+    malloc is tuned only while calls run (and keeps freed memory while the thread lives).
 
     Examples
     --------
@@ -91,10 +123,18 @@ class TorchThread:
     thread waits without holding the GIL and napari delivers the result on the GUI thread.
     """
 
-    def __init__(self, num_threads: int | None = None, name: str = "napari-sam-torch"):
+    def __init__(
+        self,
+        num_threads: int | None = None,
+        name: str = "napari-sam-torch",
+        cap_arenas: bool = False,
+    ):
+        scope_allocator_tuning()
+        self.retains_memory = retain_freed_memory()
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._num_threads = num_threads
-        self._thread, self.in_main_arena = self._start(name)
+        self.candidates = 0
+        self._thread, self.in_main_arena = self._start(name, cap_arenas)
 
     def submit(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Queue ``function(*args, **kwargs)``; calls run one at a time, in order.
@@ -131,16 +171,17 @@ class TorchThread:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    def _start(self, name: str) -> tuple[threading.Thread, bool]:
+    def _start(self, name: str, cap_arenas: bool) -> tuple[threading.Thread, bool]:
         libc = _glibc()
-        if libc is not None:
+        if libc is not None and cap_arenas:
             libc.mallopt(_M_ARENA_MAX, 1)
         release = threading.Event()  # lets parked candidates exit
         try:
-            for candidate in range(_MAX_CANDIDATES if libc is not None else 1):
+            for _ in range(_MAX_CANDIDATES if libc is not None else 1):
+                self.candidates += 1
                 thread, in_main_arena = self._launch(name, libc, release)
                 if in_main_arena is not None:
-                    log.debug("torch thread found after %d candidates", candidate + 1)
+                    log.debug("torch thread found after %d candidates", self.candidates)
                     return thread, in_main_arena
             log.warning("no thread in glibc's main arena: torch work may run slower")
             thread, _ = self._launch(name, None, release)
@@ -179,11 +220,20 @@ class TorchThread:
         self._serve()
 
     def _serve(self) -> None:
+        try:
+            self._serve_tasks()
+        finally:
+            if self.retains_memory:
+                release_freed_memory()
+
+    def _serve_tasks(self) -> None:
         while (task := self._tasks.get()) is not _STOP:
             future, function, args, kwargs = task
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                future.set_result(function(*args, **kwargs))
+                with allocator_tuned():
+                    result = function(*args, **kwargs)
+                future.set_result(result)
             except BaseException as error:
                 future.set_exception(error)
