@@ -105,6 +105,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         or two outputs are the same path.
     """
     from napari_sam.errors import InvalidInputError
+    from napari_sam.io.stores import relation_to_input
 
     if args.command not in OUTPUTS:
         return
@@ -122,17 +123,12 @@ def check_outputs(args: argparse.Namespace) -> None:
                 "name (e.g. mask.tif and mask.png)."
             )
         seen[target] = flag
-        problem = (
-            "is the input itself: napari-sam never writes over its input"
-            if target == source
-            else f"lies inside the input {source}"
-            if target.is_relative_to(source)
-            else f"holds the input {source} (--overwrite would delete it with the output)"
-            if source.is_relative_to(target)
-            else None
-        )
+        problem = relation_to_input(target, source)
         if problem:
-            raise InvalidInputError(f"{flag} {value} {problem}: choose a path outside it.")
+            raise InvalidInputError(
+                f"{flag} {value} {problem}: napari-sam never writes over its input, nor an "
+                "output that --overwrite would delete with it. Choose a path apart from it."
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -241,7 +241,7 @@ def test_a_store_output_never_replaces_or_nests_with_its_input(tmp_path, capsys,
         and {
             "same": "is the input itself",
             "inside": "lies inside the input",
-            "around": "holds the input",
+            "around": "contains the input",
         }[where]
         in line
     )

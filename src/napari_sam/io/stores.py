@@ -102,15 +102,7 @@ def check_store_path(path: str | Path, kind: StoreKind, source: str | Path | Non
     if source is None:
         return path
     store, data = path.resolve(), Path(source).resolve()
-    problem = (
-        "is the input itself"
-        if store == data
-        else f"contains the input {data}"
-        if data.is_relative_to(store)
-        else f"lies inside the input {data}"
-        if store.is_relative_to(data)
-        else None
-    )
+    problem = relation_to_input(store, data)
     if problem:
         raise InvalidInputError(
             f"{kind.option} {path} {problem}: napari-sam never puts a {kind.noun} over or "
@@ -349,3 +341,18 @@ def _unusable_message(path: Path, kind: StoreKind, state: str, detail: str) -> s
 
 def _beside(data: Path) -> str:
     return str(data.parent / (data.name.split(".")[0] + "_out.zarr"))
+
+
+def relation_to_input(output: Path, source: Path) -> str | None:
+    """How a resolved output path sits against the resolved input, or None when apart.
+
+    One of "is the input itself", "lies inside the input SOURCE", "contains the input
+    SOURCE": the three ways an output could overwrite, or be deleted with, its input.
+    """
+    if output == source:
+        return "is the input itself"
+    if output.is_relative_to(source):
+        return f"lies inside the input {source}"
+    if source.is_relative_to(output):
+        return f"contains the input {source}"
+    return None
