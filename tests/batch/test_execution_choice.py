@@ -11,7 +11,7 @@ from napari_sam.batch.settings import (
     MIN_SLICES_PER_WORKER,
     Execution,
 )
-from napari_sam.batch.tasks import Checkpoint, model_identity
+from napari_sam.batch.tasks import ModelChoice, model_identity
 from napari_sam.cli import main
 from napari_sam.engine.model.registry import MODELS
 from napari_sam.io.samples import load_dsb2018
@@ -45,7 +45,7 @@ def test_what_the_user_asked_for_is_kept():
 def test_a_checkpoint_with_its_architecture_is_identified_without_loading(tmp_path):
     path = tmp_path / "finetuned.pt"
     path.write_bytes(b"not weights: model_identity must not load them")
-    identity = model_identity(Checkpoint(str(path), "vit_b"))
+    identity = model_identity(ModelChoice(str(path), "vit_b", device="cuda"))
     assert identity.startswith("finetuned@") and len(identity.split("@")[1]) == 12
     assert MODELS["vit_b"].architecture  # the architecture named exists
 
@@ -69,3 +69,19 @@ def test_a_small_image_runs_in_process_and_a_checkpoint_takes_its_architecture(
     argv = ["embed", str(path), "--cache", str(cache), "--model", str(checkpoint)]
     assert main(argv + ["--architecture", "vit_t"]) == 0
     assert "finetuned@" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["embed", "segment-everything"])
+def test_batch_commands_take_a_device_and_check_it(command, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    image, _ = load_dsb2018()
+    path = tmp_path / "nuclei.tif"
+    tifffile.imwrite(path, image[:64, :64])
+    out = "--cache" if command == "embed" else "--out"
+    argv = [command, str(path), out, str(tmp_path / "o.zarr"), "--device", "cuda"]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "'cuda' was asked for, but there is no CUDA device" in error[0]
+    assert "drop --device" in error[0]

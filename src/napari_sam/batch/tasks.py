@@ -150,18 +150,19 @@ def segment_slice(job: SliceJob, predictor, stack: OpenStack | None = None) -> S
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """A checkpoint file whose architecture the user named (``--architecture``).
+class ModelChoice:
+    """A model with the options a user named: a checkpoint's architecture, a device.
 
     A picklable model factory, so workers load it themselves; :func:`model_identity`
     reads its id without building the network.
     """
 
-    path: str
-    architecture: str
+    model: str  # registry name or checkpoint file
+    architecture: str | None = None  # registry name of a checkpoint file's architecture
+    device: str | None = None  # torch device; None: the CPU (see docs/devices.md)
 
     def __call__(self) -> SamModel:
-        return load_model(self.path, architecture=self.architecture)
+        return load_model(self.model, self.device, architecture=self.architecture)
 
 
 def load_predictor(model: ModelSource):
@@ -181,8 +182,8 @@ def model_identity(model: ModelSource) -> str:
     from napari_sam.engine.model.downloads import file_sha256
     from napari_sam.engine.model.registry import get_model_spec
 
-    if isinstance(model, Checkpoint):
-        spec = get_model_spec(model.path, model.architecture)
+    if isinstance(model, ModelChoice):
+        spec = get_model_spec(model.model, model.architecture)
     elif callable(model):
         return model().model_id
     else:

@@ -23,6 +23,21 @@ def add_architecture_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--architecture", metavar="NAME", help=ARCHITECTURE_HELP)
 
 
+DEVICE_HELP = (
+    "torch device: cpu (default), cuda, cuda:N, mps or auto; the GPU path is not yet "
+    "verified on a real GPU (docs/devices.md)"
+)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device`` to a subcommand that runs the model.
+
+    The value reaches :func:`~napari_sam.engine.model.loading.load_model`, which checks
+    it (:func:`~napari_sam.engine.model.runtime.resolve_device`).
+    """
+    parser.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
+
+
 def parse_z_range(text: str) -> tuple[int, int]:
     """A z-range as the command line writes it, ``"START:STOP"``, as ``(start, stop)``.
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 # The flags' defaults and help texts are read from the model registry and the tiling.
-from napari_sam.commands.arguments import add_architecture_argument
+from napari_sam.commands.arguments import add_architecture_argument, add_device_argument
 from napari_sam.engine.model import DEFAULT_MODEL
 from napari_sam.engine.tiling.grid import DEFAULT_HALO, DEFAULT_WINDOW
 
@@ -24,6 +24,7 @@ def register(commands) -> None:
         "--model", default=DEFAULT_MODEL, help="model name or checkpoint file (default %(default)s)"
     )
     add_architecture_argument(embed)
+    add_device_argument(embed)
     embed.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
     embed.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
     embed.add_argument(
@@ -85,7 +86,7 @@ def run_embed(args: argparse.Namespace) -> int:
         session = open_cached_session(
             data,
             args.cache,
-            model=_model(args.model, args.architecture),
+            model=_model(args.model, args.architecture, args.device),
             channel_axis=channel_axis,
             channel=args.channel,
             feature_dtype="float16" if args.float16 else "float32",
@@ -152,10 +153,10 @@ def _plane_keys(layout, z_range: str | None) -> list[tuple[int, ...]]:
     return [k for k in keys if start <= k[0] < stop]
 
 
-def _model(model: str, architecture: str | None):
-    """``--model`` as a name, or as a loaded checkpoint of the named ``--architecture``."""
-    if architecture is None:
+def _model(model: str, architecture: str | None, device: str | None):
+    """``--model`` as a name, or loaded with the ``--architecture`` and ``--device`` given."""
+    if architecture is None and device is None:
         return model
     from napari_sam.engine.model.loading import load_model
 
-    return load_model(model, architecture=architecture)
+    return load_model(model, device, architecture=architecture)

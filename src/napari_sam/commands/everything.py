@@ -12,7 +12,7 @@ from napari_sam.batch.settings import (
     MIN_SLICES_PER_WORKER,
     StackSettings,
 )
-from napari_sam.commands.arguments import add_architecture_argument
+from napari_sam.commands.arguments import add_architecture_argument, add_device_argument
 from napari_sam.engine.everything.linking import LinkingSettings
 from napari_sam.engine.everything.settings import EverythingSettings
 
@@ -67,6 +67,7 @@ def register(commands) -> None:
         "--model", default=stack.model, help="model name or checkpoint file (default %(default)s)"
     )
     add_architecture_argument(parser)
+    add_device_argument(parser)
     parser.add_argument(
         "--tile",
         type=int,
@@ -199,7 +200,7 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     if args.every_point:
         settings = settings.every_point()
     return StackSettings(
-        model=model_source(args.model, args.architecture),
+        model=model_source(args.model, args.architecture, args.device),
         settings=settings,
         tile=args.tile,
         halo=args.halo,
@@ -207,13 +208,16 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     )
 
 
-def model_source(model: str, architecture: str | None):
-    """``--model`` as a batch run loads it: the name, or a checkpoint with its architecture."""
-    if architecture is None:
+def model_source(model: str, architecture: str | None, device: str | None = None):
+    """``--model`` as a batch run loads it: the name, or the name with the options given."""
+    if architecture is None and device is None:
         return model
-    from napari_sam.batch.tasks import Checkpoint
+    from napari_sam.batch.tasks import ModelChoice
+    from napari_sam.engine.model.runtime import resolve_device
 
-    return Checkpoint(model, architecture)
+    if device is not None:
+        resolve_device(device)  # a device that is not there: say so before any work
+    return ModelChoice(model, architecture, device)
 
 
 def _linking(args: argparse.Namespace) -> LinkingSettings | None:

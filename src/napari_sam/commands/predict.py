@@ -21,7 +21,7 @@ COORDINATE_FLAGS = ("--point", "--negative", "--box")
 
 def register(commands) -> None:
     """Add the ``predict`` subcommand to the ``napari-sam`` parser."""
-    from napari_sam.commands.arguments import add_architecture_argument
+    from napari_sam.commands.arguments import add_architecture_argument, add_device_argument
     from napari_sam.engine.model import DEFAULT_MODEL  # not at the top: imports torch
 
     predict = commands.add_parser(
@@ -61,9 +61,7 @@ def register(commands) -> None:
     predict.add_argument(
         "--channel", type=int, help="channel index for multichannel images (last axis)"
     )
-    predict.add_argument(
-        "--device", help="torch device: cpu (default), cuda, cuda:N, mps or auto (docs/devices.md)"
-    )
+    add_device_argument(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     predict.set_defaults(handler=run_predict)
 
