@@ -45,6 +45,7 @@ PARAMETER_FLAGS: dict[str, str | None] = {
     "channel": "channel",
     "key": "key",
     "level": "level",
+    "overwrite": "overwrite",  # a switch: overwrite=True reads --overwrite
     "channel_weights": None,
 }
 
@@ -92,6 +93,7 @@ def _flag(dest: str, found: re.Match[str]) -> str:
     sentence kept after it)."""
     value, end = re.fullmatch(r"(.*?)([.:]*)", found.group(1)).groups()  # type: ignore[union-attr]
     value = value[1:-1] if len(value) > 1 and value[0] == value[-1] == "'" else value
+    value = "" if value == "True" else value  # a switch is on by its flag alone
     return f"--{dest.replace('_', '-')}" + (f" {value}" if value else "") + end
 
 

@@ -196,7 +196,7 @@ def test_damaged_metadata_names_the_store_and_the_remedy(stack_file, reference, 
     out = tmp_path / "labels.zarr"
     run_blobs(stack_file, out, z_range=(0, 2))
     (out / damaged).write_text("{not json")
-    with pytest.raises(CacheMismatchError, match=r"labels\.zarr is damaged.*--overwrite"):
+    with pytest.raises(CacheMismatchError, match=r"labels\.zarr is damaged.*overwrite=True"):
         run_blobs(stack_file, out)
     summary = run_blobs(stack_file, out, overwrite=True)  # ours, so --overwrite may replace it
     assert (summary.segmented, summary.reused) == (SLICES, 0)

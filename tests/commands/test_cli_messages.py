@@ -221,3 +221,19 @@ def test_a_checkpoint_of_another_architecture_names_the_flag(default_weights, tm
     assert "does not fit the architecture of 'mine_vit_b'" in line
     assert line.endswith("Pick the matching model name or pass --architecture.")
     assert not (tmp_path / "m.tif").exists()
+
+
+def test_overwrite_reads_as_a_switch_on_the_command_line(tmp_path, capsys):
+    from napari_sam.cli import command_line_words
+
+    message = "The cache c.zarr is damaged (x): pass overwrite=True to replace it."
+    assert command_line_words(message, {"overwrite"}) == (
+        "The cache c.zarr is damaged (x): pass --overwrite to replace it."
+    )
+    store = tmp_path / "l.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("{")  # our store's name, its metadata damaged
+    tifffile.imwrite(tmp_path / "a.tif", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    line = error_line(["segment-everything", str(tmp_path / "a.tif"), "--out", str(store)], capsys)
+    assert "is damaged" in line and "pass --overwrite to replace it" in line
+    assert api_words(line) == []

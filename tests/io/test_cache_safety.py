@@ -72,7 +72,7 @@ def test_damaged_metadata_names_the_cache_and_the_remedy(tmp_path, volume, predi
     path = tmp_path / "c.zarr"
     embed_volume(open_cached_session(volume, path, model=predictor), planes=[(0,)])
     (path / damaged).write_text("{not json")
-    with pytest.raises(CacheMismatchError, match=r"c\.zarr is damaged.*--overwrite"):
+    with pytest.raises(CacheMismatchError, match=r"c\.zarr is damaged.*overwrite=True"):
         open_cached_session(volume, path, model=predictor)
     fresh = open_cached_session(volume, path, model=predictor, overwrite=True)
     assert fresh.cache.completed() == []

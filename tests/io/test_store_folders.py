@@ -40,7 +40,7 @@ def test_a_signed_store_of_ours_gives_its_signature(tmp_path):
 
 def test_an_unsigned_store_needs_overwrite_and_is_then_emptied(tmp_path):
     store = make_store(tmp_path / "s.zarr", signed=False)
-    with pytest.raises(CacheMismatchError, match=r"no napari-sam signature .*--overwrite"):
+    with pytest.raises(CacheMismatchError, match=r"no napari-sam signature .*overwrite=True"):
         claim_store(store, EVERYTHING_STORE, overwrite=False)
     assert claim_store(store, EVERYTHING_STORE, overwrite=True) is None
     assert store.is_dir() and os.listdir(store) == []

@@ -378,5 +378,5 @@ def _mismatch(path: Path, signature: CacheSignature, existing: CacheSignature) -
         f"The embedding cache {path} was made for other data or settings:\n  - "
         + "\n  - ".join(signature.differences(existing))
         + "\nUse another cache path, the cache's own settings (e.g. --tile/--halo/"
-        "--upscale), or overwrite=True (--overwrite) to start afresh."
+        "--upscale), or overwrite=True to start afresh."
     )

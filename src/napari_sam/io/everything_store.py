@@ -359,5 +359,6 @@ def _mismatch(path: Path, signature: StoreSignature, existing: StoreSignature) -
     return (
         f"{path} holds a segment-everything run for other data or settings:\n  - "
         + "\n  - ".join(signature.differences(existing))
-        + "\nUse another --out, the same settings to resume it, or --overwrite to start afresh."
+        + "\nUse another output path, the same settings to resume it, or overwrite=True to start "
+        "afresh."
     )

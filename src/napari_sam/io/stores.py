@@ -320,7 +320,7 @@ def _foreign_message(path: Path, kind: StoreKind, foreign: list[str]) -> str:
 
 
 def _unusable_message(path: Path, kind: StoreKind, state: str, detail: str) -> str:
-    remedy = "pass --overwrite (overwrite=True) to replace it"
+    remedy = "pass overwrite=True to replace it"
     if state == "damaged":
         return (
             f"The {kind.noun} {path} is damaged ({detail}): {remedy} (what it holds is "

@@ -102,5 +102,5 @@ def _check_inside(coords: np.ndarray, shape: tuple[int, int], what: str) -> None
         raise InvalidInputError(
             f"The {what} (row, col) = {bad} lies outside the image of shape {shape} "
             f"(rows 0..{shape[0] - 1}, cols 0..{shape[1] - 1}). Coordinates are (row, col) "
-            "in pixels of the image given to set_image."
+            "in pixels of the image."
         )
