@@ -84,10 +84,12 @@ system-deps:
 weights: install
 	$(VENV)/bin/napari-sam weights fetch vit_t
 
-# The 3D sample (cells3d nuclei) is downloaded on first use, not bundled; fetched here so
-# that the tests find it in the cache (~/.cache/napari-sam/samples). Instant when cached.
+# The 3D sample (cells3d nuclei) and the evaluation image sets (BBBC007, the scratch assay)
+# are downloaded on first use, not bundled; fetched here so that the tests find them in the
+# cache (~/.cache/napari-sam/samples). Instant when cached.
 samples: install
-	$(PY) -c "from napari_sam.io.samples import load_cells3d_nuclei; load_cells3d_nuclei()"
+	$(PY) -c "from napari_sam.training.image_sets import IMAGE_SET_NAMES, load_image_set; \
+		[load_image_set(name) for name in IMAGE_SET_NAMES]"
 
 # Keeps .venv (delete it by hand for a from-scratch install); forgets the install stamp.
 clean:

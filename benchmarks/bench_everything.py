@@ -32,7 +32,9 @@ from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.prompts import to_encoder_xy
 from napari_sam.io.samples import load_dsb2018
 
-REFERENCE = dict(skip_covered=False, skip_margin=None, drop_background=False)
+REFERENCE = dict(
+    skip_covered=False, stop_after_empty=None, skip_distance=0.0, drop_background=False
+)
 
 
 def ours(

@@ -127,7 +127,7 @@ def test_every_point_decodes_the_whole_grid(stack_file, tmp_path):
         == 0
     )
     settings = zarr.open_group(out, mode="r").attrs["napari_sam"]["settings"]
-    assert (settings["skip_covered"], settings["skip_margin"], settings["skip_distance"]) == (
+    assert (settings["skip_covered"], settings["stop_after_empty"], settings["skip_distance"]) == (
         False,
         None,
         0.0,

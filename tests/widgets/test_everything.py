@@ -22,7 +22,7 @@ LOOSE = EverythingSettings(
     keep_iou_floor=-10.0,
     keep_stability_floor=0.0,
     skip_covered=False,
-    skip_margin=None,
+    stop_after_empty=None,
     drop_background=False,
 )
 
@@ -116,16 +116,16 @@ def test_every_point_box_turns_skipping_off_and_needs_a_new_decoding(widget):
     widget.settings = EverythingSettings()
     assert not widget.every_point_box.isChecked()
     default = widget.current_settings()
-    assert (default.skip_covered, default.skip_margin, default.skip_distance) == (
+    assert (default.skip_covered, default.stop_after_empty, default.skip_distance) == (
         True,
-        EverythingSettings().skip_margin,
+        EverythingSettings().stop_after_empty,
         EverythingSettings().skip_distance,
     )
     assert widget._ensure_session()
     first = widget.session
     widget.every_point_box.setChecked(True)
     every = widget.current_settings()
-    assert (every.skip_covered, every.skip_margin, every.skip_distance) == (False, None, 0.0)
+    assert (every.skip_covered, every.stop_after_empty, every.skip_distance) == (False, None, 0.0)
     assert widget._ensure_session() and widget.session is not first  # decoded candidates differ
 
 

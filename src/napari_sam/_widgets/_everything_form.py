@@ -95,9 +95,10 @@ class EverythingForm(QWidget):
         self.every_point_box = QCheckBox("decode every grid point")
         self.every_point_box.setChecked(not self.settings.skip_covered)
         self.every_point_box.setToolTip(
-            "Off (default): grid points inside or beside objects already found, and points that "
-            "look like background, are skipped (5-8x faster). On: every point is decoded, for the "
-            "last bit of recall."
+            "Off (default): grid points inside or beside objects already found are skipped, and "
+            "decoding stops once the points this image's own classifier ranks likeliest have "
+            "stopped finding objects (about 5x faster, same AP on our test sets). On: every "
+            "point is decoded."
         )
         self.link_box = QCheckBox("link planes into 3D objects")
         self.link_box.setChecked(stack.linking is not None)

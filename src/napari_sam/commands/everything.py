@@ -27,10 +27,10 @@ SETTING_FLAGS = {
     "min_area": (int, "drop masks smaller than this many pixels"),
     "min_region_area": (int, "remove islands and fill holes smaller than this many pixels"),
     "crop_layers": (int, "zoomed crop layers, each re-encoding 4^k crops"),
-    "skip_margin": (
-        float,
-        "skip grid points whose image embedding is this much more similar "
-        "(cosine) to background points than to object points",
+    "stop_after_empty": (
+        int,
+        "decode the grid points this image's classifier ranks most likely to find an "
+        "object first; stop after this many in a row found none",
     ),
     "skip_distance": (float, "skip grid points within this many pixels of an object already found"),
 }
@@ -191,7 +191,7 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     if args.keep_background:
         overrides["drop_background"] = False
     if args.every_point:
-        skipping = {"skip_margin", "skip_distance"} & set(overrides)
+        skipping = {"stop_after_empty", "skip_distance"} & set(overrides)
         if skipping:
             raise InvalidInputError(
                 f"--every-point decodes every grid point: drop {sorted(skipping)}."

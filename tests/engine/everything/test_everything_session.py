@@ -18,7 +18,7 @@ LOOSE = EverythingSettings(
     keep_iou_floor=-10.0,
     keep_stability_floor=0.0,
     skip_covered=False,
-    skip_margin=None,
+    stop_after_empty=None,
     drop_background=False,
 )
 

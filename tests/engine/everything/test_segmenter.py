@@ -26,7 +26,7 @@ LOOSE = EverythingSettings(
     keep_iou_floor=-10.0,
     keep_stability_floor=0.0,
     skip_covered=False,
-    skip_margin=None,
+    stop_after_empty=None,
     drop_background=False,
 )
 
@@ -169,7 +169,7 @@ def distance_to_square(point):
 @pytest.mark.parametrize("distance", [0.0, 8.0, 24.0])  # grid points lie 0, 16-17, 48-49 ... away
 def test_points_within_the_skip_distance_of_a_confident_mask_are_not_decoded(distance):
     settings = replace(
-        EverythingSettings(), points_per_batch=16, skip_margin=None, skip_distance=distance
+        EverythingSettings(), points_per_batch=16, stop_after_empty=None, skip_distance=distance
     )
     stub, candidates = run_grid(lambda row, col: SQUARE, settings)  # every point finds the square
     expected = {p for p in GRID if distance_to_square(p) > distance}
@@ -193,32 +193,51 @@ def two_textures():
     return features
 
 
-def test_background_is_skipped_once_the_coarse_grid_has_found_an_object():
-    settings = replace(EverythingSettings(), skip_covered=False, skip_margin=0.05)
+def test_points_like_the_objects_are_decoded_first_and_decoding_stops_after_a_run_of_empties():
+    settings = replace(EverythingSettings(), skip_covered=False, stop_after_empty=8)
     stub, candidates = run_grid(quadrant_object, settings, two_textures())
     inside = {p for p in GRID if p[0] >= 256 and p[1] >= 256}
-    coarse = {(16.0 + 128 * i, 16.0 + 128 * j) for i in range(4) for j in range(4)}  # decoded first
     assert inside <= set(stub.decoded)  # every point on object-like embedding is decoded
-    assert set(stub.decoded) - inside <= coarse  # after the coarse grid, no background point is
+    first = len(stub.decoded) - 8 - len(set(stub.decoded) - inside - set(stub.decoded[:16]))
+    # after the 16 warm-up points, the object-like points come before any other
+    ranked = stub.decoded[16:]
+    assert set(ranked[: len(inside - set(stub.decoded[:16]))]) <= inside
+    assert len(set(stub.decoded) - inside) <= 16 + 8  # warm-up, then one run of 8 empties
     assert candidates.points_skipped == len(GRID) - len(stub.decoded) > len(GRID) / 2
+    assert first >= 0
 
 
 @pytest.mark.parametrize(
     "finds, features",
     [
-        (lambda row, col: None, two_textures()),  # no example of an object: nothing to compare with
-        (quadrant_object, None),  # identical embeddings everywhere: a tie, not background
+        (lambda row, col: None, two_textures()),  # no object found: nothing to rank by
+        (quadrant_object, None),  # identical embeddings: the grid order, objects spread in it
     ],
 )
-def test_background_rule_needs_an_object_and_an_embedding_unlike_it(finds, features):
-    settings = replace(EverythingSettings(), skip_covered=False, skip_margin=0.05)
+def test_the_stop_rule_loses_no_object_without_a_classifier_that_tells_them_apart(finds, features):
+    settings = replace(EverythingSettings(), skip_covered=False, stop_after_empty=8)
     stub, candidates = run_grid(finds, settings, features)
-    assert sorted(stub.decoded) == sorted(GRID) and candidates.points_skipped == 0
+    objects = {p for p in GRID if finds(*p) is not None}
+    assert objects <= set(stub.decoded)
+    if not objects:
+        assert sorted(stub.decoded) == sorted(GRID) and candidates.points_skipped == 0
+
+
+def test_a_point_beside_a_small_object_that_returns_it_counts_as_a_find():
+    """Objects between grid points are found by their neighbours' prompts: a run of such
+    finds must not read as empty (the old rule's failure on small nuclei)."""
+
+    def beside(row, col):  # each point returns a 6 px object just off itself
+        return slice(int(row) + 4, int(row) + 10), slice(int(col) + 4, int(col) + 10)
+
+    settings = replace(EverythingSettings(), skip_covered=False, stop_after_empty=8)
+    stub, _ = run_grid(beside, settings, two_textures())
+    assert sorted(stub.decoded) == sorted(GRID)
 
 
 def test_no_decoder_call_holds_more_than_points_per_batch():
     settings = replace(
-        EverythingSettings(), points_per_batch=20, skip_covered=False, skip_margin=None
+        EverythingSettings(), points_per_batch=20, skip_covered=False, stop_after_empty=None
     )
     stub, candidates = run_grid(quadrant_object, settings)
     assert max(stub.batch_sizes) <= 20

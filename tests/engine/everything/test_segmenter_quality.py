@@ -18,7 +18,7 @@ from napari_sam.engine.metrics import average_precision, instance_overlap
 
 MARGIN = 0.02  # run-to-run float differences move an object or two
 REFERENCE_EQUIVALENT = EverythingSettings(
-    skip_covered=False, skip_margin=None, drop_background=False
+    skip_covered=False, stop_after_empty=None, drop_background=False
 )
 
 

@@ -10,6 +10,10 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from napari_sam.errors import InvalidInputError
 
+# Settings of earlier releases that no longer exist; dropped when read back.
+# skip_margin: the embedding-similarity background rule, replaced by stop_after_empty.
+RETIRED = frozenset({"skip_margin"})
+
 
 @dataclass(frozen=True)
 class EverythingSettings:
@@ -30,8 +34,9 @@ class EverythingSettings:
     min_region_area: int = 0  # remove islands and fill holes smaller than this (pixels)
     skip_covered: bool = True  # do not prompt grid points inside confident masks
     skip_distance: float = 2.0  # ... nor within this many pixels of one (needs skip_covered)
-    skip_margin: float | None = 0.05  # skip points whose embedding is this much closer to
-    # points that found nothing than to points that found an object (None: never)
+    stop_after_empty: int | None = 32  # after the coarse warm-up, decode the points this
+    # image's own classifier ranks most likely to find an object first, and stop once this
+    # many in a row found none (None: decode every point that coverage does not skip)
     crop_layers: int = 0  # zoomed crop layers (each re-encodes 4^k crops)
     crop_overlap_ratio: float = 512 / 1500  # overlap of neighbouring crops
     crop_points_downscale: int = 1  # grid of crop layer k is points_per_side / this^k
@@ -51,6 +56,7 @@ class EverythingSettings:
             "background_fraction": 0 < self.background_fraction <= 1,
             "min_region_area": self.min_region_area >= 0,
             "skip_distance": self.skip_distance >= 0,
+            "stop_after_empty": self.stop_after_empty is None or self.stop_after_empty >= 1,
             "crop_layers": self.crop_layers >= 0,
             "crop_overlap_ratio": 0 <= self.crop_overlap_ratio < 1,
             "crop_points_downscale": self.crop_points_downscale >= 1,
@@ -64,7 +70,7 @@ class EverythingSettings:
 
     def every_point(self) -> EverythingSettings:
         """These settings with no grid point skipped (maximum recall, 5-8x the decoding)."""
-        return replace(self, skip_covered=False, skip_margin=None, skip_distance=0.0)
+        return replace(self, skip_covered=False, stop_after_empty=None, skip_distance=0.0)
 
     def to_dict(self) -> dict:
         """Plain values, e.g. for zarr attributes or a JSON record."""
@@ -74,6 +80,7 @@ class EverythingSettings:
     def from_dict(cls, values: dict) -> EverythingSettings:
         """The inverse of :meth:`to_dict`; unknown keys raise InvalidInputError."""
         known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k not in RETIRED}
         unknown = sorted(set(values) - known)
         if unknown:
             raise InvalidInputError(

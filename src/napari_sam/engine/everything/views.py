@@ -13,24 +13,21 @@ decoder's device; only small per-point decisions come back to the CPU.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from napari_sam.engine.everything.filters import stability_scores
+from napari_sam.engine.everything.point_order import GridState
 from napari_sam.engine.prediction import prompts
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.results import Embedding
 from napari_sam.errors import OperationCancelled
 
 Window = tuple[slice, slice]
-LOW_RES_STRIDE = 4  # encoder-frame pixels per low-resolution logit
-SKIP_WARMUP = 16  # grid points decoded (the first, coarse batch) before background is skipped
 
 
 @dataclass(frozen=True)
@@ -129,6 +126,9 @@ def decode_view(
 ) -> ViewCandidates:
     """Decode the grid of one view into low-resolution candidates.
 
+    Which points are decoded, and in what order, is :class:`GridState`'s choice (coverage
+    and ranked decoding, :mod:`napari_sam.engine.everything.point_order`).
+
     Parameters
     ----------
     predictor : Predictor
@@ -137,7 +137,7 @@ def decode_view(
         The view's window encoded (possibly upscaled: ``original_size`` may exceed it).
     view : View
     settings : EverythingSettings
-        Batch size, skip rule, keep floors and the thresholds that make a mask confident.
+        Batch size, skip rules, keep floors and the thresholds that make a mask confident.
     should_stop : callable, optional
         Polled between batches; True raises OperationCancelled.
     progress : callable, optional
@@ -150,25 +150,32 @@ def decode_view(
     local = (points - origin + 0.5) * scale - 0.5  # pixel centres map to pixel centres
     local = np.clip(local, 0, np.array(embedding.original_size) - 1)
     device = torch.device(predictor.model.device)
-    grid = _GridState(embedding, local, settings, device)
+    grid = GridState(embedding, local, settings, device)
     kept_logits, kept_scores, kept_points = [], [], []
-    for start, stop in _batches(len(points), settings.points_per_batch):
+    reported = 0
+    while True:
         if should_stop is not None and should_stop():
             raise OperationCancelled("Segment everything was cancelled.")
-        batch = grid.select(np.arange(start, stop))
+        batch = grid.next_batch()
         if len(batch):
-            logits, scores, stability = grid.decode(predictor, batch)
+            out = predictor.predict_low_res(local[batch][:, None, :], multimask=True)
+            logits = out.logits.reshape(-1, prompts.LOW_RES, prompts.LOW_RES).float()
+            scores = out.scores.reshape(-1).float()
+            stability = stability_scores(logits, settings.stability_offset)
+            grid.learn(batch, logits, scores, stability)
             keep = (scores >= settings.keep_iou_floor) & (
                 stability >= settings.keep_stability_floor
             )
             kept_logits.append(logits[keep].half())
-            keep_here = keep.cpu().numpy()
             kept_scores.append(scores[keep].cpu().numpy())
             kept_points.append(
-                np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep_here]
+                np.repeat(points[batch], logits.shape[0] // len(batch), axis=0)[keep.cpu().numpy()]
             )
-        if progress is not None:
-            progress(stop - start)
+        if progress is not None and grid.handled > reported:
+            progress(grid.handled - reported)
+            reported = grid.handled
+        if not len(batch):
+            break
     empty = torch.zeros((0, prompts.LOW_RES, prompts.LOW_RES), dtype=torch.float16, device=device)
     return ViewCandidates(
         view=view,
@@ -181,137 +188,3 @@ def decode_view(
         decoded=grid.decoded,
         skipped=grid.skipped,
     )
-
-
-def _batches(count: int, size: int) -> list[tuple[int, int]]:
-    """(start, stop) of the grid's decoder batches: the warm-up points alone first, so the
-    background rule already applies to the rest of the first full batch."""
-    bounds = sorted({0, min(SKIP_WARMUP, size, count), *range(size, count, size), count})
-    return list(itertools.pairwise(bounds))
-
-
-class _GridState:
-    """What decoding has learnt about a view's grid so far, to skip needless prompts.
-
-    * covered: low-res pixels inside a confident mask; a grid point there adds nothing.
-    * found / empty: the image-embedding vectors (at each decoded point) of points that
-      gave an object and of points that gave none. A new point whose embedding is much
-      closer to an empty point's than to any object point's (cosine similarity, by
-      ``settings.skip_margin``) is background and skipped. The coarse grid decoded first
-      (``SKIP_WARMUP`` points) gives both sets their first examples; until both have one,
-      nothing is skipped this way (an image whose coarse points all miss its objects must
-      not lose the whole grid).
-
-    Tensors live on ``device``, the decoder's, where the logits arrive; the embedding may
-    be elsewhere (one read from a cache is on the CPU): only its (P, C) vectors move.
-    """
-
-    def __init__(
-        self, embedding: Embedding, local: np.ndarray, settings, device: torch.device
-    ) -> None:
-        self.settings = settings
-        self.local = local
-        cells = _low_res_cells(local, embedding)
-        features = embedding.features[0].float()  # (C, 64, 64)
-        patch = (cells // (prompts.LOW_RES // features.shape[-1])).to(features.device)
-        vectors = features[:, patch[:, 0], patch[:, 1]].T
-        self.vectors = torch.nn.functional.normalize(vectors, dim=1).to(device)  # (P, C)
-        self.cells = cells.to(device)  # (P, 2)
-        self.found: list[int] = []
-        self.empty: list[int] = []
-        self.covered = torch.zeros(
-            (prompts.LOW_RES, prompts.LOW_RES), dtype=torch.bool, device=device
-        )
-        # skip_distance in window pixels -> low-res cells (a window pixel is resized by
-        # input_size / original_size into the encoder frame, LOW_RES_STRIDE pixels per cell)
-        cells_per_pixel = embedding.input_size[0] / embedding.original_size[0] / LOW_RES_STRIDE
-        self.reach = math.ceil(settings.skip_distance * cells_per_pixel - 1e-9)
-        self.valid = _valid_fraction(embedding)
-        self.decoded = self.skipped = 0
-
-    def select(self, batch: np.ndarray) -> np.ndarray:
-        """The points of a batch still worth decoding."""
-        if self.settings.skip_covered:
-            covered = self.covered
-            if self.reach > 0:
-                side = 2 * self.reach + 1
-                covered = F.max_pool2d(covered[None, None].float(), side, 1, self.reach)[0, 0] > 0
-            cells = self.cells[batch]
-            batch = self._skip(batch, ~covered[cells[:, 0], cells[:, 1]].cpu().numpy())
-        # Background is recognised only by comparison: it needs examples of both kinds.
-        if (
-            self.settings.skip_margin is not None
-            and self.decoded >= SKIP_WARMUP
-            and self.empty
-            and self.found
-            and len(batch)
-        ):
-            vectors = self.vectors[batch]
-            empty_similarity = (vectors @ self.vectors[self.empty].T).amax(dim=1)
-            found_similarity = (vectors @ self.vectors[self.found].T).amax(dim=1)
-            batch = self._skip(
-                batch,
-                (empty_similarity - found_similarity < self.settings.skip_margin).cpu().numpy(),
-            )
-        return batch
-
-    def _skip(self, batch: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        self.skipped += int((~keep).sum())
-        return batch[keep]
-
-    def decode(self, predictor: Predictor, batch: np.ndarray):
-        """Three candidates per point, flattened: (3B, 256, 256) logits, (3B,) scores and
-        stability.
-        """
-        settings = self.settings
-        out = predictor.predict_low_res(self.local[batch][:, None, :], multimask=True)
-        logits = out.logits.reshape(-1, prompts.LOW_RES, prompts.LOW_RES).float()
-        scores = out.scores.reshape(-1).float()
-        stability = stability_scores(logits, settings.stability_offset)
-        self.learn(batch, logits, scores, stability)
-        return logits, scores, stability
-
-    def learn(
-        self, batch: np.ndarray, logits: torch.Tensor, scores: torch.Tensor, stability: torch.Tensor
-    ) -> None:
-        """Update coverage and the found / empty sets from a decoded batch."""
-        settings = self.settings
-        area = (logits > 0).flatten(1).float().mean(dim=1) / self.valid  # fraction of the window
-        confident = (
-            (scores >= settings.pred_iou_thresh)
-            & (stability >= settings.stability_score_thresh)
-            & (area > 0)
-        )
-        # A mask over (nearly) the whole window covers nothing: it would hide every object.
-        covering = confident & (area <= settings.max_area_fraction)
-        if covering.any():
-            self.covered |= (logits[covering] > 0).any(dim=0)
-        # The point found an object if a confident, object-sized mask contains it (a point
-        # beside a nucleus may return that nucleus: its embedding is still background's).
-        cells = self.cells[batch].repeat_interleave(logits.shape[0] // len(batch), dim=0)
-        objects_axis = torch.arange(len(logits), device=logits.device)
-        inside = logits[objects_axis, cells[:, 0], cells[:, 1]] > 0
-        objects = (
-            (confident & inside & (area < settings.background_fraction))
-            .view(len(batch), -1)
-            .any(dim=1)
-            .cpu()
-            .numpy()
-        )
-        self.found.extend(batch[objects].tolist())
-        self.empty.extend(batch[~objects].tolist())
-        self.decoded += len(batch)
-
-
-def _valid_fraction(embedding: Embedding) -> float:
-    """Fraction of the 256x256 logits that lies inside the resized window."""
-    frame = prompts.LOW_RES * LOW_RES_STRIDE
-    return (embedding.input_size[0] / frame) * (embedding.input_size[1] / frame)
-
-
-def _low_res_cells(local: np.ndarray, embedding: Embedding) -> torch.Tensor:
-    """(P, 2) window (row, col) -> (P, 2) int64 (row, col) of their low-res logit, on the
-    CPU."""
-    xy = prompts.to_encoder_xy(local, embedding.original_size, embedding.input_size)
-    cells = np.floor(xy[:, ::-1] / LOW_RES_STRIDE).astype(np.int64)
-    return torch.from_numpy(np.clip(cells, 0, prompts.LOW_RES - 1))
