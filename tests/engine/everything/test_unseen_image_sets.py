@@ -51,8 +51,7 @@ def segment(predictor, item, settings, **tiling):
 
 def matched_labels(predicted: np.ndarray, truth: np.ndarray) -> set[int]:
     """Ids of the labelled objects matched one-to-one at IoU 0.5."""
-    overlap = instance_overlap(predicted, truth)
-    return {int(overlap.true_ids[j]) for _, j in overlap.matches(0.5)}
+    return {true for _, true, _ in instance_overlap(predicted, truth).matches(0.5)}
 
 
 def check_against_every_point(defaults: np.ndarray, every: np.ndarray, truth: np.ndarray):

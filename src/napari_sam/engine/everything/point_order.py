@@ -5,8 +5,11 @@ nothing (they sit in the background, or inside an object already found). Two rul
 that work, both of which check themselves on the image at hand instead of trusting a
 threshold tuned elsewhere:
 
-* **Coverage** (safe by construction): a point inside a confident mask found earlier, or
-  within ``skip_distance`` pixels of one, is not decoded; the object there is found.
+* **Coverage**: a point inside a confident, object-sized mask found earlier, or within
+  ``skip_distance`` pixels of one, is not decoded; the object there is found. A mask
+  covers only cells within ``COVER_REACH`` equivalent radii of its own prompt, so a mask of
+  two touching nuclei leaves the far one its grid points, and background-sized masks cover
+  nothing.
 * **Ranked decoding with a stop rule**: after a coarse warm-up, a logistic regression is
   fitted, on this image alone, from the image-embedding vector at each decoded point to
   whether that point found an object. The undecoded points are decoded most-promising
@@ -36,6 +39,8 @@ LOW_RES_STRIDE = 4  # encoder-frame pixels per low-resolution logit
 WARMUP = 16  # the coarse 4 x 4 grid, decoded first, in grid order
 RIDGE = 1.0  # L2 penalty of the per-image logistic regression (features are unit vectors)
 MAX_EXAMPLES = 256  # per class: fitting stays a few milliseconds on dense images
+NEIGHBOURHOOD = 3  # patches (a side) around a point whose best score ranks it
+COVER_REACH = 1.5  # a mask covers cells within this many equivalent radii of its prompt
 MIN_AUC = 0.9  # cross-validated separation the classifier needs before the stop rule may fire
 
 
@@ -137,10 +142,11 @@ class GridState:
         pixels = positive.flatten(1).sum(dim=1).clamp(min=1)
         fresh = (positive & ~self.covered).flatten(1).sum(dim=1) / pixels
         objects = (sized & (fresh >= 0.5)).view(len(batch), -1).any(dim=1).cpu().numpy()
-        # Only object-sized masks cover: a confident background mask (the cells as holes)
-        # would hide every small or dim object whose hole it fills or blurs.
+        # Only object-sized masks cover, and only near their prompt: a background mask (the
+        # cells as holes) would hide every small or dim object whose hole it fills, and a
+        # mask of two touching nuclei the one its prompt was not on.
         if sized.any():
-            found = positive[sized].any(dim=0)
+            found = (positive[sized] & self._near_prompt(batch, sized, positive, pixels)).any(dim=0)
             self.covered |= found
             found = found.float()[None, None]
             pooled = F.avg_pool2d(found, self.patch_stride)[0, 0]
@@ -153,6 +159,35 @@ class GridState:
         if ranked:
             for hit in objects:
                 self.empty_run = 0 if hit else self.empty_run + 1
+
+    def _near_prompt(
+        self,
+        batch: np.ndarray,
+        covering: torch.Tensor,
+        positive: torch.Tensor,
+        pixels: torch.Tensor,
+    ) -> torch.Tensor:
+        """(K, 256, 256) bool: cells within COVER_REACH equivalent radii of the prompt of
+        each covering mask. A mask vouches for the object at its prompt: the far nucleus of
+        a two-nucleus mask keeps its own grid points."""
+        masks = positive[covering]
+        cells = self.cells[batch].repeat_interleave(3, dim=0)[covering]  # (K, 2)
+        on_mask = masks[torch.arange(len(masks)), cells[:, 0], cells[:, 1]]
+        # a mask found from beside it (a small nucleus between grid points) is anchored at
+        # its own centre
+        grid = torch.stack(
+            torch.meshgrid(
+                *(torch.arange(prompts.LOW_RES, device=masks.device),) * 2, indexing="ij"
+            )
+        ).float()  # (2, 256, 256)
+        weight = masks.float()
+        centres = (weight[:, None] * grid).flatten(2).sum(2) / weight.flatten(1).sum(1)[:, None]
+        cells = torch.where(on_mask[:, None], cells.float(), centres)
+        radius = COVER_REACH * torch.sqrt(pixels[covering].float() / math.pi)  # (K,)
+        axis = torch.arange(prompts.LOW_RES, device=cells.device, dtype=torch.float32)
+        rows = (axis[None, :] - cells[:, :1]) ** 2  # (K, 256)
+        cols = (axis[None, :] - cells[:, 1:]) ** 2
+        return rows[:, :, None] + cols[:, None, :] <= (radius**2)[:, None, None]
 
     def _can_rank(self) -> bool:
         """Ranking needs the stop rule on and examples of both outcomes."""
@@ -199,7 +234,8 @@ class GridState:
         side = self.patch_side
         values = values.view(side, side).float()
         values = values.masked_fill(~self.inside | (self.objects >= 0.5), -1e4)
-        around = F.max_pool2d(values[None, None], 3, 1, 1)[0, 0].flatten()
+        around = F.max_pool2d(values[None, None], NEIGHBOURHOOD, 1, NEIGHBOURHOOD // 2)[0, 0]
+        around = around.flatten()
         return around[self.point_patch[candidates]].cpu().numpy()
 
     def _spread(self, ranked: np.ndarray, size: int) -> np.ndarray:
