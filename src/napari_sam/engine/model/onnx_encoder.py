@@ -93,6 +93,10 @@ class OnnxImageEncoder(nn.Module):
         Intra-op threads; default ``torch.get_num_threads()``.
     """
 
+    # The exported graph is fp32 and torch.autocast does not reach ONNX Runtime: a
+    # Predictor given this encoder encodes in fp32 (encoder_precision in precision.py).
+    precision = "fp32"
+
     def __init__(self, path: Path, threads: int | None = None) -> None:
         super().__init__()
         ort = _import_onnxruntime()

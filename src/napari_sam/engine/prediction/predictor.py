@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from napari_sam.engine.model.loading import SamModel, load_model
+from napari_sam.engine.model.precision import AUTO, encoder_autocast, encoder_precision
 from napari_sam.engine.network.fast_decoder import FastDecoder, ImageContext
 from napari_sam.engine.prediction import prompts
 from napari_sam.engine.prediction.output_checks import check_embedding, check_finite
@@ -65,6 +66,16 @@ class Predictor:
     device : str, optional
         Torch device for a model given by name; ``None`` is the CPU unless an accelerator
         type is verified (docs/devices.md); ``"auto"`` picks cuda, mps, then cpu.
+    precision : str
+        The encoder's arithmetic: ``"auto"`` (bf16 on a CPU with native bfloat16, fp32
+        elsewhere), ``"fp32"`` or ``"bf16"`` (docs/precision.md). The decoder runs in
+        fp32 either way. The resolved one is :attr:`precision`.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown ``precision``, ``"bf16"`` on a GPU, or ``"bf16"`` with an encoder
+        that runs in fp32 only (ONNX Runtime).
 
     Examples
     --------
@@ -73,8 +84,14 @@ class Predictor:
     >>> mask = predictor.predict(points=[(120, 88)]).best_mask   # doctest: +SKIP
     """
 
-    def __init__(self, model: str | Path | SamModel = "vit_t", device: str | None = None):
+    def __init__(
+        self,
+        model: str | Path | SamModel = "vit_t",
+        device: str | None = None,
+        precision: str = AUTO,
+    ):
         self.model = model if isinstance(model, SamModel) else load_model(model, device)
+        self.precision = encoder_precision(precision, self.model)  # "fp32" or "bf16"
         self._embedding: Embedding | None = None
         self._upsampler: LogitUpsampler | None = None
         self._context: ImageContext | None = None
@@ -143,8 +160,11 @@ class Predictor:
         size = self.model.input_size
         resized = resize_longest_side(rgb, size)
         pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].float()
-        with torch.inference_mode(), stop_points(self.model.module.image_encoder, should_stop):
-            features = self.model.module(pixels.to(self.model.device))
+        encoder = self.model.module.image_encoder
+        with torch.inference_mode(), stop_points(encoder, should_stop):
+            with encoder_autocast(self.precision, self.model.device):
+                features = self.model.module(pixels.to(self.model.device))
+            features = features.float()  # bf16 leaves as float32: the decoder stays fp32
             check_finite(self.model, features, "image embedding")
         return Embedding(
             features=features,
@@ -152,6 +172,7 @@ class Predictor:
             original_size=image.shape[:2],
             model_id=self.model.model_id,
             normalization=normalization,
+            precision=self.precision,
         )
 
     def set_embedding(self, embedding: Embedding) -> None:

@@ -27,6 +27,7 @@ class Embedding:
     original_size: tuple[int, int]  # (rows, cols) of the image given to set_image
     model_id: str  # weights that computed it (name@sha256-prefix)
     normalization: Normalization  # intensity mapping and channel choice used
+    precision: str = "fp32"  # the encoder's arithmetic, "fp32" or "bf16" (features are float32)
 
 
 @dataclass(frozen=True, eq=False)
