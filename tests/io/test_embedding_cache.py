@@ -103,7 +103,13 @@ def test_annotation_session_uses_the_cache_as_backend(tmp_path, volume, predicto
     plain = AnnotationSession(predictor, volume, normalization=session.normalization)
     plain.store.backend = EmbeddingCache.open(
         tmp_path / "c.zarr",
-        cache_signature(volume, plain.layout, plain.model_id, plain.normalization),
+        cache_signature(
+            volume,
+            plain.layout,
+            plain.model_id,
+            plain.normalization,
+            precision=plain.predictor.precision,
+        ),
         plain.layout,
     )
     calls = counting(plain)

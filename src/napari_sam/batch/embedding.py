@@ -19,6 +19,8 @@ import numpy as np
 
 from napari_sam.engine.annotation.session import AnnotationSession
 from napari_sam.engine.annotation.tiled_session import TiledSession, open_session
+from napari_sam.engine.model.precision import AUTO
+from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import InvalidInputError
 from napari_sam.io.embedding_cache import EmbeddingCache, cache_signature
 from napari_sam.io.store_lock import StoreLock
@@ -49,6 +51,7 @@ def open_cached_session(
     halo: int | None = None,
     upscale: float = 1.0,
     lock: StoreLock | None = None,
+    precision: str = AUTO,
 ) -> AnnotationSession:
     """A session whose embeddings persist in ``cache_path`` (tiled for large planes).
 
@@ -60,7 +63,11 @@ def open_cached_session(
     cache's :class:`~napari_sam.io.store_lock.StoreLock` held by the caller, keeps other
     runs from creating or replacing the cache for as long as the caller holds it (as
     ``napari-sam embed`` does for its whole run); without it the lock is taken only while
-    the cache is created or replaced.
+    the cache is created or replaced. ``model`` is a registry name, checkpoint file,
+    :class:`~napari_sam.engine.model.loading.SamModel` or a ready
+    :class:`~napari_sam.engine.prediction.predictor.Predictor` (which keeps its own
+    precision); ``precision`` (auto, fp32, bf16) is the encoder's for the others. The
+    cache records the resolved precision: a cache of the other one is a mismatch.
 
     Raises
     ------
@@ -72,7 +79,8 @@ def open_cached_session(
     StoreInUseError
         The cache must be created or replaced while another run writes it.
     """
-    session = open_session(model, data, channel_axis, channel, capacity, tile, halo, upscale)
+    predictor = model if isinstance(model, Predictor) else Predictor(model, precision=precision)
+    session = open_session(predictor, data, channel_axis, channel, capacity, tile, halo, upscale)
     tiling = (
         (session.tile, session.halo, session.upscale)
         if isinstance(session, TiledSession)
@@ -87,6 +95,7 @@ def open_cached_session(
         tile=tiling[0],
         halo=tiling[1],
         upscale=tiling[2],
+        precision=predictor.precision,
     )
     cache = EmbeddingCache.open(
         cache_path, signature, session.layout, overwrite=overwrite, lock=lock

@@ -3,7 +3,9 @@
 Two caches are interchangeable iff their :class:`CacheSignature` is equal: the data's
 shape and dtype, a content fingerprint from a few sampled planes (never the whole
 volume, :func:`data_fingerprint`), the model and its weights, the intensity
-normalisation, tile, halo, upscale factor and feature dtype. The package version is not
+normalisation, tile, halo, upscale factor, feature dtype and the encoder's precision
+(caches written before precision was recorded read as fp32, which they are). The package
+version is not
 part of it (format version 1 held it; :meth:`CacheSignature.from_dict` drops it), so a
 new release reuses the caches of the last. See :mod:`napari_sam.io.embedding_cache`.
 """
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from napari_sam.engine.model.precision import BF16, FP32
 from napari_sam.engine.prediction.planes import PlaneLayout, PlaneView, read_plane
 from napari_sam.engine.prediction.preprocess import LARGE_PLANE_PIXELS, Normalization, sample_plane
 from napari_sam.engine.tiling.grid import check_upscale, tile_grid
@@ -41,6 +44,7 @@ class CacheSignature:
     halo: int  # overlap between tiles in pixels
     feature_dtype: str  # "float32" or "float16"
     upscale: float = 1.0  # encoder pixels per plane pixel, at least (caches before tiles: 1)
+    precision: str = "fp32"  # the encoder's arithmetic, "fp32" or "bf16" (caches before: fp32)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, **asdict(self)}
@@ -51,6 +55,7 @@ class CacheSignature:
         skip = ("format", "version", "package_version")
         fields = {k: v for k, v in payload.items() if k not in skip}
         fields.setdefault("upscale", 1.0)  # caches written before tiles were stored
+        fields.setdefault("precision", "fp32")  # caches written before bf16 was offered
         fields["data_shape"] = tuple(fields["data_shape"])
         norm = list(fields["normalization"])
         norm[3] = None if norm[3] is None else tuple(norm[3])
@@ -100,17 +105,30 @@ def cache_signature(
     tile: int | None = None,
     halo: int = 0,
     upscale: float = 1.0,
+    precision: str = "fp32",
 ) -> CacheSignature:
     """The signature a cache for this data and these settings must carry.
 
     ``tile`` None (whole planes) or the interior side in pixels, with ``halo`` and
-    ``upscale`` as resolved by :func:`~napari_sam.engine.tiling.grid.resolve_tiling`.
+    ``upscale`` as resolved by :func:`~napari_sam.engine.tiling.grid.resolve_tiling`;
+    ``precision`` the encoder's, resolved (``Predictor.precision``: fp32 or bf16).
+
+    Raises
+    ------
+    InvalidInputError
+        A bad tile or halo, ``feature_dtype`` other than float32 or float16, or
+        ``precision`` other than fp32 or bf16.
     """
     if tile is not None:
         tile_grid(layout.plane_shape, tile, halo)  # validates tile and halo
     if feature_dtype not in ("float32", "float16"):
         raise InvalidInputError(
             f"feature_dtype must be 'float32' or 'float16'; got {feature_dtype!r}."
+        )
+    if precision not in (FP32, BF16):
+        raise InvalidInputError(
+            f"A cache records the precision the encoder ran in, 'fp32' or 'bf16'; got "
+            f"{precision!r} (resolve 'auto' first, e.g. with Predictor(...).precision)."
         )
     n = normalization
     return CacheSignature(
@@ -124,4 +142,5 @@ def cache_signature(
         halo=int(halo),
         feature_dtype=feature_dtype,
         upscale=check_upscale(upscale),
+        precision=precision,
     )

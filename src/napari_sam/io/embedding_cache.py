@@ -15,16 +15,18 @@ The group's ``napari_sam`` attribute is the
 :class:`~napari_sam.io.cache_signature.CacheSignature` with the format version (2): data
 shape and dtype, a content fingerprint from a few sampled planes (never the whole
 volume), the model and its weights, the intensity normalisation, tile, halo, upscale
-factor and feature dtype; never the package version, so a new release reuses the caches
-of the last. Version 1 caches (the same arrays, a signature that also held
-``package_version``) are read as they are. ``written_by`` records the release that
-created the cache, for information. A tile's window (and so its embedding's original
-size) follows from the plane shape, tile and halo. Opening a cache with another
-signature raises :class:`~napari_sam.errors.CacheMismatchError`; ``overwrite`` replaces
-only a folder holding nothing but a cache (see :mod:`napari_sam.io.stores`), under the
-cache's :class:`~napari_sam.io.store_lock.StoreLock`. Chunks are written atomically by
-zarr's local store; a plane or tile counts only once its ``complete`` flag is set after
-its data and checksum, and one whose chunks fail to decode or whose checksum no longer
+factor, feature dtype and the encoder's precision (fp32 or bf16; older caches read as
+fp32), so planes encoded in one precision never join a cache of the other; never the
+package version, so a new release reuses the caches of the last. Version 1 caches (the
+same arrays, a signature that also held ``package_version``) are read as they are.
+``written_by`` records the release that created the cache, for information. A tile's
+window (and so its embedding's original size) follows from the plane shape, tile and
+halo. Opening a cache with another signature raises
+:class:`~napari_sam.errors.CacheMismatchError`; ``overwrite`` replaces only a folder
+holding nothing but a cache (see :mod:`napari_sam.io.stores`), under the cache's
+:class:`~napari_sam.io.store_lock.StoreLock`. Chunks are written atomically by zarr's
+local store; a plane or tile counts only once its ``complete`` flag is set after its
+data and checksum, and one whose chunks fail to decode or whose checksum no longer
 matches (a damaged or deleted chunk) is treated as missing, so an interrupted or
 corrupted run resumes by recomputing exactly what is missing. Disk errors (permissions,
 a full disk) raise :class:`~napari_sam.errors.StoreAccessError` instead of passing for
@@ -263,6 +265,7 @@ class EmbeddingCache:
             original_size=self._original_size(tile),
             model_id=self.signature.model_id,
             normalization=self.normalization,
+            precision=self.signature.precision,
         )
 
     def save(
@@ -272,6 +275,8 @@ class EmbeddingCache:
 
         Raises
         ------
+        CacheMismatchError
+            The embedding was computed by other weights, or in another precision.
         StoreAccessError
             The disk refused a write (permissions, a full disk).
         """
@@ -279,6 +284,12 @@ class EmbeddingCache:
             raise CacheMismatchError(
                 f"Embedding by {embedding.model_id} cannot go into a cache for "
                 f"{self.signature.model_id}."
+            )
+        if embedding.precision != self.signature.precision:
+            raise CacheMismatchError(
+                f"An embedding computed in {embedding.precision} cannot go into a cache of "
+                f"{self.signature.precision} embeddings: encode with "
+                f"precision={self.signature.precision!r}, or use another cache."
             )
         index = self._index(key, tile)
         if tuple(embedding.original_size) != self._original_size(tile):
@@ -378,5 +389,5 @@ def _mismatch(path: Path, signature: CacheSignature, existing: CacheSignature) -
         f"The embedding cache {path} was made for other data or settings:\n  - "
         + "\n  - ".join(signature.differences(existing))
         + "\nUse another cache path, the cache's own settings (e.g. --tile/--halo/"
-        "--upscale), or overwrite=True to start afresh."
+        "--upscale/--precision), or overwrite=True to start afresh."
     )

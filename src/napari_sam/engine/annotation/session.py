@@ -86,8 +86,9 @@ class AnnotationSession:
 
     Parameters
     ----------
-    model : str, pathlib.Path or SamModel
-        As for :class:`~napari_sam.engine.prediction.predictor.Predictor`.
+    model : str, pathlib.Path, SamModel or Predictor
+        As for :class:`~napari_sam.engine.prediction.predictor.Predictor`, or a predictor
+        to use as it is (with its device and precision).
     data : array-like
         (rows, cols), (..., rows, cols), or with a trailing channel axis.
     channel_axis : bool
@@ -104,7 +105,7 @@ class AnnotationSession:
 
     def __init__(
         self,
-        model: str | Path | SamModel,
+        model: str | Path | SamModel | Predictor,
         data,
         channel_axis: bool = False,
         channel: int | None = None,

@@ -29,6 +29,7 @@ from napari_sam.engine.annotation.session import (
 )
 from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.prediction.planes import PlaneKey, PlaneView, plane_layout
+from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import Normalization
 from napari_sam.engine.tiling.grid import check_upscale, resolve_tiling
 from napari_sam.engine.tiling.prompting import TileBackend, TiledPlane
@@ -60,7 +61,7 @@ class TiledSession(AnnotationSession):
 
     def __init__(
         self,
-        model: str | Path | SamModel,
+        model: str | Path | SamModel | Predictor,
         data,
         channel_axis: bool = False,
         channel: int | None = None,
@@ -165,7 +166,7 @@ class TiledSession(AnnotationSession):
 
 
 def open_session(
-    model: str | Path | SamModel,
+    model: str | Path | SamModel | Predictor,
     data,
     channel_axis: bool = False,
     channel: int | None = None,
