@@ -46,6 +46,7 @@ PARAMETER_FLAGS: dict[str, str | None] = {
     "key": "key",
     "level": "level",
     "overwrite": "overwrite",  # a switch: overwrite=True reads --overwrite
+    "precision": "precision",
     "channel_weights": None,
 }
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from napari_sam.engine.everything.segmenter import segment_plane
 from napari_sam.engine.model.loading import SamModel, load_model
+from napari_sam.engine.model.precision import AUTO
 from napari_sam.engine.prediction.planes import PlaneLayout, plane_layout, read_plane
 from napari_sam.engine.prediction.preprocess import Normalization
 from napari_sam.errors import InvalidInputError
@@ -151,15 +152,18 @@ def segment_slice(job: SliceJob, predictor, stack: OpenStack | None = None) -> S
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """A model with the options a user named: a checkpoint's architecture, a device.
+    """A model with the options a user named: a checkpoint's architecture, a device, the
+    encoder's precision.
 
     A picklable model factory, so workers load it themselves; :func:`model_identity`
-    reads its id without building the network.
+    reads its id without building the network, :func:`load_predictor` gives each
+    worker's predictor the precision (``"auto"`` is resolved on the worker's own CPU).
     """
 
     model: str  # registry name or checkpoint file
     architecture: str | None = None  # registry name of a checkpoint file's architecture
     device: str | None = None  # torch device; None: the CPU (see docs/devices.md)
+    precision: str = AUTO  # the encoder's: auto, fp32 or bf16 (docs/precision.md)
 
     def __call__(self) -> SamModel:
         return load_model(self.model, self.device, architecture=self.architecture)
@@ -167,11 +171,12 @@ class ModelChoice:
 
 def load_predictor(model: ModelSource):
     """A :class:`~napari_sam.engine.prediction.predictor.Predictor` for a model name, file or
-    factory.
+    factory (with the precision of a :class:`ModelChoice`; ``"auto"`` for the others).
     """
     from napari_sam.engine.prediction.predictor import Predictor
 
-    return Predictor(model() if callable(model) else model)
+    precision = model.precision if isinstance(model, ModelChoice) else AUTO
+    return Predictor(model() if callable(model) else model, precision=precision)
 
 
 def model_identity(model: ModelSource) -> str:

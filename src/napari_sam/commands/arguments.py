@@ -38,6 +38,25 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
 
 
+PRECISION_HELP = (
+    "the encoder's arithmetic: auto (default: bf16 on CPUs with native bf16, i.e. "
+    "avx512_bf16, AMX or Arm bf16; fp32 elsewhere), fp32, or bf16 (slow on CPUs without "
+    "native bf16); see docs/precision.md"
+)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--precision {auto,fp32,bf16}`` to a subcommand that runs the encoder.
+
+    The value reaches :class:`~napari_sam.engine.prediction.predictor.Predictor` as
+    ``precision=``, which resolves ``auto`` on the CPU that runs it
+    (:func:`~napari_sam.engine.model.precision.resolve_precision`).
+    """
+    from napari_sam.engine.model.precision import AUTO, PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default=AUTO, help=PRECISION_HELP)
+
+
 def parse_z_range(text: str) -> tuple[int, int]:
     """A z-range as the command line writes it, ``"START:STOP"``, as ``(start, stop)``.
 

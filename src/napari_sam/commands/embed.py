@@ -6,7 +6,11 @@ import argparse
 import sys
 
 # The flags' defaults and help texts are read from the model registry and the tiling.
-from napari_sam.commands.arguments import add_architecture_argument, add_device_argument
+from napari_sam.commands.arguments import (
+    add_architecture_argument,
+    add_device_argument,
+    add_precision_argument,
+)
 from napari_sam.engine.model import DEFAULT_MODEL
 from napari_sam.engine.tiling.grid import DEFAULT_HALO, DEFAULT_WINDOW
 
@@ -25,6 +29,7 @@ def register(commands) -> None:
     )
     add_architecture_argument(embed)
     add_device_argument(embed)
+    add_precision_argument(embed)
     embed.add_argument("--key", help="series (TIFF) or array path (zarr) inside the input")
     embed.add_argument("--level", type=int, default=0, help="OME-Zarr resolution level (0 = full)")
     embed.add_argument(
@@ -96,6 +101,7 @@ def run_embed(args: argparse.Namespace) -> int:
             halo=args.halo,
             upscale=args.upscale,
             lock=lock,
+            precision=args.precision,
         )
         _embed_planes(args, session, volume.axes)
     return 0
@@ -129,7 +135,7 @@ def _embed_planes(args: argparse.Namespace, session, axes: str) -> None:
     print(
         f"{args.cache}: {summary.planes} planes, {tiling}, {summary.encoded}{counted} encoded now, "
         f"{summary.reused}{counted} already cached, {summary.seconds:.1f} s "
-        f"({session.model_id}, axes {axes})"
+        f"({session.model_id}, encoder {session.predictor.precision}, axes {axes})"
     )
 
 

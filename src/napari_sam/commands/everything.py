@@ -12,9 +12,14 @@ from napari_sam.batch.settings import (
     MIN_SLICES_PER_WORKER,
     StackSettings,
 )
-from napari_sam.commands.arguments import add_architecture_argument, add_device_argument
+from napari_sam.commands.arguments import (
+    add_architecture_argument,
+    add_device_argument,
+    add_precision_argument,
+)
 from napari_sam.engine.everything.linking import LinkingSettings
 from napari_sam.engine.everything.settings import EverythingSettings
+from napari_sam.engine.model.precision import AUTO
 
 # Flags that override one EverythingSettings field each; omitted flags keep the engine's
 # defaults (shown in --help; documented with their evaluation in docs/everything.md).
@@ -68,6 +73,7 @@ def register(commands) -> None:
     )
     add_architecture_argument(parser)
     add_device_argument(parser)
+    add_precision_argument(parser)
     parser.add_argument(
         "--tile",
         type=int,
@@ -200,7 +206,7 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     if args.every_point:
         settings = settings.every_point()
     return StackSettings(
-        model=model_source(args.model, args.architecture, args.device),
+        model=model_source(args.model, args.architecture, args.device, args.precision),
         settings=settings,
         tile=args.tile,
         halo=args.halo,
@@ -208,16 +214,26 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
     )
 
 
-def model_source(model: str, architecture: str | None, device: str | None = None):
-    """``--model`` as a batch run loads it: the name, or the name with the options given."""
-    if architecture is None and device is None:
+def model_source(
+    model: str, architecture: str | None, device: str | None = None, precision: str = AUTO
+):
+    """``--model`` as a batch run loads it: the name, or the name with the options given.
+
+    Raises
+    ------
+    InvalidInputError
+        ``device`` is not on this machine, or ``precision`` is unknown or bf16 on a GPU
+        (said before any work).
+    """
+    if architecture is None and device is None and precision == AUTO:
         return model
     from napari_sam.batch.tasks import ModelChoice
+    from napari_sam.engine.model.precision import resolve_precision
     from napari_sam.engine.model.runtime import resolve_device
 
-    if device is not None:
-        resolve_device(device)  # a device that is not there: say so before any work
-    return ModelChoice(model, architecture, device)
+    if device is not None or precision != AUTO:
+        resolve_precision(precision, resolve_device(device))
+    return ModelChoice(model, architecture, device, precision)
 
 
 def _linking(args: argparse.Namespace) -> LinkingSettings | None:

@@ -21,7 +21,11 @@ COORDINATE_FLAGS = ("--point", "--negative", "--box")
 
 def register(commands) -> None:
     """Add the ``predict`` subcommand to the ``napari-sam`` parser."""
-    from napari_sam.commands.arguments import add_architecture_argument, add_device_argument
+    from napari_sam.commands.arguments import (
+        add_architecture_argument,
+        add_device_argument,
+        add_precision_argument,
+    )
     from napari_sam.engine.model import DEFAULT_MODEL  # not at the top: imports torch
 
     predict = commands.add_parser(
@@ -62,6 +66,7 @@ def register(commands) -> None:
         "--channel", type=int, help="channel index for multichannel images (last axis)"
     )
     add_device_argument(predict)
+    add_precision_argument(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
     predict.set_defaults(handler=run_predict)
 
@@ -119,7 +124,8 @@ def run_predict(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     normalization = compute_normalization(image, channel=args.channel)
     points, labels, box = _prompts(args, image.shape[:2])
-    predictor = Predictor(load_model(args.model, args.device, architecture=args.architecture))
+    model = load_model(args.model, args.device, architecture=args.architecture)
+    predictor = Predictor(model, precision=args.precision)
     predictor.set_image(image, normalization)
     prediction = predictor.predict(points=points, point_labels=labels, box=box)
     mask = prediction.best_mask.astype(np.uint8)
@@ -128,7 +134,8 @@ def run_predict(args: argparse.Namespace) -> int:
         save_overlay(args.overlay, normalization.apply(image), mask)
     print(
         f"wrote {args.out}: {int(mask.sum())} pixels, predicted IoU "
-        f"{prediction.scores[prediction.best]:.3f} ({predictor.model.model_id})"
+        f"{prediction.scores[prediction.best]:.3f} ({predictor.model.model_id}, encoder "
+        f"{predictor.precision})"
     )
     return 0
 
