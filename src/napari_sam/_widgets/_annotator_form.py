@@ -21,6 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam._widgets._precision_box import precision_box
+
 KEYS = {
     "Shift-C": ("commit", "commit the preview as new objects"),
     "Shift-X": ("clear_prompts", "clear the prompts of this plane"),
@@ -67,6 +69,8 @@ class AnnotatorForm(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_box)
         form.addRow("channel", self.channel_box)
+        self.precision_box = precision_box()
+        form.addRow("encoder precision", self.precision_box)
         self.cache_edit = QLineEdit()
         self.cache_edit.setPlaceholderText("optional: folder.zarr to keep embeddings")
         self.cache_edit.setToolTip(

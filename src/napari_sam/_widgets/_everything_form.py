@@ -22,6 +22,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam._widgets._precision_box import precision_box
+
 # (setting, label, minimum, maximum, step, tooltip) of the live thresholds.
 THRESHOLDS = (
     (
@@ -102,9 +104,11 @@ class EverythingForm(QWidget):
         )
         self.link_box = QCheckBox("link planes into 3D objects")
         self.link_box.setChecked(stack.linking is not None)
+        self.precision_box = precision_box()
         for name, box in (
             ("image", self.image_box),
             ("channel", self.channel_box),
+            ("encoder precision", self.precision_box),
             ("points per side", self.points_box),
             ("tile", self.tile_box),
             ("halo", self.halo_box),

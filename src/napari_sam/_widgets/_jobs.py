@@ -171,11 +171,23 @@ class Download:
         return f"loading model {name}: downloaded {self.done / 1e6:.0f}{total} MB ..."
 
 
-def open_predictor(model: Any, download: Download | None = None) -> Any:
-    """A Predictor for a registry name, checkpoint file or loaded model (torch thread)."""
+def open_predictor(model: Any, download: Download | None = None, precision: str = "auto") -> Any:
+    """A Predictor for a registry name, checkpoint file or loaded model (torch thread),
+    encoding in ``precision`` (auto, fp32 or bf16)."""
     from napari_sam.engine.model.loading import SamModel, load_model
     from napari_sam.engine.prediction.predictor import Predictor
 
     if isinstance(model, SamModel):
-        return Predictor(model)
-    return Predictor(load_model(model, progress=download))
+        return Predictor(model, precision=precision)
+    return Predictor(load_model(model, progress=download), precision=precision)
+
+
+def predictor_fits(predictor: Any, model: Any, precision: str) -> bool:
+    """True when ``predictor`` holds ``model`` (a registry name or that loaded model) and
+    encodes in ``precision`` as resolved on its device, so a widget may keep it."""
+    from napari_sam.engine.model.precision import resolve_precision
+
+    same_model = predictor.model is model or predictor.model.spec.name == model
+    return same_model and predictor.precision == resolve_precision(
+        precision, predictor.model.device
+    )

@@ -19,7 +19,7 @@ from qtpy.QtCore import QTimer
 
 from napari_sam._widgets._annotator_commits import CommitActions
 from napari_sam._widgets._annotator_form import NEW_LAYER, AnnotatorForm
-from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, report
+from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, predictor_fits, report
 from napari_sam.engine.annotation.objects import boxes_on_plane, on_plane
 from napari_sam.errors import InvalidInputError, NapariSamError, OperationCancelled
 
@@ -111,10 +111,14 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
         self._ensure_embedding()
 
     def _shared_model(self):
-        """The current session's predictor if it holds this model, else a new one (torch thread)."""
-        if self.session is not None and self.session.predictor.model.spec.name == self.model_name:
+        """The current session's predictor if it holds this model in the precision chosen,
+        else a new one (torch thread)."""
+        precision = self.precision_box.currentText()
+        if self.session is not None and predictor_fits(
+            self.session.predictor, self.model_name, precision
+        ):
             return self.session.predictor
-        return open_predictor(self.model_name, self._download)
+        return open_predictor(self.model_name, self._download, precision)
 
     def _show_loading(self) -> None:
         if self.jobs.kind == "load":

@@ -15,7 +15,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_sam._widgets._everything_form import EverythingForm
-from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, report
+from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, predictor_fits, report
 from napari_sam.errors import NapariSamError, OperationCancelled
 
 PREVIEW = "SAM everything preview"
@@ -150,6 +150,7 @@ class EverythingWidget(EverythingForm):
             self.halo_box.value(),
             self.points_box.value(),
             self.every_point_box.isChecked(),
+            self.precision_box.currentText(),
         )
         options = dict(
             data=layer.data,
@@ -165,10 +166,14 @@ class EverythingWidget(EverythingForm):
         """A new EverythingSession, with the current predictor or a newly loaded one."""
         from napari_sam.engine.everything.session import EverythingSession
 
+        precision = self.precision_box.currentText()
+        keep = self.session is not None and predictor_fits(
+            self.session.predictor, self.model_name, precision
+        )
         predictor = (
             self.session.predictor
-            if self.session is not None
-            else open_predictor(self.model_name, self._download)
+            if keep
+            else open_predictor(self.model_name, self._download, precision)
         )
         options = dict(options)
         return EverythingSession(predictor, options.pop("data"), **options)
