@@ -91,7 +91,6 @@ class GridState:
         self.decoded_mask = np.zeros(count, dtype=bool)
         self.empty_run = 0  # ranked points in a row that found nothing
         self.stopped = False  # the stop rule fired: the rest is skipped
-        self.separable = False  # the last classifier told its own examples apart
         self.decoded = self.skipped = 0
 
     @property
@@ -110,11 +109,11 @@ class GridState:
             return remaining[: min(size, WARMUP - self.decoded)]
         if not self._can_rank():
             return remaining[:size]
-        scores = self._foreground_scores(remaining)
-        if self.separable and self.empty_run >= self.settings.stop_after_empty:
+        if self.empty_run >= self.settings.stop_after_empty and self._separable():
             self._skip(remaining)
             self.stopped = True
             return remaining[:0]
+        scores = self._foreground_scores(remaining)
         ranked = remaining[np.argsort(-scores, kind="stable")]
         # A batch no longer than the stop run lets the rule fire as soon as it can.
         return self._spread(ranked, min(size, self.settings.stop_after_empty))
@@ -175,16 +174,12 @@ class GridState:
         on_mask = masks[torch.arange(len(masks)), cells[:, 0], cells[:, 1]]
         # a mask found from beside it (a small nucleus between grid points) is anchored at
         # its own centre
-        grid = torch.stack(
-            torch.meshgrid(
-                *(torch.arange(prompts.LOW_RES, device=masks.device),) * 2, indexing="ij"
-            )
-        ).float()  # (2, 256, 256)
-        weight = masks.float()
-        centres = (weight[:, None] * grid).flatten(2).sum(2) / weight.flatten(1).sum(1)[:, None]
+        axis = torch.arange(prompts.LOW_RES, device=masks.device, dtype=torch.float32)
+        row_mass, col_mass = masks.sum(dim=2).float(), masks.sum(dim=1).float()  # (K, 256)
+        total = row_mass.sum(dim=1, keepdim=True).clamp(min=1)
+        centres = torch.cat([row_mass @ axis[:, None], col_mass @ axis[:, None]], 1) / total
         cells = torch.where(on_mask[:, None], cells.float(), centres)
         radius = COVER_REACH * torch.sqrt(pixels[covering].float() / math.pi)  # (K,)
-        axis = torch.arange(prompts.LOW_RES, device=cells.device, dtype=torch.float32)
         rows = (axis[None, :] - cells[:, :1]) ** 2  # (K, 256)
         cols = (axis[None, :] - cells[:, 1:]) ** 2
         return rows[:, :, None] + cols[:, None, :] <= (radius**2)[:, None, None]
@@ -222,14 +217,22 @@ class GridState:
         self.open[indices] = False
         self.skipped += len(indices)
 
+    def _examples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's (features, targets): foreground then background patches."""
+        positives, negatives = self._training_patches()
+        features = torch.cat([self.patches[positives], self.patches[negatives]])
+        targets = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))])
+        return features, targets.to(features)
+
+    def _separable(self) -> bool:
+        """Whether the classifier tells apart examples it was not fitted on (checked only
+        when the stop rule is about to fire)."""
+        return cross_validated_auc(*self._examples()) >= MIN_AUC
+
     def _foreground_scores(self, candidates: np.ndarray) -> np.ndarray:
         """How likely each candidate point is to find an object not found yet: the
         classifier's best decision value over the not-yet-found patches around it."""
-        positives, negatives = self._training_patches()
-        features = torch.cat([self.patches[positives], self.patches[negatives]])
-        targets = torch.cat([torch.ones(len(positives)), torch.zeros(len(negatives))]).to(features)
-        weights = fit_logistic(features, targets)
-        self.separable = cross_validated_auc(features, targets) >= MIN_AUC
+        weights = fit_logistic(*self._examples())
         values = self.patches @ weights[1:] + weights[0]
         side = self.patch_side
         values = values.view(side, side).float()
