@@ -69,7 +69,9 @@ def predictors(default_weights):
     """(CPU predictor, device predictor) of the default weights."""
     from napari_sam.engine.prediction.predictor import Predictor
 
-    cpu, device = Predictor("vit_t", device="cpu"), Predictor("vit_t", device=DEVICE)
+    # fp32 on both: auto would be bf16 on a CPU with native bf16 (docs/precision.md)
+    cpu = Predictor("vit_t", device="cpu", precision="fp32")
+    device = Predictor("vit_t", device=DEVICE, precision="fp32")
     assert next(device.model.module.parameters()).device.type == torch.device(DEVICE).type
     return cpu, device
 
@@ -197,6 +199,7 @@ def _cached_session(predictor, data, path, tile=None):
         session.normalization,
         tile=tile,
         halo=0 if tile is None else HALO,
+        precision=predictor.precision,
     )
     cache = EmbeddingCache.open(path, signature, session.layout)
     if tile is None:
