@@ -34,7 +34,7 @@ class EverythingSettings:
     min_region_area: int = 0  # remove islands and fill holes smaller than this (pixels)
     skip_covered: bool = True  # do not prompt grid points inside confident masks
     skip_distance: float = 2.0  # ... nor within this many pixels of one (needs skip_covered)
-    stop_after_empty: int | None = 32  # after the coarse warm-up, decode the points this
+    stop_after_empty: int | None = 64  # after the coarse warm-up, decode the points this
     # image's own classifier ranks most likely to find an object first, and stop once this
     # many in a row found none (None: decode every point that coverage does not skip)
     crop_layers: int = 0  # zoomed crop layers (each re-encodes 4^k crops)
