@@ -20,6 +20,7 @@ def bf16_embedding(tiny_model, image_300x500):
 def test_default_is_auto_resolved_from_the_cpu(tiny_model, monkeypatch):
     from napari_sam.engine.model import precision
 
+    monkeypatch.setattr(precision, "AUTO_CHOOSES_BF16", True)  # the switch issue 18 awaits
     monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(True, "amx_bf16"))
     assert Predictor(tiny_model).precision == "bf16"
     monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(False, "x86"))
