@@ -78,7 +78,7 @@ def test_the_guarantee_holds_in_each_tile_of_a_tiled_plane(predictor):
     16 x 16 grid per tile keeps the every-point run short)."""
     item = image_of("scratch_nuclei", "scratch nuclei[z=2]")
     settings = replace(EverythingSettings(), points_per_side=16)
-    tiling = {"tile": 192, "halo": 32}
+    tiling = {"tile": 224, "halo": 32}  # one row of three tiles
     every_candidates, every = segment(predictor, item, settings.every_point(), **tiling)
     candidates, defaults = segment(predictor, item, settings, **tiling)
     assert len(candidates.views) == 3
