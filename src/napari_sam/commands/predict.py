@@ -26,6 +26,7 @@ def register(commands) -> None:
         add_device_argument,
         add_precision_argument,
     )
+    from napari_sam.commands.predict_stack import add_stack_arguments
     from napari_sam.engine.model import DEFAULT_MODEL  # not at the top: imports torch
 
     predict = commands.add_parser(
@@ -33,7 +34,9 @@ def register(commands) -> None:
         help="segment one object from point and/or box prompts",
         description="Segment one object of a 2D image from prompts; writes a 0/1 mask.",
     )
-    predict.add_argument("image", help="2D image file (.tif, .png, .jpg, .npy)")
+    predict.add_argument(
+        "image", help="2D image file (.tif, .png, .jpg, .npy); with --prompts, also a stack"
+    )
     predict.add_argument(
         "--point",
         type=coordinate_pair,
@@ -56,7 +59,9 @@ def register(commands) -> None:
         metavar="ROW0,COL0,ROW1,COL1",
         help="a box around the object, corners inclusive",
     )
-    predict.add_argument("--out", required=True, help="output mask (.tif, .png or .npy)")
+    predict.add_argument(
+        "--out", required=True, help="output mask (.tif, .png or .npy; labels with --prompts)"
+    )
     predict.add_argument("--overlay", help="also write the mask over the image as a PNG")
     predict.add_argument(
         "--model", default=DEFAULT_MODEL, help="model name or checkpoint file (default %(default)s)"
@@ -68,6 +73,7 @@ def register(commands) -> None:
     add_device_argument(predict)
     add_precision_argument(predict)
     predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_stack_arguments(predict)
     predict.set_defaults(handler=run_predict)
 
 
@@ -119,6 +125,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_sam.io.images import read_image, write_labels
     from napari_sam.io.overlay import save_overlay
 
+    if args.prompts:
+        from napari_sam.commands.predict_stack import run_prompts
+
+        return run_prompts(args)
     _check_request(args)
     _check_image_path(Path(args.image))
     image = read_image(args.image)
@@ -149,8 +159,11 @@ def _check_request(args: argparse.Namespace) -> None:
 
     if not (args.point or args.negative or args.box):
         raise InvalidInputError(
-            "Give at least one prompt: --point ROW,COL or --box ROW0,COL0,ROW1,COL1."
+            "Give at least one prompt: --point ROW,COL or --box ROW0,COL0,ROW1,COL1 "
+            "(or a prompts file: --prompts FILE)."
         )
+    if args.propagate:
+        raise InvalidInputError("--propagate carries the objects of a prompts file: add --prompts.")
     if args.negative and not (args.point or args.box):
         raise InvalidInputError("--negative points only refine an object: add --point or --box.")
     check_label_path(args.out)

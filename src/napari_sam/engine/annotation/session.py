@@ -10,7 +10,7 @@ about Qt or napari.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,13 @@ import numpy as np
 
 from napari_sam.engine.annotation.embedding_store import EmbeddingBackend, EmbeddingStore
 from napari_sam.engine.annotation.objects import ObjectPrompt, group_prompts, mask_to_logits
+from napari_sam.engine.annotation.projection import SlicePrompt
+from napari_sam.engine.annotation.propagation import PropagationSettings
+from napari_sam.engine.annotation.stack_objects import (
+    Propagation,
+    correct_in_session,
+    propagate_in_session,
+)
 from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.prediction.planes import (
     PlaneKey,
@@ -195,6 +202,86 @@ class AnnotationSession:
             for i, prediction in zip(members, batch):
                 results[i] = ObjectPreview(objects[i], prediction, prediction.best)
         return Preview(key, tuple(r for r in results if r is not None))
+
+    def decode_prompts(self, key: PlaneKey, prompts: Sequence[SlicePrompt]) -> list[Prediction]:
+        """One mask per object prompt on plane ``key``, objects decoded in batches.
+
+        Prompts with the same structure (box or not, point count, mask prompt or not)
+        share one decoder call. Embeds the plane first if needed (slow).
+        """
+        key = self.layout.check_key(key)
+        self._activate(key)
+        results: list[Prediction | None] = [None] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(prompts):
+            signature = (item.box is not None, len(item.points), item.logits is not None)
+            groups.setdefault(signature, []).append(index)
+        for (has_box, count, has_logits), members in groups.items():
+            chosen = [prompts[i] for i in members]
+            batch = self.predictor.predict_batch(
+                points=np.stack([p.points for p in chosen]) if count else None,
+                point_labels=np.stack([p.labels for p in chosen]) if count else None,
+                boxes=np.stack([p.box for p in chosen]) if has_box else None,  # type: ignore[misc]
+                mask_input=np.stack([p.logits for p in chosen]) if has_logits else None,  # type: ignore[misc]
+                multimask=False,
+            )
+            for i, position in enumerate(members):
+                results[position] = batch[i]
+        return [r for r in results if r is not None]
+
+    def propagate(
+        self,
+        key: PlaneKey,
+        objects,
+        axis: int = 0,
+        settings: PropagationSettings | None = None,
+        limits: Sequence[tuple[int, int]] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Propagation:
+        """Carry objects of plane ``key`` through the stack along one axis.
+
+        Parameters
+        ----------
+        key : tuple of int
+            The plane where the objects are given.
+        objects : Preview, numpy.ndarray or sequence of mappings
+            A :class:`Preview` of that plane (its chosen masks and their logits), masks
+            (N, rows, cols) bool on that plane, or per object a mapping slice index ->
+            (rows, cols) bool mask for several prompted slices (joined in the middle).
+        axis : int
+            Which stack axis to follow (0: the first, z of a z-stack, t of a t-stack).
+        settings : PropagationSettings, optional
+            Projection and stop rule; the defaults were chosen on labelled volumes.
+        limits : sequence of (first, last), optional
+            Per object, the inclusive slice range it may reach (the user's marks).
+        should_stop, progress : callable, optional
+            Cancel (raises OperationCancelled) and ``progress(done, total)``.
+
+        Returns
+        -------
+        Propagation
+            Per object its mask on each slice it reaches; ``labels()`` and ``paint()``.
+        """
+        return propagate_in_session(
+            self, key, objects, axis, settings, limits, should_stop, progress
+        )
+
+    def correct(
+        self,
+        propagation: Propagation,
+        item: int,
+        index: int,
+        mask: np.ndarray,
+        logits: np.ndarray | None = None,
+        settings: PropagationSettings | None = None,
+    ) -> Propagation:
+        """Replace object ``item``'s mask on slice ``index`` and re-propagate from there.
+
+        Only the slices on the far side of ``index`` (from the anchor that had produced
+        it) change; see :func:`~napari_sam.engine.annotation.propagation.correct`.
+        """
+        return correct_in_session(self, propagation, item, index, mask, logits, settings)
 
     def _activate(self, key: PlaneKey) -> None:
         if self._current != key or self.predictor.current_embedding is None:
