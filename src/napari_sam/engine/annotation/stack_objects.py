@@ -66,7 +66,9 @@ class Propagation:
                 out[index][footprint.paste(self.shape)] = label
         return out
 
-    def changes(self, labels, ids: Sequence[int], overwrite: bool = False) -> Iterator[SliceChange]:
+    def changes(
+        self, labels, ids: Sequence[int], overwrite: bool = False, clear_outside: bool = False
+    ) -> Iterator[SliceChange]:
         """The pixel writes that put the objects into ``labels``, one slice at a time.
 
         On each slice an object's old pixels are cleared and its new mask written where
