@@ -84,12 +84,14 @@ system-deps:
 weights: install
 	$(VENV)/bin/napari-sam weights fetch vit_t
 
-# The 3D sample (cells3d nuclei) and the evaluation image sets (BBBC007, the scratch assay)
+# The 3D sample (cells3d nuclei), the evaluation image sets (BBBC007, the scratch assay) and
+# the tracked time-lapse
 # are downloaded on first use, not bundled; fetched here so that the tests find them in the
 # cache (~/.cache/napari-sam/samples). Instant when cached.
 samples: install
-	$(PY) -c "from napari_sam.training.image_sets import IMAGE_SET_NAMES, load_image_set; \
-		[load_image_set(name) for name in IMAGE_SET_NAMES]"
+	$(PY) -c "from napari_sam.training.image_sets import IMAGE_SET_NAMES, load_image_set, \
+		load_timelapse_tracks; [load_image_set(name) for name in IMAGE_SET_NAMES]; \
+		load_timelapse_tracks()"
 
 # Keeps .venv (delete it by hand for a from-scratch install); forgets the install stamp.
 clean:

@@ -40,6 +40,9 @@ class CommitActions:
         force : bool
             Write even a large object at once (scripts and the console).
         """
+        if self.jobs.kind == "propagate":  # the preview may be what is being propagated
+            show_info("napari-sam: a propagation is running; wait for it (or cancel it).")
+            return
         if not self.preview_result or not self.preview_result.objects:
             show_info("napari-sam: nothing to commit; add a positive point or a box first.")
             return

