@@ -28,6 +28,7 @@ import itertools
 import json
 import pickle
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ RESULTS = Path(__file__).parent / "results" / "propagation.json"
 MIN_IOUS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MAX_GROWTHS = (1.1, 1.2, 1.3, 1.5, 2.0, np.inf)
 MIN_SCORES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
-OPEN = PropagationSettings(min_iou=0.0)  # only "vanished" stops
+OPEN = PropagationSettings(min_iou=0.0, min_score=0.0, max_growth=np.inf)  # only "vanished"
 
 
 def iou_3d(found: np.ndarray, truth: np.ndarray) -> float:
@@ -156,9 +157,7 @@ def open_runs(session, prompts: list[dict], store: Path) -> dict:
     for kind, projection in itertools.product(("box", "point"), PROJECTIONS):
         anchors = start_masks(session, prompts, kind)
         started = time.perf_counter()
-        found = session.propagate(
-            (0,), anchors, settings=PropagationSettings(projection=projection, min_iou=0.0)
-        )
+        found = session.propagate((0,), anchors, settings=replace(OPEN, projection=projection))
         seconds = time.perf_counter() - started
         decoded = sum(len(o.steps) for o in found.objects)
         runs[kind, projection] = [(p["label"], o) for p, o in zip(prompts, found.objects)]
@@ -307,7 +306,7 @@ def main() -> None:
     chosen = choose(grid, np.ones(count, bool))
     defaults = PropagationSettings()
     shipped = (defaults.projection, defaults.min_iou, defaults.max_growth, defaults.min_score)
-    naive = PropagationSettings(projection="box", min_iou=0.5)
+    naive = replace(OPEN, projection="box", min_iou=0.5)
     report = {
         "objects": count,
         "chosen_on_all": list(map(str, chosen)),

@@ -157,13 +157,13 @@ def _check_request(args: argparse.Namespace) -> None:
     from napari_sam.io.images import check_label_path
     from napari_sam.io.overlay import check_overlay_path
 
+    if args.propagate:
+        raise InvalidInputError("--propagate carries the objects of a prompts file: add --prompts.")
     if not (args.point or args.negative or args.box):
         raise InvalidInputError(
             "Give at least one prompt: --point ROW,COL or --box ROW0,COL0,ROW1,COL1 "
             "(or a prompts file: --prompts FILE)."
         )
-    if args.propagate:
-        raise InvalidInputError("--propagate carries the objects of a prompts file: add --prompts.")
     if args.negative and not (args.point or args.box):
         raise InvalidInputError("--negative points only refine an object: add --point or --box.")
     check_label_path(args.out)
