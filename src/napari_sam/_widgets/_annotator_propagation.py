@@ -5,9 +5,9 @@ that label was propagated earlier in this session: only the slices beyond the co
 change, :meth:`~napari_sam.engine.annotation.session.AnnotationSession.correct`), else the
 previewed objects (new ids, as a commit gives them), else every committed object on the
 visible plane (ids kept). The engine call runs on the torch thread while a timer shows its
-progress; the result is written into the objects layer on the GUI thread as one undo step,
-never over other objects unless asked
-(:meth:`~napari_sam.engine.annotation.stack_objects.Propagation.changes`).
+progress, then plans the pixel writes (:mod:`~napari_sam._widgets._propagation_plan`); the
+GUI thread writes them into the objects layer as one undo step, never over other objects
+unless asked.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ import numpy as np
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer
 
-from napari_sam.engine.annotation.propagation import Footprint, PropagatedObject
+from napari_sam._widgets._propagation_plan import (
+    PlannedWrite,
+    describe,
+    plan_correction,
+    plan_objects,
+)
 from napari_sam.engine.annotation.stack_objects import Propagation
 
 PROGRESS_MS = 250  # how often the status line shows the propagation's progress
@@ -36,8 +41,8 @@ class PropagationRequest:
 
     key: tuple[int, ...]  # the plane the objects are given on
     axis: int  # the stack axis followed
-    objects: Any  # for session.propagate: a Preview or (N, rows, cols) bool masks
-    ids: tuple[int, ...] | None  # one per object; None: new ids, chosen when writing
+    objects: Any  # a Preview or (N, rows, cols) bool masks; a correction: (mask, logits)
+    ids: tuple[int, ...] | None  # one per object; None: new ids, chosen with the writes
     earlier: tuple[Propagation, int] | None = None  # a correction: propagation and object
 
 
@@ -87,7 +92,10 @@ class PropagationActions:
         """
         if self.jobs.kind == "propagate":
             return  # one at a time: starting another would cancel this one
-        if self.session is None or self.session.layout.stack_ndim == 0:
+        if self.session is None:
+            show_info("napari-sam: press Start first.")
+            return
+        if self.session.layout.stack_ndim == 0:
             show_info("napari-sam: propagation needs a stack (z or t); this image is 2D.")
             return
         if getattr(self.session, "tile", None):
@@ -127,21 +135,25 @@ class PropagationActions:
         return PropagationRequest(key, axis, masks, tuple(int(i) for i in ids))
 
     def _start_propagation(self, request: PropagationRequest) -> None:
+        """Propagate (or correct) and plan the writes on the torch thread."""
         session, settings = self.session, self.propagation_settings
+        labels, overwrite = self.objects_layer.data, self.overwrite_box.isChecked()
+        first_id = self.id_box.value()
         self._progress = (0, 0)
         if request.earlier is not None:
             earlier, item = request.earlier
             mask, logits = request.objects
-            index = request.key[earlier.axis]
+            index, label = request.key[earlier.axis], request.ids[0]
 
-            def job(stop):
-                return session.correct(earlier, item, index, mask, logits, settings)
+            def job(stop):  # the engine's correct() takes no should_stop: Cancel drops it
+                fixed = session.correct(earlier, item, index, mask, logits, settings)
+                return plan_correction(fixed, item, earlier, label, labels, overwrite)
 
-            what = f"correcting object {request.ids[0]} beyond slice {index} ..."
+            what = f"correcting object {label} beyond slice {index} ..."
         else:
 
             def job(stop):
-                return session.propagate(
+                propagation = session.propagate(
                     request.key,
                     request.objects,
                     request.axis,
@@ -149,11 +161,12 @@ class PropagationActions:
                     should_stop=stop,
                     progress=self._count_progress,
                 )
+                return plan_objects(propagation, labels, request.ids, first_id, overwrite)
 
             what = "propagating ..."
         self.jobs.start(
             job,
-            lambda propagation: self._propagated_done(request, propagation),
+            lambda planned: self._propagated_done(request, planned),
             kind="propagate",
             progress={"desc": "SAM: propagating"},
         )
@@ -167,69 +180,38 @@ class PropagationActions:
         if self.jobs.kind == "propagate" and total:
             self.status.setText(f"propagating: {done} / {total} slice-objects")
 
-    def _propagated_done(self, request: PropagationRequest, propagation: Propagation) -> None:
-        """Write the result as one undo step, remember it for corrections, and say what it did."""
+    def _propagated_done(self, request: PropagationRequest, planned: PlannedWrite) -> None:
+        """Write the planned result as one undo step, remember it, and say what it did."""
+        layer = self.objects_layer
+        if not planned.holds(layer.data):  # edited while it ran: plan again, here
+            planned = planned.again(layer.data)
+        self._write(planned)
+        written = planned.objects.objects
         if request.earlier is not None:
-            earlier, item = request.earlier
-            fixed = propagation.objects[item]
-            single = replace(propagation, objects=(fixed,))
-            changed = changed_slices(earlier.objects[item], fixed)
-            blocked = self._write(single, request.ids, clear_outside=True, only=changed)
-            self._propagated[request.ids[0]] = (propagation, item)
-            text = f"Corrected {describe(request.ids[0], fixed)}"
+            self._propagated[planned.ids[0]] = (planned.propagation, request.earlier[1])
+            text = f"Corrected {describe(planned.ids[0], written[0])}"
         else:
-            ids = request.ids or self._new_ids(propagation)
-            blocked = self._write(propagation, ids)
-            for item, label in enumerate(ids):
-                self._propagated[label] = (propagation, item)
+            for item, label in enumerate(planned.ids):
+                self._propagated[label] = (planned.propagation, item)
             if request.ids is None:
-                self.id_box.setValue(max(ids[-1], self.id_box.value() - 1) + 1)
-            parts = [describe(label, o) for label, o in zip(ids, propagation.objects)]
-            more = len(parts) - LISTED
-            text = (
-                "Propagated "
-                + ", ".join(parts[:LISTED])
-                + (f" and {more} more" if more > 0 else "")
-            )
+                self.id_box.setValue(max(planned.ids[-1], self.id_box.value() - 1) + 1)
+            parts = [describe(label, o) for label, o in zip(planned.ids, written)]
+            more = f" and {len(parts) - LISTED} more" if len(parts) > LISTED else ""
+            text = "Propagated " + ", ".join(parts[:LISTED]) + more
         self.clear_prompts(request.key)
+        blocked = planned.blocked_pixels
         note = f"; {blocked} pixels of other objects kept" if blocked else ""
         self.status.setText(f"{text}{note}. Undo: select the layer, Ctrl-Z.")
         self._ensure_embedding(then_preview=self.plane_key() != request.key)
 
-    def _new_ids(self, propagation: Propagation) -> tuple[int, ...]:
-        """Ids for new objects: from the id box on, above every id on the slices written.
-
-        A new object must not reuse an id found on another slice of the line: writing it
-        there would clear that object's pixels.
-        """
-        layer = self.objects_layer.data
-        line = (np.max(layer[propagation.plane_key(i)]) for i in range(propagation.length))
-        first = max(self.id_box.value(), int(max(line)) + 1)
-        return tuple(range(first, first + len(propagation.objects)))
-
-    def _write(
-        self,
-        propagation: Propagation,
-        ids,
-        clear_outside: bool = False,
-        only: set[int] | None = None,
-    ) -> int:
-        """Write the objects into the objects layer as one undo step; blocked pixels.
-
-        ``only``: the slice indices to write (default every slice the changes touch).
-        """
+    def _write(self, planned: PlannedWrite) -> None:
+        """Write the planned pixels into the objects layer as one undo step."""
         layer = self.objects_layer
-        overwrite = self.overwrite_box.isChecked()
-        blocked = 0
         with layer.block_history():
-            for change in propagation.changes(layer.data, ids, overwrite, clear_outside):
-                if only is not None and change.key[propagation.axis] not in only:
-                    continue
+            for change in planned.changes:
                 index = tuple(np.full(len(change.rows), k) for k in change.key)
                 layer.data_setitem(index + (change.rows, change.cols), change.values, refresh=False)
-                blocked += change.blocked_pixels
         layer.refresh()
-        return blocked
 
 
 def _on_line(propagation: Propagation, key: tuple[int, ...]) -> bool:
@@ -237,26 +219,3 @@ def _on_line(propagation: Propagation, key: tuple[int, ...]) -> bool:
     return all(
         a == b for i, (a, b) in enumerate(zip(propagation.key, key)) if i != propagation.axis
     )
-
-
-def changed_slices(before: PropagatedObject, after: PropagatedObject) -> set[int]:
-    """Slice indices where an object's mask differs between two propagations."""
-    return {
-        index
-        for index in before.slices.keys() | after.slices.keys()
-        if not _same(before.slices.get(index), after.slices.get(index))
-    }
-
-
-def _same(a: Footprint | None, b: Footprint | None) -> bool:
-    if a is b:
-        return True
-    if a is None or b is None:
-        return False
-    return a.row == b.row and a.col == b.col and np.array_equal(a.crop, b.crop)
-
-
-def describe(label: int, item: PropagatedObject) -> str:
-    """E.g. "3 (slices 12-41, ended: vanished / grew)"."""
-    first, last = item.extent
-    return f"{label} (slices {first}-{last}, ended: {item.ends[0]} / {item.ends[1]})"
