@@ -265,7 +265,7 @@ def test_a_correction_rewrites_only_the_slices_beyond_it(stack_widget, qtbot):
     widget.propagate()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
 
-    ((propagation, index, at, mask, logits, _settings),) = calls
+    ((propagation, index, at, mask, logits, _settings, _stop, _progress),) = calls
     assert propagation is first and (index, at) == (0, 7)
     np.testing.assert_array_equal(mask, item.mask)
     np.testing.assert_array_equal(logits, item.prediction.logits[item.chosen])

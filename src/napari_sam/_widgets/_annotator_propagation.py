@@ -98,12 +98,6 @@ class PropagationActions:
         if self.session.layout.stack_ndim == 0:
             show_info("napari-sam: propagation needs a stack (z or t); this image is 2D.")
             return
-        if getattr(self.session, "tile", None):
-            show_info(
-                "napari-sam: propagation does not work on tiled planes yet: set tiles to 0 "
-                "(never tile) and press Start again."
-            )
-            return
         request = self._propagation_request(self.plane_key())
         if request is None:
             show_info(NOTHING)
@@ -145,8 +139,10 @@ class PropagationActions:
             mask, logits = request.objects
             index, label = request.key[earlier.axis], request.ids[0]
 
-            def job(stop):  # the engine's correct() takes no should_stop: Cancel drops it
-                fixed = session.correct(earlier, item, index, mask, logits, settings)
+            def job(stop):
+                fixed = session.correct(
+                    earlier, item, index, mask, logits, settings, stop, self._count_progress
+                )
                 return plan_correction(fixed, item, earlier, label, labels, overwrite)
 
             what = f"correcting object {label} beyond slice {index} ..."

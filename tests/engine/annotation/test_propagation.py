@@ -188,3 +188,19 @@ def test_footprint_round_trip():
     assert footprint.area == mask.sum() and footprint.crop.shape == (13, 13)
     np.testing.assert_array_equal(footprint.paste(SHAPE), mask)
     assert Footprint.of(np.zeros(SHAPE, bool)).area == 0
+
+
+def test_a_correction_on_the_anchor_propagates_again_both_ways():
+    volume = ball_volume(30, (15, 20, 20), 8)
+    (found,) = propagate(BlobDecoder(volume), [{15: (volume[15], None)}], 30)
+    narrow = volume & (np.arange(40) < 22)[None, None, :]
+    fixed = correct(BlobDecoder(narrow), found, 15, narrow[15], None, 30)
+    assert fixed.anchors == (15,)
+    assert fixed.extent == found.extent
+    for index in range(fixed.extent[0], fixed.extent[1] + 1):
+        np.testing.assert_array_equal(fixed.slices[index].paste(SHAPE), narrow[index])
+
+
+def test_a_score_rule_of_zero_is_off():
+    rule = PropagationSettings(min_score=0.0)
+    assert stop_reason(100, 0.9, -0.2, 100, rule) is None

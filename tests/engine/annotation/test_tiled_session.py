@@ -130,3 +130,20 @@ def test_without_a_cache_a_plane_keeps_only_the_tiles_memory_holds(
     capped = TiledSession(tiny_model, image, tile=64, halo=8).plane()
     assert len(capped.tiles) > 5 and capped.capacity == 16  # the session's own capacity
     assert "Attach an embedding cache" in caplog.text
+
+
+def test_a_tiled_stack_propagates_with_whole_plane_masks(tiny_model, make_image):
+    from napari_sam.engine.annotation.projection import project
+    from napari_sam.engine.annotation.propagation import PropagationSettings
+
+    stack = np.stack([make_image((300, 500), seed=s) for s in (4, 5, 6)])
+    session = open_session(tiny_model, stack, tile=256, halo=32)
+    start = np.zeros((300, 500), bool)
+    start[100:160, 200:280] = True
+    loose = PropagationSettings(min_iou=0.0, min_score=0.0, max_growth=np.inf, min_area=1)
+    (found,) = session.propagate((1,), start[None], settings=loose).objects
+    assert set(found.slices) <= {0, 1, 2} and 1 in found.slices
+    for index in set(found.slices) - {1}:  # each step is the tiled plane's own answer
+        prompt = project(start, None, loose.projection, loose.box_margin)
+        direct = session.plane((index,)).predict(prompt.points, prompt.labels, prompt.box)
+        np.testing.assert_array_equal(found.slices[index].paste((300, 500)), direct.masks[0])

@@ -242,7 +242,7 @@ def stop_reason(
         return "vanished"
     if iou < settings.min_iou:
         return "changed"
-    if score < settings.min_score:
+    if settings.min_score > 0 and score < settings.min_score:  # 0 turns the rule off
         return "unsure"
     if area > settings.max_growth * previous_area:
         return "grew"
@@ -334,12 +334,16 @@ def correct(
     length: int,
     settings: PropagationSettings | None = None,
     limits: tuple[int, int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
 ) -> PropagatedObject:
     """Re-propagate an object from a corrected slice, keeping the slices the user saw.
 
     The corrected slice becomes an anchor. Only the slices on its far side from the
     anchor that had produced it change: outward to the stop rule, or up to the middle
     towards the next anchor on that side. Slices between it and that anchor are kept.
+    A correction on an anchor slice replaces that anchor and propagates the object
+    again from all its anchors.
 
     Parameters
     ----------
@@ -354,6 +358,8 @@ def correct(
     length : int
     settings : PropagationSettings, optional
     limits : (first, last), optional
+    should_stop, progress : callable, optional
+        As for :func:`propagate`.
 
     Returns
     -------
@@ -362,6 +368,15 @@ def correct(
     settings = settings or PropagationSettings()
     low, high = limits if limits is not None else (0, length - 1)
     _check_anchors(0, {index: (mask, logits)}, low, high, length)
+    if index in previous.anchors:
+        anchors: dict[int, tuple[np.ndarray, np.ndarray | None]] = {
+            a: (previous.slices[a].paste(mask.shape), None) for a in previous.anchors
+        }
+        anchors[index] = (mask, logits)
+        (again,) = propagate(
+            decode, [anchors], length, settings, [(low, high)], should_stop, progress
+        )
+        return again
     step = _away_from_source(previous, index)
     beyond = [a for a in previous.anchors if (a - index) * step > 0]
     if beyond:
@@ -382,7 +397,7 @@ def correct(
     walkers = [w for w in walkers if (w.last - w.next) * w.step >= 0]
     if not walkers and guarded:
         result.ends[(step + 1) // 2] = "limit"
-    run_walkers(walkers, decode, settings, [result])
+    run_walkers(walkers, decode, settings, [result], should_stop, progress)
     return _finish(result)
 
 

@@ -275,13 +275,17 @@ class AnnotationSession:
         mask: np.ndarray,
         logits: np.ndarray | None = None,
         settings: PropagationSettings | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Propagation:
         """Replace object ``item``'s mask on slice ``index`` and re-propagate from there.
 
         Only the slices on the far side of ``index`` (from the anchor that had produced
         it) change; see :func:`~napari_sam.engine.annotation.propagation.correct`.
         """
-        return correct_in_session(self, propagation, item, index, mask, logits, settings)
+        return correct_in_session(
+            self, propagation, item, index, mask, logits, settings, should_stop, progress
+        )
 
     def _activate(self, key: PlaneKey) -> None:
         if self._current != key or self.predictor.current_embedding is None:

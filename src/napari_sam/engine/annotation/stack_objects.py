@@ -215,6 +215,8 @@ def correct_in_session(
     mask: np.ndarray,
     logits: np.ndarray | None = None,
     settings: PropagationSettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Propagation:
     """See :meth:`AnnotationSession.correct`."""
     if not 0 <= item < len(propagation.objects):
@@ -230,6 +232,8 @@ def correct_in_session(
         logits,
         propagation.length,
         settings,
+        should_stop=should_stop,
+        progress=progress,
     )
     objects = list(propagation.objects)
     objects[item] = fixed

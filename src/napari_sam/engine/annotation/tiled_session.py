@@ -15,12 +15,13 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from napari_sam.engine.annotation.objects import ObjectPrompt, group_prompts
+from napari_sam.engine.annotation.projection import SlicePrompt
 from napari_sam.engine.annotation.session import (
     AnnotationSession,
     ObjectPreview,
@@ -31,6 +32,7 @@ from napari_sam.engine.model.loading import SamModel
 from napari_sam.engine.prediction.planes import PlaneKey, PlaneView, plane_layout
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import Normalization
+from napari_sam.engine.prediction.results import Prediction
 from napari_sam.engine.tiling.grid import check_upscale, resolve_tiling
 from napari_sam.engine.tiling.prompting import TileBackend, TiledPlane
 
@@ -163,6 +165,27 @@ class TiledSession(AnnotationSession):
             )
             results.append(ObjectPreview(item, prediction, 0))
         return Preview(self.layout.check_key(key), tuple(results))
+
+    def decode_prompts(self, key: PlaneKey, prompts: Sequence[SlicePrompt]) -> list[Prediction]:
+        """Whole-plane masks for object prompts on a tiled plane, one object at a time.
+
+        Each object is decoded on the window where it is most central (see
+        :meth:`TiledPlane.predict`); a prompt's mask logits are not used, since SAM's
+        mask prompt belongs to one window and a tiled plane has many, so the
+        ``*_mask`` projections act as their prompts without the mask here.
+        """
+        tiled = self.plane(key)
+        found = []
+        for item in prompts:
+            has_points = len(item.points) > 0
+            found.append(
+                tiled.predict(
+                    item.points if has_points else None,
+                    item.labels if has_points else None,
+                    item.box,
+                )
+            )
+        return found
 
 
 def open_session(
