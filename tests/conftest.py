@@ -93,6 +93,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(line)
 
 
+@pytest.fixture(scope="session")
+def cells3d_cache(default_weights, tmp_path_factory):
+    """(cache folder, volume, labels): the cells3d nuclei with every plane's embedding in an
+    embedding cache, encoded once per test run and shared by the propagation tests."""
+    from napari_sam.batch.embedding import embed_volume, open_cached_session
+    from napari_sam.io.samples import load_cells3d_nuclei
+
+    volume, labels = load_cells3d_nuclei()
+    path = tmp_path_factory.mktemp("cells3d") / "cells3d.emb"
+    embed_volume(open_cached_session(volume, path, capacity=2))
+    return path, volume, labels
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     """Point ``NAPARI_SAM_CACHE`` at an empty temporary folder."""

@@ -15,7 +15,6 @@ import zarr
 from napari_sam.cli import main
 from napari_sam.engine.annotation.session import bounding_box
 
-CROP = slice(10, 50)  # z range of the cells3d volume written as the test stack
 NUCLEI = (4, 12)
 
 
@@ -31,10 +30,9 @@ def stack(tmp_path_factory):
     from napari_sam.io.samples import load_cells3d_nuclei
 
     volume, labels = load_cells3d_nuclei()
-    folder = tmp_path_factory.mktemp("stack")
-    path = folder / "nuclei.tif"
-    tifffile.imwrite(path, volume[CROP], metadata={"axes": "ZYX"})
-    return path, labels[CROP]
+    path = tmp_path_factory.mktemp("stack") / "nuclei.tif"
+    tifffile.imwrite(path, volume, metadata={"axes": "ZYX"})
+    return path, labels
 
 
 def prompts_file(folder, labels, ids=NUCLEI):
@@ -95,14 +93,16 @@ def test_propagate_needs_a_prompts_file(stack, tmp_path, capsys):
     assert "add --prompts" in refused(argv, capsys)
 
 
-def test_a_prompts_file_propagated_through_z(stack, tmp_path, capsys, default_weights):
+def test_a_prompts_file_propagated_through_z(stack, tmp_path, capsys, cells3d_cache):
+    from napari_sam.batch.embedding import open_cached_session
     from napari_sam.engine.annotation.prompt_files import read_prompts, segment_prompts
-    from napari_sam.engine.annotation.session import AnnotationSession
 
     path, labels = stack
+    cache = cells3d_cache[0]  # embeddings of the same volume: the run only decodes
     prompts = prompts_file(tmp_path, labels)
     out = tmp_path / "nuclei.zarr"
-    argv = ["predict", str(path), "--prompts", str(prompts), "--propagate", "z", "--out", str(out)]
+    argv = ["predict", str(path), "--prompts", str(prompts), "--propagate", "z"]
+    argv += ["--cache", str(cache), "--out", str(out)]
     assert main(argv) == 0
     assert "2 objects" in capsys.readouterr().out
     written = np.asarray(zarr.open_array(str(out), mode="r"))
@@ -110,7 +110,7 @@ def test_a_prompts_file_propagated_through_z(stack, tmp_path, capsys, default_we
     for label in NUCLEI:
         found, truth = written == label, labels == label
         assert np.count_nonzero(found & truth) / np.count_nonzero(found | truth) >= 0.75
-    session = AnnotationSession("vit_t", tifffile.imread(path))
+    session = open_cached_session(tifffile.imread(path), cache, capacity=64)
     expected, _ = segment_prompts(session, read_prompts(prompts), axis=0)
     np.testing.assert_array_equal(written, expected)
     assert "already exists" in refused(argv, capsys)
