@@ -296,3 +296,9 @@ def test_propagate_is_offered_on_stacks_only_along_their_axes(open_widget, qtbot
     assert items == ["t (2 slices)", "z (3 slices)"]
     assert widget.axis_box.currentIndex() == 1  # z: through depth first
     assert widget.propagate_button.isEnabled()
+
+
+def test_unnamed_axes_are_called_by_their_position(open_widget, qtbot):
+    _viewer, widget = open_widget(blob_stack())
+    items = [widget.axis_box.itemText(i) for i in range(widget.axis_box.count())]
+    assert items == [f"axis 0 ({len(blob_stack())} slices)"]

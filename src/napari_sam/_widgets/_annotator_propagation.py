@@ -68,8 +68,10 @@ class PropagationActions:
         self.axis_box.clear()
         ndim = self.session.layout.stack_ndim
         labels = self.viewer.dims.axis_labels[self.viewer.dims.ndim - (ndim + 2) :]
-        for label, size in zip(labels, self.session.layout.stack_shape):
-            self.axis_box.addItem(f"{label} ({size} slices)")
+        for index, (label, size) in enumerate(zip(labels, self.session.layout.stack_shape)):
+            # napari names unnamed axes by number ("0", or "-3" counted from the end)
+            name = f"axis {index}" if label.lstrip("-").isdigit() else label
+            self.axis_box.addItem(f"{name} ({size} slices)")
         # z of (t, z, row, col): objects are usually followed through depth first
         self.axis_box.setCurrentIndex(ndim - 1)
 
