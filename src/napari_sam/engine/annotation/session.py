@@ -11,7 +11,6 @@ about Qt or napari.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from napari_sam.engine.annotation.embedding_store import EmbeddingBackend, EmbeddingStore
 from napari_sam.engine.annotation.objects import ObjectPrompt, group_prompts, mask_to_logits
+from napari_sam.engine.annotation.previews import ObjectPreview, Preview
 from napari_sam.engine.annotation.projection import SlicePrompt
 from napari_sam.engine.annotation.propagation import PropagationSettings
 from napari_sam.engine.annotation.stack_objects import (
@@ -36,56 +36,6 @@ from napari_sam.engine.prediction.planes import (
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.engine.prediction.preprocess import Normalization
 from napari_sam.engine.prediction.results import Embedding, Prediction
-
-
-@dataclass(frozen=True, eq=False)
-class ObjectPreview:
-    """One previewed object: SAM's candidates and the one shown."""
-
-    prompt: ObjectPrompt
-    prediction: Prediction  # 3 candidates for an ambiguous prompt, else 1
-    chosen: int  # index of the candidate shown and committed
-
-    @property
-    def mask(self) -> np.ndarray:
-        """(rows, cols) bool, the chosen candidate."""
-        return self.prediction.masks[self.chosen]
-
-    @property
-    def score(self) -> float:
-        """SAM's predicted IoU of the chosen candidate."""
-        return float(self.prediction.scores[self.chosen])
-
-
-@dataclass(frozen=True, eq=False)
-class Preview:
-    """All objects previewed on one plane."""
-
-    key: PlaneKey
-    objects: tuple[ObjectPreview, ...]
-
-    def masks(self) -> np.ndarray:
-        """(N, rows, cols) bool, chosen candidates."""
-        if not self.objects:
-            return np.zeros((0, 0, 0), bool)
-        return np.stack([o.mask for o in self.objects])
-
-    def labels(self, shape: tuple[int, int]) -> np.ndarray:
-        """(rows, cols) int32 with object i painted as i + 1 (earlier objects on top)."""
-        out = np.zeros(shape, np.int32)
-        for index in range(len(self.objects) - 1, -1, -1):
-            out[self.objects[index].mask] = index + 1
-        return out
-
-    def cycle(self, index: int = 0) -> Preview:
-        """Show the next candidate of object ``index`` (wraps around)."""
-        if not self.objects:
-            return self
-        item = self.objects[index]
-        count = len(item.prediction.scores)
-        objects = list(self.objects)
-        objects[index] = replace(item, chosen=(item.chosen + 1) % count)
-        return replace(self, objects=tuple(objects))
 
 
 class AnnotationSession:

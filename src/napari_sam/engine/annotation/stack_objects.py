@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from napari_sam.engine.annotation.propagation import (
 from napari_sam.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from napari_sam.engine.annotation.session import AnnotationSession, Preview
+    from napari_sam.engine.annotation.previews import Preview
 
 Anchor = tuple[np.ndarray, np.ndarray | None]  # mask (rows, cols) bool, logits or None
 
@@ -141,7 +141,7 @@ class SliceChange:
     blocked_pixels: int  # mask pixels left alone because another object owns them
 
 
-def slice_decoder(session: AnnotationSession, key: tuple[int, ...], axis: int):
+def slice_decoder(session: Any, key: tuple[int, ...], axis: int):
     """``decode(slice, prompts)`` on the session's planes along ``axis`` through ``key``."""
 
     def decode(index: int, prompts: list[SlicePrompt]):
@@ -157,7 +157,7 @@ def anchors_from(
     objects: Preview | np.ndarray | Sequence[Mapping], index: int
 ) -> list[dict[int, Anchor]]:
     """Per object, slice -> (mask, logits) from a preview, masks on one slice, or mappings."""
-    from napari_sam.engine.annotation.session import Preview
+    from napari_sam.engine.annotation.previews import Preview
 
     if isinstance(objects, Preview):
         return [
@@ -183,7 +183,7 @@ def _anchor(value) -> Anchor:
 
 
 def propagate_in_session(
-    session: AnnotationSession,
+    session: Any,
     key: tuple[int, ...],
     objects,
     axis: int = 0,
@@ -208,7 +208,7 @@ def propagate_in_session(
 
 
 def correct_in_session(
-    session: AnnotationSession,
+    session: Any,
     propagation: Propagation,
     item: int,
     index: int,
