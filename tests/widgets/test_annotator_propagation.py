@@ -302,3 +302,15 @@ def test_unnamed_axes_are_called_by_their_position(open_widget, qtbot):
     _viewer, widget = open_widget(blob_stack())
     items = [widget.axis_box.itemText(i) for i in range(widget.axis_box.count())]
     assert items == [f"axis 0 ({len(blob_stack())} slices)"]
+
+
+def test_the_marked_slices_bound_the_propagation(stack_widget, qtbot):
+    _viewer, widget = stack_widget
+    assert (widget.first_box.value(), widget.last_box.value()) == (0, SLICES - 1)
+    widget.first_box.setValue(3)
+    widget.last_box.setValue(8)
+    widget.boxes_layer.add_rectangles(box_on(5))
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=WAIT_MS)
+    reached = np.nonzero((widget.objects_layer.data == 1).any(axis=(1, 2)))[0]
+    assert reached.tolist() == list(range(3, 9))  # the whole stack without the marks

@@ -62,6 +62,12 @@ class AnnotatorForm(QWidget):
             "through the stack; with 'refine' on, correct a propagated object from here on."
         )
         self.axis_box.setToolTip("The stack axis to propagate along.")
+        self.first_box, self.last_box = QSpinBox(), QSpinBox()
+        for box in (self.first_box, self.last_box):
+            box.setToolTip(
+                "Propagated objects stop at these slices at the latest (the stop rule may "
+                "end them sooner); the plane shown must lie between them."
+            )
         self.refine_box = QCheckBox("refine the selected label of the objects layer")
         self.save_button, self.load_button = (
             QPushButton("Save record..."),
@@ -103,6 +109,12 @@ class AnnotatorForm(QWidget):
         along.addWidget(QLabel("along"))
         along.addWidget(self.axis_box)
         layout.addLayout(along)
+        limits = QHBoxLayout()
+        limits.addWidget(QLabel("slices from"))
+        limits.addWidget(self.first_box)
+        limits.addWidget(QLabel("to"))
+        limits.addWidget(self.last_box)
+        layout.addLayout(limits)
         files = QHBoxLayout()
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)

@@ -25,6 +25,7 @@ from napari_sam._widgets._propagation_plan import (
     plan_correction,
     plan_objects,
 )
+from napari_sam.engine.annotation.previews import Preview
 from napari_sam.engine.annotation.stack_objects import Propagation
 
 PROGRESS_MS = 250  # how often the status line shows the propagation's progress
@@ -61,6 +62,7 @@ class PropagationActions:
         self._progress = (0, 0)  # (done, total) slice-objects, written by the torch thread
         self._progress_timer = QTimer(self, interval=PROGRESS_MS)
         self._progress_timer.timeout.connect(self._show_propagating)
+        self.axis_box.currentIndexChanged.connect(self._reset_limits)
 
     def _reset_propagation(self) -> None:
         """A new session: offer its stack axes and forget earlier propagations."""
@@ -74,11 +76,26 @@ class PropagationActions:
             self.axis_box.addItem(f"{name} ({size} slices)")
         # z of (t, z, row, col): objects are usually followed through depth first
         self.axis_box.setCurrentIndex(ndim - 1)
+        self._reset_limits()
+
+    def _reset_limits(self, *_: object) -> None:
+        """The slice limits span the whole axis chosen under "along"."""
+        axis = self.axis_box.currentIndex()
+        size = (
+            self.session.layout.stack_shape[axis] if self.session is not None and axis >= 0 else 1
+        )
+        for box, value in ((self.first_box, 0), (self.last_box, size - 1)):
+            box.setRange(0, max(size - 1, 0))
+            box.setValue(value)
+
+    def propagation_limits(self, count: int) -> list[tuple[int, int]]:
+        """The slice limits of the form, once per object."""
+        return [(self.first_box.value(), self.last_box.value())] * count
 
     def _show_propagation_busy(self, kind: str | None) -> None:
         """Propagate is offered on stacks while no model loads and no propagation runs."""
         stack = self.session is not None and self.session.layout.stack_ndim > 0
-        for control in (self.propagate_button, self.axis_box):
+        for control in (self.propagate_button, self.axis_box, self.first_box, self.last_box):
             control.setEnabled(stack and kind not in ("load", "propagate"))
         if kind == "propagate":
             self._progress_timer.start()
@@ -149,6 +166,12 @@ class PropagationActions:
 
             what = f"correcting object {label} beyond slice {index} ..."
         else:
+            count = (
+                len(request.objects.objects)
+                if isinstance(request.objects, Preview)
+                else len(request.objects)
+            )
+            limits = self.propagation_limits(count)
 
             def job(stop):
                 propagation = session.propagate(
@@ -156,6 +179,7 @@ class PropagationActions:
                     request.objects,
                     request.axis,
                     settings,
+                    limits,
                     should_stop=stop,
                     progress=self._count_progress,
                 )
