@@ -27,7 +27,7 @@ ROOMS = {
     "engine": (),
     "io": ("engine",),
     "training": ("engine", "io"),
-    "batch": ("engine", "io"),
+    "batch": ("engine", "io", "training"),  # --learn trains an instance head
     "commands": ("engine", "io", "training", "batch"),
     "cli": ("engine", "io", "training", "batch", "commands", "demo"),
     "demo": ("engine", "io"),
@@ -42,6 +42,7 @@ ENGINE = {
     "tiling": ("network", "model", "prediction"),
     "everything": ("network", "model", "prediction", "tiling"),
     "annotation": ("network", "model", "prediction", "tiling"),
+    "instances": ("network", "model", "prediction", "tiling", "everything"),
 }
 ROOTS = {"napari_sam", "napari_sam.errors"}
 

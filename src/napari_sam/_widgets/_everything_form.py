@@ -1,14 +1,16 @@
 """The form of the segment-everything widget: its Qt controls and the settings they hold.
 
-Only layout lives here; :mod:`napari_sam._widgets.everything` holds the behaviour. Every
-field starts at the engine's default (``EverythingSettings``, ``StackSettings``).
+Only layout lives here; :mod:`napari_sam._widgets.everything` holds the behaviour (and
+:mod:`napari_sam._widgets._everything_head` that of the instance head). Every field starts
+at the engine's default (``EverythingSettings``, ``StackSettings``).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from napari.layers import Image
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -23,6 +25,26 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sam._widgets._precision_box import precision_box
+
+PREVIEW = "SAM everything preview"  # the one reusable preview layer
+RESULT = "SAM everything"  # a stack run's new layer (numbered when taken)
+
+# (method box entry, head mode or None for the point grid, tooltip)
+METHODS = (
+    ("point grid", None, "SAM decodes a grid of point prompts (no training needed)."),
+    (
+        "head: SAM prompts (APG)",
+        "apg",
+        "The instance head proposes one point prompt per object and SAM draws the masks; "
+        "the thresholds below apply. About 10x fewer decoder calls than the grid.",
+    ),
+    (
+        "head: instances (AIS)",
+        "ais",
+        "The objects come straight from the instance head (watershed of its maps), no "
+        "decoder call: the fastest. The thresholds below do not apply.",
+    ),
+)
 
 # (setting, label, minimum, maximum, step, tooltip) of the live thresholds.
 THRESHOLDS = (
@@ -123,7 +145,10 @@ class EverythingForm(QWidget):
                 decimals=2,
                 value=getattr(self.settings, setting),
             )
-            box.setToolTip(tip + " Changing it re-thresholds the preview without decoding again.")
+            box.setToolTip(
+                tip + " Changing it re-thresholds the preview without decoding again (with a "
+                "head: segments the plane again, a few seconds)."
+            )
             box.valueChanged.connect(self._timer.start)
             self.threshold_boxes[setting] = box
             form.addRow(label, box)
@@ -135,6 +160,7 @@ class EverythingForm(QWidget):
         form.addRow("", self.background_box)
         form.addRow("", self.every_point_box)
         form.addRow("", self.link_box)
+        self._build_head_rows(form)
         self.preview_button = QPushButton("Preview this plane")
         self.run_button = QPushButton("Run on all planes")
         self.cancel_button = QPushButton("Cancel")
@@ -153,15 +179,54 @@ class EverythingForm(QWidget):
         self.run_button.clicked.connect(self.run_stack)
         self.cancel_button.clicked.connect(self.cancel)
 
-    def reset_choices(self, *_: object) -> None:
-        """Refresh the image list (napari calls this when layers change)."""
-        current = self.image_box.currentText()
-        self.image_box.clear()
-        self.image_box.addItems(
-            [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+    def _build_head_rows(self, form: QFormLayout) -> None:
+        """The method box and the instance head's controls (learn, load, save)."""
+        self.method_box = QComboBox()
+        for index, (name, mode, tip) in enumerate(METHODS):
+            self.method_box.addItem(name, mode)
+            self.method_box.setItemData(index, tip, Qt.ItemDataRole.ToolTipRole)
+        self.method_box.setToolTip(
+            "How objects are found: SAM's point grid, or an instance head learnt from your "
+            "labels (Learn head) or loaded from a file. A head is fast on every plane."
         )
-        if current and self.image_box.findText(current) >= 0:
-            self.image_box.setCurrentText(current)
+        self.labels_box = QComboBox()
+        self.labels_box.setToolTip(
+            "Labels layer with correct objects to learn the head from (only its planes that "
+            "hold objects are used; the layer is never changed)."
+        )
+        self.learn_button = QPushButton("Learn head")
+        self.learn_button.setToolTip(
+            "Train an instance head for this model on the image planes where the labels "
+            "layer holds objects (a few minutes on a CPU; Cancel keeps the previous head)."
+        )
+        self.load_button = QPushButton("Load head...")
+        self.load_button.setToolTip("Load a head saved before (NAME.pt with its NAME.json card).")
+        self.save_button = QPushButton("Save head...")
+        self.save_button.setToolTip("Save the head as NAME.pt and its card NAME.json.")
+        self.save_button.setEnabled(False)
+        self.head_label = QLabel("no head")
+        self.head_label.setWordWrap(True)
+        self.head_label.setToolTip("The instance head in use: what it was learnt from.")
+        row = QHBoxLayout()
+        for button in (self.learn_button, self.load_button, self.save_button):
+            row.addWidget(button)
+        form.addRow("method", self.method_box)
+        form.addRow("labels", self.labels_box)
+        form.addRow("", row)
+        form.addRow("", self.head_label)
+        self.method_box.currentIndexChanged.connect(self.choose_method)
+        self.learn_button.clicked.connect(self.learn_head)
+        self.load_button.clicked.connect(self.load_head_dialog)
+        self.save_button.clicked.connect(self.save_head_dialog)
+
+    def reset_choices(self, *_: object) -> None:
+        """Refresh the image and labels lists (napari calls this when layers change)."""
+        for box, kind in ((self.image_box, Image), (self.labels_box, Labels)):
+            current = box.currentText()
+            box.clear()
+            box.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind)])
+            if current and box.findText(current) >= 0:
+                box.setCurrentText(current)
 
     def current_settings(self):
         """The form's settings as :class:`EverythingSettings`."""
@@ -175,6 +240,14 @@ class EverythingForm(QWidget):
             **values,
         )
         return settings.every_point() if self.every_point_box.isChecked() else settings
+
+
+def free_name(layers, base: str) -> str:
+    """``base``, or ``base [2]``, ``base [3]``, ...: the first name no layer has."""
+    name, number = base, 2
+    while name in layers:
+        name, number = f"{base} [{number}]", number + 1
+    return name
 
 
 def _spin(low: int, high: int, value: int, tip: str, special: str | None = None) -> QSpinBox:

@@ -6,7 +6,9 @@ work on a :class:`~napari_sam.engine.model.threads.TorchThread` through a
 there too, so the GUI never waits on torch.
 Previews go to one reusable "SAM everything preview" layer; a stack run always creates a
 new labels layer, so nothing the user made is overwritten. The form's controls live in
-:mod:`napari_sam._widgets._everything_form`.
+:mod:`napari_sam._widgets._everything_form`; the instance head (learn it from a labels
+layer, load, save, segment with it instead of the point grid) in
+:mod:`napari_sam._widgets._everything_head`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ from __future__ import annotations
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
-from napari_sam._widgets._everything_form import EverythingForm
+from napari_sam._widgets._everything_form import PREVIEW, RESULT, EverythingForm, free_name
+from napari_sam._widgets._everything_head import HeadActions
 from napari_sam._widgets._jobs import Download, JobSlot, open_predictor, predictor_fits, report
 from napari_sam.errors import NapariSamError, OperationCancelled
 
-PREVIEW = "SAM everything preview"
-RESULT = "SAM everything"
 
-
-class EverythingWidget(EverythingForm):
+class EverythingWidget(HeadActions, EverythingForm):
     """Dock widget running segment-everything on an image layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
@@ -72,7 +72,8 @@ class EverythingWidget(EverythingForm):
             self.session.initialise(key, should_stop=stop)
             return key, self.session.generate(key, settings)
 
-        self._start(job, self._show_preview, f"{_plane_name(key)}: decoding the point grid...")
+        doing = "decoding the point grid" if self.session.method is None else "segmenting"
+        self._start(job, self._show_preview, f"{_plane_name(key)}: {doing}...")
 
     def rethreshold(self) -> None:
         """Re-run only the cheap filtering on the decoded plane (live from the threshold boxes)."""
@@ -81,6 +82,9 @@ class EverythingWidget(EverythingForm):
             return
         if self.jobs.worker is not None:
             self._pending = True
+            return
+        if self.session.method is not None:  # a head has no cheap re-threshold: segment again
+            self.preview()
             return
         settings = self.current_settings()
         self._start(
@@ -112,6 +116,8 @@ class EverythingWidget(EverythingForm):
     def _poll(self) -> None:
         if self.jobs.kind == "load" and self.session is None:
             self.status.setText(self._download.describe(self.model_name))
+        if self.jobs.kind == "learn":
+            self.status.setText(self.learning_text())
         if self._done is not None and self.jobs.kind == "run":
             done, total = self._done
             self.status.setText(
@@ -179,15 +185,16 @@ class EverythingWidget(EverythingForm):
         return EverythingSession(predictor, options.pop("data"), **options)
 
     def _session_ready(self, then) -> bool:
-        """True if the session for the form is open; else open it in the background, then
-        call ``then()`` (the model loads off the GUI thread)."""
+        """True if the session for the form is open (segmenting with the chosen method);
+        else open it in the background, then call ``then()`` (the model loads off the GUI
+        thread)."""
         request = self._session_request()
         if request is None:
             return False
         key, options = request
         if self.session is not None and self.session_key == key:
             self.session.settings = options["settings"]
-            return True
+            return self.apply_method()
         if self.jobs.worker is not None:
             show_error("napari-sam: segment everything is already running; cancel it first.")
             return False
@@ -222,7 +229,7 @@ class EverythingWidget(EverythingForm):
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return False
-        return True
+        return self.apply_method()
 
     def _start(self, job, done, message: str, kind: str = "decode") -> None:
         if self.jobs.worker is not None:
@@ -232,9 +239,15 @@ class EverythingWidget(EverythingForm):
         self.status.setText(message)
 
     def _show_busy(self, kind: str | None) -> None:
-        """Buttons for the running job: none, "load", "decode" or "run"."""
-        for button in (self.preview_button, self.run_button):
-            button.setEnabled(kind is None)
+        """Buttons for the running job: none, "load", "decode", "run" or "learn"."""
+        for control in (
+            self.preview_button,
+            self.run_button,
+            self.method_box,
+            self.learn_button,
+            self.load_button,
+        ):
+            control.setEnabled(kind is None)
         self.cancel_button.setEnabled(kind is not None)
         if kind is None:
             self._finished()
@@ -261,6 +274,9 @@ class EverythingWidget(EverythingForm):
             layer = self.viewer.add_labels(result.labels, name=PREVIEW, opacity=0.5)
             image = self.viewer.layers[self.image_box.currentText()]
             layer.scale, layer.translate = image.scale[-2:], image.translate[-2:]
+        if self.session is not None and self.session.method is not None:
+            self.status.setText(f"{_plane_name(key)}: {self.head_preview_text(result)}")
+            return
         self.status.setText(
             f"{_plane_name(key)}: {result.count} objects from "
             f"{result.points_decoded} decoded grid points "
@@ -268,9 +284,7 @@ class EverythingWidget(EverythingForm):
         )
 
     def _add_result(self, result, image) -> None:
-        name, number = RESULT, 2
-        while name in self.viewer.layers:
-            name, number = f"{RESULT} [{number}]", number + 1
+        name = free_name(self.viewer.layers, RESULT)
         spatial = image.ndim - int(bool(image.rgb))
         self.viewer.add_labels(
             result.labels,

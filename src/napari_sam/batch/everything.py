@@ -76,6 +76,7 @@ class StackSummary:
     seconds: float  # wall time of the whole run
     model_id: str
     execution: str  # Execution.describe()
+    method: str = "grid"  # "grid", or "head-apg" / "head-ais" with the head's file
 
     @property
     def slices_per_minute(self) -> float:
@@ -147,6 +148,7 @@ def segment_stack(
         first, stop = _check_z_range(z_range, stack.layout.stack_shape[0])
         job = _job_template(source, out, stack, stack_settings, segmenter)
         model_id = model_identity(stack_settings.model)
+        job = _with_head(job, stack, stack_settings, model_id, (first, stop), overwrite, progress)
         signature = _signature(
             source, stack, model_id, job.normalization, job.settings, stack_settings
         )
@@ -179,6 +181,7 @@ def segment_stack(
             seconds=round(time.perf_counter() - start, 3),
             model_id=model_id,
             execution=execution.describe(),
+            method=_method(job),
         )
         store.record_run(_run_record(summary, (first, stop), stack_settings.linking, linked))
     return summary
@@ -223,6 +226,46 @@ def _job_template(source, out, stack: OpenStack, stack_settings, segmenter) -> S
         stack_settings.halo,
         segmenter,
     )
+
+
+def _with_head(job: SliceJob, stack, stack_settings, model_id, z_range, overwrite, progress):
+    """The slice task with a head when one is given or to be learnt (else unchanged)."""
+    from napari_sam.batch.head_tasks import head_plan, learn_head, segment_with_head
+    from napari_sam.training.head_distillation import spread_planes
+
+    if stack_settings.learn is None and stack_settings.head is None:
+        return job
+    if stack_settings.learn is not None and stack_settings.head is not None:
+        raise InvalidInputError("Give a head file or learn one (--learn K), not both.")
+    path = stack_settings.head
+    if stack_settings.learn is not None:
+        first, stop = z_range
+        planes = [first + z for z in spread_planes(stop - first, stack_settings.learn)]
+        from napari_sam.io.cache_signature import data_fingerprint
+
+        provenance = (
+            f"{Path(job.source.path).name} ({data_fingerprint(stack.planes, stack.layout)[:12]}), "
+            f"{model_id}"
+        )
+        path = learn_head(
+            stack,
+            job.out,
+            planes,
+            lambda: load_predictor(stack_settings.model),
+            job.normalization,
+            job.settings,
+            provenance,
+            progress,
+            overwrite=overwrite,
+        )
+    plan = head_plan(path, stack_settings.head_mode, job.settings)
+    return replace(job, settings=plan, segmenter=segment_with_head)
+
+
+def _method(job: SliceJob) -> str:
+    plan = job.settings
+    head = getattr(plan, "head", None)
+    return "grid" if head is None else f"head-{plan.mode} {head}"
 
 
 def _run_jobs(

@@ -25,6 +25,9 @@ class StackSettings:
     tile: int | None = None  # tile interior side in pixels; None: whole planes
     halo: int = 0  # tile overlap in pixels
     linking: LinkingSettings | None = field(default_factory=LinkingSettings)  # None: no linking
+    head: str | None = None  # an instance head file to segment with instead of the grid
+    head_mode: str = "apg"  # "apg": SAM decodes one prompt per seed; "ais": the head alone
+    learn: int | None = None  # learn a head first, from this many planes (docs/instance_head.md)
 
 
 # When ``workers`` is left to the run (None), a local cluster is started only where it can

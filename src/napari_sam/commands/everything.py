@@ -130,6 +130,27 @@ def register(commands) -> None:
     parser.add_argument(
         "--no-gap-closing", action="store_true", help="do not link over one missed slice"
     )
+    head = parser.add_mutually_exclusive_group()
+    head.add_argument(
+        "--learn",
+        type=int,
+        metavar="K",
+        help="learn an instance head first: decode every grid point on K planes spread "
+        "through the stack, train on them, then segment every plane with the head (saved "
+        "beside --out as NAME.head.pt, reused on resume; docs/instance_head.md)",
+    )
+    head.add_argument(
+        "--head",
+        metavar="FILE",
+        help="segment with this instance head (napari-sam train --head, or a --learn run)",
+    )
+    parser.add_argument(
+        "--head-mode",
+        choices=("apg", "ais"),
+        default=stack.head_mode,
+        help="with a head: apg, one SAM prompt per object the head finds; ais, the head's "
+        "own instances, no decoder (fastest) (default %(default)s)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -175,7 +196,9 @@ def run_segment_everything(args: argparse.Namespace) -> int:
         f"{args.out}: {summary.objects} objects in {summary.slices} slices "
         f"({summary.segmented} segmented now, {summary.reused} already done{repaired}), "
         f"{summary.seconds:.1f} s, {summary.slices_per_minute:.1f} slices/min "
-        f"({summary.execution}, {summary.model_id})"
+        f"({summary.execution}, {summary.model_id}"
+        + ("" if summary.method == "grid" else f", {summary.method}")
+        + ")"
     )
     return 0
 
@@ -211,7 +234,18 @@ def stack_settings(args: argparse.Namespace) -> StackSettings:
         tile=args.tile,
         halo=args.halo,
         linking=_linking(args),
+        head=args.head,
+        head_mode=args.head_mode,
+        learn=_learn(args.learn),
     )
+
+
+def _learn(planes: int | None) -> int | None:
+    from napari_sam.errors import InvalidInputError
+
+    if planes is not None and planes < 1:
+        raise InvalidInputError(f"--learn K needs K >= 1 planes; got {planes}.")
+    return planes
 
 
 def model_source(
@@ -260,10 +294,15 @@ class _Bars:
         from tqdm import tqdm
 
         if stage not in self.bars:
-            names = {"segment": "segmenting", "link": "linking"}
-            self.bars[stage] = tqdm(
-                total=total, unit="slice", desc=names.get(stage, stage), file=sys.stderr
-            )
+            names = {
+                "teacher": ("learning: every point", "slice"),
+                "encoding": ("learning: encoding", "image"),
+                "training": ("learning: training", "step"),
+                "segment": ("segmenting", "slice"),
+                "link": ("linking", "slice"),
+            }
+            desc, unit = names.get(stage, (stage, "slice"))
+            self.bars[stage] = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr)
         bar = self.bars[stage]
         bar.update(done - bar.n)
 

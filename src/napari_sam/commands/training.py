@@ -86,6 +86,10 @@ def run_train(args: argparse.Namespace) -> int:
     from napari_sam.training.network import inference_model, load_trainable
     from napari_sam.training.records import add_metrics
 
+    if args.head:
+        from napari_sam.commands.head_training import run_train_head
+
+        return run_train_head(args, load_sets(args, ("train", "test")))
     _set_threads(args.threads)
     sets = _training_sets(args)
     trainable = load_trainable(args.model, args.architecture, args.from_scratch, args.seed)

@@ -18,6 +18,7 @@ from napari_sam.training.config import (
     EvaluationSettings,
     TrainingConfig,
 )
+from napari_sam.training.head_settings import HeadTrainingSettings
 
 SETS = ("train", "validation", "test", "reference")
 
@@ -38,6 +39,7 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
         "--from-scratch", action="store_true", help="random initial weights (no MAE init)"
     )
     add_recipe_arguments(train)
+    add_head_arguments(train)
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     train.add_argument(
         "--tolerance",
@@ -67,6 +69,31 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
         "--out", help="folder for evaluation.csv (and evaluation.png with matplotlib)"
     )
     add_common_arguments(evaluate)
+
+
+def add_head_arguments(train: argparse.ArgumentParser) -> None:
+    """``--head``: train an instance head instead of fine-tuning SAM."""
+    defaults = HeadTrainingSettings()
+    train.add_argument(
+        "--head",
+        action="store_true",
+        help="train an instance head for segment-everything (--learn, --head) instead of "
+        "fine-tuning SAM: writes OUT/head.pt and OUT/head.json; --test images are scored "
+        "against the point grid (docs/instance_head.md)",
+    )
+    train.add_argument(
+        "--head-steps",
+        type=int,
+        default=defaults.steps,
+        help="with --head: training steps (default %(default)s)",
+    )
+    train.add_argument(
+        "--head-augment",
+        type=int,
+        default=defaults.augment,
+        help="with --head: flipped/rotated variants of each image encoded, 1-8 "
+        "(default %(default)s)",
+    )
 
 
 def add_recipe_arguments(train: argparse.ArgumentParser) -> None:

@@ -50,6 +50,7 @@ class EmbeddingStore:
             features = torch.from_numpy(np.load(path))
         else:
             features = encode(model, image)
+            self.encoded += 1
             if path is not None:
                 _save(path, features)
         self._memory[key] = features

@@ -126,10 +126,10 @@ class AutomaticSegmenter:
         progress : callable, optional
             ``progress(done, total)`` in grid points.
         """
-        shape = _plane_shape(plane)
+        shape = checked_plane_shape(plane)
         if embed is None:
             normalization = normalization or compute_normalization(plane)
-            embed = _encoder(self.predictor, plane, normalization, should_stop)
+            embed = window_encoder(self.predictor, plane, normalization, should_stop)
         views = plan_views(shape, self.settings, tile, halo)
         total = sum(v.points_per_side**2 for v in views)
         done = 0
@@ -227,7 +227,7 @@ def plan_views(
     return views
 
 
-def _plane_shape(plane) -> tuple[int, int]:
+def checked_plane_shape(plane) -> tuple[int, int]:
     shape = tuple(int(s) for s in np.shape(plane))
     if len(shape) not in (2, 3) or min(shape[:2]) < 1:
         raise InvalidInputError(
@@ -237,7 +237,9 @@ def _plane_shape(plane) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _encoder(predictor: Predictor, plane, normalization: Normalization, should_stop) -> EmbedWindow:
+def window_encoder(
+    predictor: Predictor, plane, normalization: Normalization, should_stop
+) -> EmbedWindow:
     def embed(window: Window) -> Embedding:
         return predictor.encode(np.asarray(plane[window]), normalization, should_stop)
 

@@ -29,6 +29,9 @@ from napari_sam.engine.prediction.planes import (
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import InvalidInputError, OperationCancelled
 
+# A plane segmenter used instead of the grid (see EverythingSession.use_method).
+PlaneMethod = Callable[..., PlaneSegmentation]
+
 KEPT_PLANES = 4  # decoded planes kept for re-thresholding (50-150 MB each, on the decoder's device)
 
 
@@ -80,7 +83,9 @@ class EverythingSession:
         self.tile, self.halo = tile, halo
         self.linking = linking or LinkingSettings()
         self.embeddings = None  # an AnnotationSession whose (cached) embeddings are reused
+        self.method: PlaneMethod | None = None  # None: the point grid; else see use_method
         self._kept: OrderedDict[PlaneKey, Candidates] = OrderedDict()
+        self._results: OrderedDict[PlaneKey, PlaneSegmentation] = OrderedDict()
 
     @classmethod
     def from_session(
@@ -104,8 +109,23 @@ class EverythingSession:
         )
         everything.linking = linking or LinkingSettings()
         everything.embeddings = session
+        everything.method = None
         everything._kept = OrderedDict()
+        everything._results = OrderedDict()
         return everything
+
+    def use_method(self, method: PlaneMethod | None) -> None:
+        """Segment planes with ``method`` instead of the point grid (None: the grid again).
+
+        ``method(plane, normalization, tile=, halo=, embed=, should_stop=, progress=)``
+        returns a :class:`PlaneSegmentation`, e.g. the ``segment`` of an
+        :class:`~napari_sam.engine.instances.segmenter.HeadSegmenter` (an instance head).
+        Such a method has no cheap re-threshold: :meth:`generate` returns what
+        :meth:`initialise` made, and new thresholds need a new :meth:`initialise`.
+        """
+        self.method = method
+        self._kept.clear()
+        self._results.clear()
 
     def _embedder(self, key: PlaneKey, should_stop):
         """``embed(window)`` from the annotation session, or None to encode directly."""
@@ -122,9 +142,16 @@ class EverythingSession:
         key: PlaneKey = (),
         should_stop: Callable[[], bool] | None = None,
         progress: Callable[[int, int], None] | None = None,
-    ) -> Candidates:
-        """Decode one plane (slow) and keep the result for :meth:`generate`."""
+    ) -> Candidates | None:
+        """Decode one plane (slow) and keep the result for :meth:`generate` (which
+        returns None when a method replaces the grid: its labels are kept instead)."""
         key = self.layout.check_key(key)
+        if self.method is not None:
+            self._results[key] = self._segment_with_method(key, should_stop, progress)
+            self._results.move_to_end(key)
+            while len(self._results) > KEPT_PLANES:
+                self._results.popitem(last=False)
+            return None
         segmenter = AutomaticSegmenter(self.predictor, self.settings)
         candidates = segmenter.initialise(
             PlaneView(self.data, self.layout, key),
@@ -143,7 +170,19 @@ class EverythingSession:
 
     def has_candidates(self, key: PlaneKey) -> bool:
         """Whether :meth:`generate` can run on this plane without decoding."""
-        return tuple(key) in self._kept
+        return tuple(key) in (self._kept if self.method is None else self._results)
+
+    def _segment_with_method(self, key: PlaneKey, should_stop, progress) -> PlaneSegmentation:
+        assert self.method is not None  # checked by the callers
+        return self.method(
+            PlaneView(self.data, self.layout, key),
+            self.normalization,
+            tile=self.tile,
+            halo=self.halo,
+            embed=self._embedder(key, should_stop),
+            should_stop=should_stop,
+            progress=progress,
+        )
 
     def generate(
         self, key: PlaneKey = (), settings: EverythingSettings | None = None
@@ -156,6 +195,8 @@ class EverythingSession:
             The plane was not decoded yet (call :meth:`initialise`).
         """
         key = tuple(key)
+        if self.method is not None and key in self._results:
+            return self._results[key]
         if key not in self._kept:
             raise InvalidInputError(
                 f"Plane {key} has not been decoded yet: run initialise({key}) first."
@@ -189,16 +230,20 @@ class EverythingSession:
         for done, key in enumerate(keys):
             if should_stop is not None and should_stop():
                 raise OperationCancelled("Segment everything was cancelled.")
-            candidates = segmenter.initialise(
-                PlaneView(self.data, layout, key),
-                self.normalization,
-                tile=self.tile,
-                halo=self.halo,
-                embed=self._embedder(key, should_stop),
-                should_stop=should_stop,
-            )
-            decoded += candidates.points_decoded
-            labels[key] = segmenter.generate(candidates, self.settings).labels
+            if self.method is not None:
+                result = self._segment_with_method(key, should_stop, None)
+            else:
+                candidates = segmenter.initialise(
+                    PlaneView(self.data, layout, key),
+                    self.normalization,
+                    tile=self.tile,
+                    halo=self.halo,
+                    embed=self._embedder(key, should_stop),
+                    should_stop=should_stop,
+                )
+                result = segmenter.generate(candidates, self.settings)
+            decoded += result.points_decoded
+            labels[key] = result.labels
             if progress is not None:
                 progress(done + 1, len(keys))
         labels = (
