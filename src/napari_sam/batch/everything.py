@@ -148,7 +148,10 @@ def segment_stack(
         first, stop = _check_z_range(z_range, stack.layout.stack_shape[0])
         job = _job_template(source, out, stack, stack_settings, segmenter)
         model_id = model_identity(stack_settings.model)
-        job = _with_head(job, stack, stack_settings, model_id, (first, stop), overwrite, progress)
+        with _torch_threads(execution.threads):  # --learn's training is the heavy part
+            job = _with_head(
+                job, stack, stack_settings, model_id, (first, stop), overwrite, progress
+            )
         signature = _signature(
             source, stack, model_id, job.normalization, job.settings, stack_settings
         )
@@ -258,7 +261,7 @@ def _with_head(job: SliceJob, stack, stack_settings, model_id, z_range, overwrit
             progress,
             overwrite=overwrite,
         )
-    plan = head_plan(path, stack_settings.head_mode, job.settings)
+    plan = head_plan(path, stack_settings.head_mode, job.settings, model_id)
     return replace(job, settings=plan, segmenter=segment_with_head)
 
 

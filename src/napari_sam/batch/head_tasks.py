@@ -49,15 +49,18 @@ class HeadPlan:
         }
 
 
-def head_plan(path: str | Path, mode: str, settings: EverythingSettings | None) -> HeadPlan:
+def head_plan(
+    path: str | Path, mode: str, settings: EverythingSettings | None, model_id: str
+) -> HeadPlan:
     """A plan for an existing head file (checked now, before any slice runs).
 
     Raises
     ------
     InvalidInputError, CheckpointError
-        No head there, or not a readable one.
+        No head there, not a readable one, or one trained for another model than
+        ``model_id``.
     """
-    load_head(path)  # fail early, with the loader's message
+    load_head(path).check_encoder(model_id)  # fail early, with the loader's message
     weights = head_paths(path)[0].resolve()
     return HeadPlan(str(weights), file_sha256(weights), mode, settings or EverythingSettings())
 
@@ -121,11 +124,17 @@ def learn_head(
     InvalidInputError
         A head for other data or planes is beside ``out`` and ``overwrite`` is False.
     """
+    import hashlib
+    import json
+
     from napari_sam.engine.prediction.planes import read_plane
     from napari_sam.training.head_distillation import distil_head
 
     path = learnt_head_path(out)
-    trained_on = f"{provenance}, planes {','.join(str(z) for z in planes)}"
+    teacher = (settings or EverythingSettings()).every_point().to_dict()
+    digest = hashlib.sha256(json.dumps(teacher, sort_keys=True).encode()).hexdigest()[:8]
+    planes_text = ",".join(str(z) for z in planes)
+    trained_on = f"{provenance}, planes {planes_text}, teacher settings {digest}"
     reused = _reusable(path, trained_on)
     if reused is not None:
         log.info("reusing the head learnt before: %s", path)
