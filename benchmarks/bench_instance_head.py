@@ -95,9 +95,29 @@ def measure(image: str, mode: str, head_path: str) -> dict:
         "decoded": int(decoded),
         "objects": int(len(np.unique(labels)) - 1),
         "ap50": round(ap[0.5], 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": peak_rss_mb(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory since its start or the last reset, MB.
+
+    Read from ``VmHWM``, not ``getrusage``: Linux carries ``ru_maxrss`` across
+    fork and exec, so a child would report at least its parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def reset_peak_rss() -> None:
+    """Start ``VmHWM`` again from the current resident memory (Linux; else a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def main() -> None:
@@ -108,9 +128,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for image in IMAGES:
             head = Path(folder) / f"head-{len(rows)}"
+            reset_peak_rss()
             start = time.perf_counter()
             train(image, head)
             trained = round(time.perf_counter() - start, 1)
+            training_rss = peak_rss_mb()
             for mode in MODES:
                 out = subprocess.run(
                     [sys.executable, __file__, image, mode, str(head)],
@@ -121,6 +143,7 @@ def main() -> None:
                 )
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row["head_training_seconds"] = trained
+                row["head_training_peak_rss_mb"] = training_rss
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     OUT.write_text(json.dumps(rows, indent=1) + "\n")

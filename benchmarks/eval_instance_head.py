@@ -51,8 +51,18 @@ LABEL_SETS = ("bbbc007", "scratch_nuclei", "scratch_cells")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", default="distil,labels,generalist")
+    parser.add_argument(
+        "--redo",
+        default="",
+        help="comma-separated entries (e.g. distil/scratch_nuclei) to train and score "
+        "again; their every-point scores are kept",
+    )
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    for key in filter(None, args.redo.split(",")):
+        for row in results.get(key, {}).get("images", {}).values():
+            row.pop("apg", None)
+            row.pop("ais", None)
     predictor = Predictor("vit_t", device="cpu")
     every = Every(predictor)
     parts = args.parts.split(",")
@@ -116,21 +126,23 @@ def scored(labels, truth, seconds: float, decoded: int = 0) -> dict:
 def run_distil(predictor, every, results, name, planes, labels, learn, scored_planes) -> None:
     key = f"distil/{name}"
     entry = results.setdefault(key, {"learn": learn, "images": {}})
-    if all(_plane_name(name, i) in entry["images"] for i in scored_planes):
+    if all("apg" in entry["images"].get(_plane_name(name, i), {}) for i in scored_planes):
         return
     normalization = stack_normalization(planes, plane_layout(planes.shape, False))
     start = time.perf_counter()
-    head, _ = distil_head(
+    head, taught = distil_head(
         predictor, [(f"{name}[{i}]", planes[i]) for i in learn], normalization, trained_on=name
     )
     entry["train_seconds"] = round(time.perf_counter() - start, 1)
+    entry["teacher_objects"] = [int(len(np.unique(t)) - 1) for t in taught]
     for index in scored_planes:
         image_name = _plane_name(name, index)
         row = entry["images"].get(image_name) or {}
         if "apg" not in row:
-            row["every_point"] = every.score(
-                image_name, planes[index], normalization, labels[index]
-            )
+            if "every_point" not in row:
+                row["every_point"] = every.score(
+                    image_name, planes[index], normalization, labels[index]
+                )
             row.update(score_head(predictor, head, planes[index], normalization, labels[index]))
             row["labels"] = int(len(np.unique(labels[index])) - 1)
             entry["images"][image_name] = row
@@ -140,17 +152,19 @@ def run_distil(predictor, every, results, name, planes, labels, learn, scored_pl
 
 def run_trained(predictor, every, results, key, train, test) -> None:
     entry = results.setdefault(key, {"trained_on": [i.name for i in train], "images": {}})
-    if all(image.name in entry["images"] for image in test):
+    if all("apg" in entry["images"].get(image.name, {}) for image in test):
         return
     start = time.perf_counter()
     head = train_head(predictor.model, list(train), trained_on=key)
     entry["train_seconds"] = round(time.perf_counter() - start, 1)
     for image in test:
-        if image.name in entry["images"]:
+        row = entry["images"].get(image.name) or {}
+        if "apg" in row:
             continue
-        row = {
-            "every_point": every.score(image.name, image.image, image.normalization, image.labels)
-        }
+        if "every_point" not in row:
+            row["every_point"] = every.score(
+                image.name, image.image, image.normalization, image.labels
+            )
         row.update(score_head(predictor, head, image.image, image.normalization, image.labels))
         row["labels"] = len(image.object_ids())
         entry["images"][image.name] = row

@@ -22,7 +22,7 @@ from napari_sam.training import head_distillation, head_training
 from napari_sam.training.datasets import LabelledImage, images_from_arrays
 from napari_sam.training.embeddings import EmbeddingStore
 from napari_sam.training.head_data import labelled_planes
-from napari_sam.training.head_distillation import distil_head, spread_planes
+from napari_sam.training.head_distillation import distil_head, drop_containers, spread_planes
 from napari_sam.training.head_settings import HeadTrainingSettings
 from napari_sam.training.head_targets import head_targets
 from napari_sam.training.head_training import (
@@ -277,7 +277,7 @@ def test_distil_head_learns_from_the_teacher(fake_teacher, tiny_model, make_imag
     )
     assert len(labels) == 3
     for got, wanted in zip(labels, (first, fake_teacher.results[1], third)):
-        assert got is wanted
+        np.testing.assert_array_equal(got, wanted)
     card = head.card
     assert (card.mode, card.planes, card.objects) == ("distilled", 2, 3)  # plane 1 had none
     assert (card.encoder, card.trained_on, card.width) == (tiny_model.model_id, "my stack", 8)
@@ -285,6 +285,48 @@ def test_distil_head_learns_from_the_teacher(fake_teacher, tiny_model, make_imag
     assert settings == loose.every_point() and settings.skip_covered is False
     assert [e for e in events if e[0] == "teacher"] == [("teacher", i, 3) for i in (1, 2, 3)]
     assert ("encoding", 2, 2) in events and events[-1] == ("training", 3, 3)
+
+
+def sheet_with_nuclei() -> np.ndarray:
+    """A cell sheet's mask (1) painted under three nuclei (2, 3, 4), as the teacher paints."""
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:38, 2:30] = 1
+    labels[5:11, 5:11] = 2
+    labels[20:26, 8:14] = 3
+    labels[14:20, 26:34] = 4  # a notch in the sheet's edge: not inside it
+    return labels
+
+
+def test_drop_containers_removes_an_object_holding_others():
+    labels = sheet_with_nuclei()
+    out = drop_containers(labels)
+    assert not (out == 1).any()
+    for index in (2, 3, 4):  # the members are untouched
+        np.testing.assert_array_equal(out == index, labels == index)
+    assert labels.max() == 4 and (labels == 1).any()  # the input is not changed
+
+
+def test_drop_containers_keeps_objects_holding_fewer_than_two():
+    labels = sheet_with_nuclei()
+    labels[labels == 3] = 1  # now the sheet holds nucleus 2 only
+    np.testing.assert_array_equal(drop_containers(labels), labels)
+    np.testing.assert_array_equal(drop_containers(labels, holds=1) == 1, False)
+    touching = np.zeros((20, 20), np.int32)  # side by side, none inside another
+    touching[2:10, 2:10], touching[2:10, 10:18], touching[10:18, 2:18] = 1, 2, 3
+    np.testing.assert_array_equal(drop_containers(touching), touching)
+
+
+def test_distil_head_drops_the_teachers_containers(fake_teacher, tiny_model, make_image):
+    planes = planes_for_teacher(make_image, 1, shape=(40, 40))
+    fake_teacher.results = {0: sheet_with_nuclei()}
+    head, (labels,) = distil_head(
+        Predictor(tiny_model),
+        planes,
+        compute_normalization(planes[0][1]),
+        training=HeadTrainingSettings(steps=1, batch_size=1, width=8, augment=1),
+    )
+    assert sorted(np.unique(labels).tolist()) == [0, 2, 3, 4]
+    assert head.card.objects == 3
 
 
 def test_distil_head_refuses_planes_without_objects(fake_teacher, tiny_model, make_image):

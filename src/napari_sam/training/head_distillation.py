@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from napari_sam.engine.everything.segmenter import AutomaticSegmenter
 from napari_sam.engine.everything.settings import EverythingSettings
@@ -37,6 +38,39 @@ def spread_planes(count: int, planes: int) -> list[int]:
         raise InvalidInputError(f"Cannot pick {planes} planes from a stack of {count}.")
     planes = min(planes, count)
     return sorted({int((k + 0.5) * count / planes) for k in range(planes)})
+
+
+def drop_containers(labels: np.ndarray, *, holds: int = 2) -> np.ndarray:
+    """The teacher's labels without the objects that hold other objects.
+
+    Segment-everything keeps nested masks: a nucleus, and the mask of the cell sheet or of
+    a clump around it. Painted largest first, the container survives as the space between
+    its members. Learnt as one object, it teaches the head that the space between nuclei is
+    foreground, and the watershed of the AIS mode floods it. An object holds another when
+    at least half of the other's pixels lie within its own extent (its holes filled); an
+    object holding ``holds`` or more becomes background.
+
+    >>> labels = np.zeros((9, 9), int)
+    >>> labels[1:8, 1:8] = 1
+    >>> labels[2:4, 2:4], labels[5:7, 5:7] = 2, 3
+    >>> np.unique(drop_containers(labels)).tolist()
+    [0, 2, 3]
+    """
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels.ravel())
+    out = labels.copy()
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
+            continue
+        window = labels[found]
+        extent = ndimage.binary_fill_holes(window == index)
+        inside = window[extent & (window != index) & (window > 0)]
+        if inside.size == 0:
+            continue
+        members, pixels = np.unique(inside, return_counts=True)
+        if np.count_nonzero(2 * pixels >= sizes[members]) >= holds:
+            out[found][window == index] = 0
+    return out
 
 
 def distil_head(
@@ -72,14 +106,15 @@ def distil_head(
     head : TrainedHead
         Card mode "distilled".
     labels : list of numpy.ndarray
-        The teacher's (rows, cols) int32 labels of each plane.
+        The teacher's (rows, cols) int32 labels of each plane, containers dropped
+        (:func:`drop_containers`): what the head learnt from.
     """
     teacher = AutomaticSegmenter(predictor, (settings or EverythingSettings()).every_point())
     images, labels = [], []
     for done, (name, plane) in enumerate(planes, 1):
         plane = np.asarray(plane)
         candidates = teacher.initialise(plane, normalization, should_stop=should_stop)
-        result = teacher.generate(candidates).labels
+        result = drop_containers(teacher.generate(candidates).labels)
         labels.append(result)
         if result.any():
             images.append(LabelledImage(plane, result.astype(np.int64), name, normalization, name))
