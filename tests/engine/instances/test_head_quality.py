@@ -4,8 +4,8 @@ Two heads learn from two planes of the cells3d nuclei (20 and 40) and segment a 
 neither saw (30):
 
 * distilled from every-point segment-everything's own labels of the two planes, without
-  the objects that hold others (no labels given: what ``--learn`` does), its APG mode must reach every-point's AP@0.5 on plane 30
-  within 0.01 (the issue's bound);
+  the objects that hold others (no labels given: what ``--learn`` does), its APG mode
+  must reach every-point's AP@0.5 on plane 30 within 0.01 (the issue's bound);
 * trained on the labels of the two planes (the user's labels), both modes must beat
   every-point by 0.05 AP@0.5.
 
