@@ -136,3 +136,68 @@ def test_short_runs_validate_within_their_steps(make_napari_viewer, tmp_path, mo
     assert config.steps == 2 and config.warmup_steps <= 2 and config.validate_every <= 2
     assert config.max_minutes is None  # 0: no time limit
     assert config.learning_rate == TrainingConfig().learning_rate
+
+
+@pytest.fixture
+def tiny_head_model(monkeypatch, tiny_model):
+    """Learning a head loads the tiny random SAM instead of vit_t."""
+    from napari_sam.training import head_training
+
+    monkeypatch.setattr(head_training, "load_model", lambda model, architecture=None: tiny_model)
+    return tiny_model
+
+
+def test_choosing_the_head_swaps_the_steps_and_greys_out_sam_fields(make_napari_viewer, tmp_path):
+    from napari_sam._widgets.finetune import HEAD
+    from napari_sam.training.head_settings import HeadTrainingSettings
+
+    _, widget = _widget(make_napari_viewer, tmp_path)  # SAM, 2 steps
+    widget.parts_box.setCurrentText(HEAD)
+    assert widget.steps_box.value() == HeadTrainingSettings().steps
+    assert widget.run_button.text() == "Learn head"
+    assert not widget.objects_box.isEnabled() and not widget.freeze_iou_box.isEnabled()
+    widget.steps_box.setValue(7)
+    widget.parts_box.setCurrentText("decoder+prompt")
+    assert widget.steps_box.value() == 2 and widget.objects_box.isEnabled()
+    widget.parts_box.setCurrentText("decoder")  # SAM to SAM keeps the steps
+    assert widget.steps_box.value() == 2
+    widget.parts_box.setCurrentText(HEAD)
+    assert widget.steps_box.value() == 7 and widget.run_button.text() == "Learn head"
+
+
+def test_learns_a_head_and_hands_it_to_segment_everything(
+    make_napari_viewer, qtbot, tmp_path, tiny_head_model
+):
+    import json
+
+    from napari_sam._widgets.everything import EverythingWidget
+    from napari_sam._widgets.finetune import HEAD
+
+    viewer, widget = _widget(make_napari_viewer, tmp_path)
+    everything = EverythingWidget(viewer, model=tiny_head_model)
+    viewer.window.add_dock_widget(everything)
+    widget.parts_box.setCurrentText(HEAD)
+    widget.steps_box.setValue(3)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    path = widget.head_path
+    assert path is not None and path.name == "head.pt" and path.parent.parent == tmp_path
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert (card["encoder"], card["planes"], card["objects"]) == (tiny_head_model.model_id, 1, 4)
+    assert card["trained_on"] == "cells (committed objects)" and card["mode"] == "labels"
+    assert widget.result is None  # no SAM was fine-tuned
+    assert everything.head is not None and everything.head_source == "head.pt"
+    assert "1 segment-everything widget(s) now use it" in widget.status.text()
+    assert widget.progress_bar.value() == widget.progress_bar.maximum() == 3
+
+
+def test_cancelling_the_head_saves_nothing(make_napari_viewer, qtbot, tmp_path, tiny_head_model):
+    from napari_sam._widgets.finetune import HEAD
+
+    _, widget = _widget(make_napari_viewer, tmp_path)
+    widget.parts_box.setCurrentText(HEAD)
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.head_path is None and "Cancelled" in widget.status.text()
+    assert not list(tmp_path.glob("*/head.pt"))

@@ -7,6 +7,11 @@ widget reads the chosen image and labels layers, runs
 :class:`~napari_sam.engine.model.threads.TorchThread`, model loading included (the GUI stays
 responsive; the status says "loading model ..." until the first step, then a timer shows
 progress), and on success switches every open SAM annotator to the new weights.
+
+With **train: instance head** it learns an instance head from the same committed objects
+instead (:func:`~napari_sam.training.head_training.train_head_file`, about 0.3 s a step),
+saves it as ``head.pt`` and ``head.json`` and loads it into every open segment-everything
+widget, whose head methods (APG, AIS) then segment with it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from qtpy.QtWidgets import (
 from napari_sam.errors import NapariSamError, OperationCancelled
 
 POLL_MS = 250  # how often the progress bar reads the training's latest report
+HEAD = "instance head"  # the "train" choice that learns an instance head, not SAM
 
 
 class FineTuneWidget(QWidget):
@@ -47,6 +53,7 @@ class FineTuneWidget(QWidget):
         self.model_name = model
         self.worker = None
         self.result = None  # TrainingResult of the last finished run
+        self.head_path: Path | None = None  # the head saved by the last head run
         self._latest = None  # TrainingProgress, written by the torch thread
         self._stop = False
         self._torch = None
@@ -60,6 +67,7 @@ class FineTuneWidget(QWidget):
     def _build_ui(self) -> None:
         from napari_sam.engine.everything.settings import EverythingSettings
         from napari_sam.training.config import PAPER_PROMPTS, TrainingConfig
+        from napari_sam.training.head_settings import HeadTrainingSettings
 
         # The fields start at TrainingConfig's defaults: the recipe of docs/training.md's
         # experiment (about 6 s a step on 2 cores).
@@ -67,11 +75,17 @@ class FineTuneWidget(QWidget):
         self.image_box, self.labels_box = QComboBox(), QComboBox()
         self.model_edit = QLineEdit(self.model_name)
         self.parts_box = QComboBox()
-        self.parts_box.addItems(["decoder", "decoder+prompt"])  # they train on cached embeddings
+        # all three train on cached embeddings
+        self.parts_box.addItems(["decoder", "decoder+prompt", HEAD])
         self.parts_box.setCurrentText(defaults.trainable)
+        self.parts_box.setToolTip(
+            "decoder, decoder+prompt: fine-tune SAM for the annotator. instance head: learn a "
+            "head for segment-everything's APG and AIS methods (SAM stays as it is)."
+        )
         self.steps_box, self.objects_box = QSpinBox(), QSpinBox()
         self.steps_box.setRange(1, 100_000)
         self.steps_box.setValue(defaults.steps)
+        self._other_steps = HeadTrainingSettings().steps  # of the choice not shown
         self.objects_box.setRange(1, 64)
         self.objects_box.setValue(defaults.objects_per_step)
         self.iterations_box = QSpinBox()
@@ -128,6 +142,23 @@ class FineTuneWidget(QWidget):
         layout.addStretch()
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self._sam_only = (self.objects_box, self.iterations_box, self.minutes_box)
+        self._sam_only += (self.freeze_iou_box,)
+        self._previous_parts = self.parts_box.currentText()
+        self.parts_box.currentTextChanged.connect(self._parts_changed)
+
+    def _parts_changed(self, parts: str) -> None:
+        """Switching between SAM and the head swaps the step count and greys out the
+        fields that only fine-tuning SAM uses."""
+        head = parts == HEAD
+        if head != (self._previous_parts == HEAD):
+            steps = self.steps_box.value()
+            self.steps_box.setValue(self._other_steps)
+            self._other_steps = steps
+        self._previous_parts = parts
+        for box in self._sam_only:
+            box.setEnabled(not head)
+        self.run_button.setText("Learn head" if head else "Fine-tune")
 
     def reset_choices(self, *_: object) -> None:
         """Refresh the layer lists."""
@@ -154,6 +185,10 @@ class FineTuneWidget(QWidget):
         except NapariSamError as error:
             show_error(f"napari-sam: {error}")
             return
+        output = Path(self.output_edit.text()).expanduser() / time.strftime("%Y%m%d-%H%M%S")
+        if self.parts_box.currentText() == HEAD:
+            self._start_head(images, image, output)
+            return
         defaults = TrainingConfig()
         steps, rounds = self.steps_box.value(), self.iterations_box.value()
         config = replace(
@@ -172,50 +207,86 @@ class FineTuneWidget(QWidget):
             validate_every=min(defaults.validate_every, max(1, steps // 5)),
             checkpoint_every=min(defaults.checkpoint_every, max(1, steps // 5)),
         )
-        output = Path(self.output_edit.text()).expanduser() / time.strftime("%Y%m%d-%H%M%S")
         self._start_worker(images, config, output)
 
     def _start_worker(self, images, config, output: Path) -> None:
         from napari_sam.training.annotations import fine_tune_annotations
 
+        model = self._model()
+        self._run_on_torch(
+            fine_tune_annotations,
+            images,
+            model,
+            output,
+            config,
+            progress=self._remember,
+            should_stop=lambda: self._stop,
+        )
+        self.progress_bar.setRange(0, config.steps)
+        self.status.setText(
+            f"loading model {Path(model).name} and preparing {len(images)} image(s) ... "
+            f"(results go to {output})"
+        )
+
+    def _start_head(self, images, image: str, output: Path) -> None:
+        from napari_sam.training.head_settings import HeadTrainingSettings
+        from napari_sam.training.head_training import train_head_file
+
+        model = self._model()
+        self._run_on_torch(
+            train_head_file,
+            images,
+            model,
+            output,
+            HeadTrainingSettings(steps=self.steps_box.value()),
+            trained_on=f"{image} (committed objects)",
+            progress=self._remember_head,
+            should_stop=lambda: self._stop,
+        )
+        self.progress_bar.setRange(0, 0)  # busy until the first report
+        self.status.setText(
+            f"loading model {Path(model).name} to learn an instance head from the objects of "
+            f"{len(images)} plane(s) of {image} ... (saved under {output})"
+        )
+
+    def _model(self) -> str:
+        return self.model_edit.text().strip() or self.model_name
+
+    def _run_on_torch(self, function, *args, **kwargs) -> None:
+        """Run ``function`` on the torch thread; the napari worker waits for it."""
         if self._torch is None:
             from napari_sam.engine.model.threads import TorchThread
 
             self._torch = TorchThread()
         self._stop, self._latest = False, None
-        model = self.model_edit.text().strip() or self.model_name
 
-        def job():  # the napari worker waits; training runs on the torch thread
-            return self._torch.run(
-                fine_tune_annotations,
-                images,
-                model,
-                output,
-                config,
-                progress=self._remember,
-                should_stop=lambda: self._stop,
-            )
+        def job():
+            return self._torch.run(function, *args, **kwargs)
 
         self.worker = create_worker(
             job, _connect={"returned": self._finished, "errored": self._failed}, _start_thread=False
         )
-        self.progress_bar.setRange(0, config.steps)
         self.progress_bar.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.status.setText(
-            f"loading model {Path(model).name} and preparing {len(images)} image(s) ... "
-            f"(results go to {output})"
-        )
         self.timer.start(POLL_MS)
         self.worker.start()
+
+    def _remember_head(self, stage: str, done: int, total: int) -> None:
+        self._latest = (stage, done, total)  # read by the GUI timer
 
     def _remember(self, update) -> None:
         self._latest = update  # read by the GUI timer; one attribute write is atomic
 
     def _show_progress(self) -> None:
         update = self._latest
-        if update is not None:
+        if isinstance(update, tuple):  # learning a head: (stage, done, total)
+            stage, done, total = update
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(done)
+            what = "training step" if stage == "training" else f"{stage} image"
+            self.status.setText(f"Learning the instance head: {what} {done} of {total}...")
+        elif update is not None:
             self.progress_bar.setValue(update.step)
             best = (
                 ""
@@ -239,6 +310,9 @@ class FineTuneWidget(QWidget):
     def _finished(self, result) -> None:
         self._done()
         self._show_progress()
+        if isinstance(result, Path):  # a head
+            self._head_finished(result)
+            return
         self.result = result
         switched = self.switch_annotators(result.weights)
         note = f"; {switched} annotator(s) now use it" if switched else ""
@@ -251,6 +325,26 @@ class FineTuneWidget(QWidget):
             f"Saved {result.weights} ({result.steps} steps, {result.stopped}){note}."
         )
         show_info(f"napari-sam: fine-tuned model saved to {result.weights}")
+
+    def _head_finished(self, path: Path) -> None:
+        self.head_path = path
+        switched = self.switch_everything(path)
+        note = f"; {switched} segment-everything widget(s) now use it" if switched else ""
+        self.status.setText(
+            f"Saved the instance head {path} (card {path.stem}.json){note}. Choose head (APG) "
+            "or head (AIS) in segment everything to segment with it."
+        )
+        show_info(f"napari-sam: instance head saved to {path}")
+
+    def switch_everything(self, head: Path) -> int:
+        """Load ``head`` into every docked segment-everything widget whose model it fits;
+        returns how many took it (one that refuses says why in its own status)."""
+        from napari_sam._widgets.everything import EverythingWidget
+
+        widgets = [
+            w for w in self.viewer.window.dock_widgets.values() if isinstance(w, EverythingWidget)
+        ]
+        return sum(bool(widget.load_head(head)) for widget in widgets)
 
     def _failed(self, error: Exception) -> None:
         self._done()

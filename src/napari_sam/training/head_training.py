@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from napari_sam.engine.instances.head import HeadCard, InstanceHead, TrainedHead
-from napari_sam.engine.model.loading import SamModel
+from napari_sam.engine.model.loading import SamModel, load_model
 from napari_sam.errors import InvalidInputError, OperationCancelled
 from napari_sam.training.datasets import LabelledImage
 from napari_sam.training.embeddings import EmbeddingStore
@@ -201,3 +202,35 @@ def head_loss(logits: torch.Tensor, maps: torch.Tensor, valid: torch.Tensor) -> 
     dice = 1 - (2 * overlap + 1) / (probability.sum() + (maps[:, 0] * weight).sum() + 1)
     distances = (torch.sigmoid(logits[:, 1:]) - maps[:, 1:]).square().sum(dim=1)
     return ((foreground + distances) * weight).sum() / cells + dice
+
+
+def train_head_file(
+    images: list[LabelledImage],
+    model: str | Path,
+    output: str | Path,
+    settings: HeadTrainingSettings | None = None,
+    *,
+    architecture: str | None = None,
+    trained_on: str = "",
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Path:
+    """Load ``model``, train a head on ``images`` and save it as ``OUTPUT/head.pt`` (with
+    its card ``head.json``); returns the .pt path. What the fine-tuning widget runs.
+
+    Parameters
+    ----------
+    images : list of LabelledImage
+        E.g. the committed objects (:func:`~napari_sam.training.annotations.annotated_images`).
+    model : str or Path
+        A model id or weights file: the encoder the head will belong to.
+    trained_on : str
+        Recorded on the card (default: the images' groups).
+    progress, should_stop : callable, optional
+        As for :func:`train_head`.
+    """
+    sam = load_model(model, architecture=architecture)
+    head = train_head(
+        sam, images, settings, trained_on=trained_on, progress=progress, should_stop=should_stop
+    )
+    return head.save(Path(output) / "head")
