@@ -8,7 +8,12 @@ from napari_sam.cli import build_parser, main
 from napari_sam.commands.training import evaluation_settings, training_config
 from napari_sam.engine.everything.settings import EverythingSettings
 from napari_sam.errors import InvalidInputError
-from napari_sam.training.config import PAPER_PROMPTS, EvaluationSettings, TrainingConfig
+from napari_sam.training.config import (
+    PAPER_PROMPTS,
+    EvaluationSettings,
+    RetentionSettings,
+    TrainingConfig,
+)
 
 
 @pytest.fixture
@@ -70,11 +75,13 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
             "1",
             "--tolerance",
             "1.0",
+            "--no-keep",
         ]
     )
     printed = capsys.readouterr().out
     assert code == 0
     assert "finetuned_random.pt: 1 steps (completed) in " in printed
+    assert "mixed with the released" not in printed
     # the "before" rows are printed as soon as they are measured, then again beside "after"
     assert printed.count("before random-seed0") == 4 and printed.count("after finetuned@") == 2
     card = json.loads((out / "finetuned_random.json").read_text())
@@ -85,6 +92,49 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
         "released"
     )
     assert card["training"]["settings"]["validation_objects"] == TrainingConfig().validation_objects
+
+
+def test_train_keeps_the_given_domains(tmp_path, discs, tiny_cli, capsys):
+    """--keep-folder: half rehearses, half is the reference validation that the mix honours."""
+    train = _folder(tmp_path / "train", discs, [((30, 30), (60, 60))])
+    validation = _folder(tmp_path / "validation", discs, [((40, 40), (70, 20))])
+    keep = _folder(tmp_path / "keep", discs, [((20, 20), (70, 70)), ((50, 30), (30, 70))])
+    out = tmp_path / "out"
+    flags = ["train", "--train-folder", str(train), "--validation-folder", str(validation)]
+    flags += ["--out", str(out), "--steps", "2", "--objects", "1", "--validate-every", "1"]
+    flags += ["--validation-objects", "1", "--no-evaluation", "--keep-folder", str(keep)]
+    flags += ["--rehearsal", "0.5"]
+    assert main(flags) == 0
+    printed = capsys.readouterr().out
+    assert "mixed with the released weights at alpha " in printed
+    card = json.loads((out / "finetuned_random.json").read_text())
+    mix = card["training"]["mix_with_released"]
+    assert mix["alpha"] in TrainingConfig().retention.mix_grid
+    assert [row["alpha"] for row in mix["scores"]] == list(TrainingConfig().retention.mix_grid)
+    assert card["training"]["settings"]["retention"]["rehearsal"] == 0.5
+    one = _folder(tmp_path / "one", discs, [((20, 20), (70, 70))])
+    flags[flags.index(str(keep))] = str(one)
+    flags[flags.index(str(out))] = str(tmp_path / "out2")
+    assert main(flags) != 0
+    assert "at least two whole images" in capsys.readouterr().err
+
+
+def test_without_keep_images_the_development_nuclei_stand_in(monkeypatch):
+    from napari_sam.commands.training import keep_sets
+    from napari_sam.errors import DownloadError
+    from napari_sam.training import retention
+
+    parse = build_parser().parse_args
+    monkeypatch.setattr(retention, "domains_to_keep", lambda keep, seed: (["r"], ["v"]))
+    assert keep_sets([], parse(["train", "--out", "x"])) == (["r"], ["v"])
+    assert keep_sets([], parse(["train", "--out", "x", "--no-keep"])) == ([], [])
+    assert keep_sets([], parse(["train", "--out", "x", "--development"])) == ([], [])
+
+    def offline(keep, seed):
+        raise DownloadError("no network")
+
+    monkeypatch.setattr(retention, "domains_to_keep", offline)
+    assert keep_sets([], parse(["train", "--out", "x"])) == ([], [])  # warns, trains on
 
 
 def test_train_without_images_is_an_error(tmp_path, capsys):
@@ -185,6 +235,10 @@ def test_train_without_tuning_flags_runs_the_default_config():
             {"max_minutes": 2.5, "seed": 4, "name": "b"},
         ),
         (["--max-minutes", "0"], {"max_minutes": None}),  # 0 lifts the time limit
+        (
+            ["--rehearsal", "0.3", "--anchor", "2", "--no-mix"],
+            {"retention": RetentionSettings(rehearsal=0.3, anchor=2.0, mix=False)},
+        ),
     ],
 )
 def test_each_training_flag_sets_its_setting(flags, changed):

@@ -35,16 +35,28 @@ def tiny_training(monkeypatch, tiny_architecture):
         "load_trainable",
         lambda model, architecture=None: load_trainable(random_model(tiny_architecture)),
     )
+    monkeypatch.setattr(annotations, "domains_to_keep", _domains_to_keep)
     yield
     torch.set_num_threads(threads)
 
 
-def _widget(make_napari_viewer, tmp_path, labels=None):
+def _domains_to_keep(keep=None, seed=0):
+    """Stands in for the development nuclei: (rehearsal, reference validation) discs."""
+    from napari_sam.training.datasets import images_from_arrays
+
+    made = [_discs(centres=((30 + 8 * k, 30), (60, 64 - 6 * k)), radius=9) for k in range(2)]
+    return (
+        images_from_arrays(*made[0], name="keep rehearsal"),
+        images_from_arrays(*made[1], name="keep validation"),
+    )
+
+
+def _widget(make_napari_viewer, tmp_path, labels=None, image=None):
     from napari_sam._widgets.finetune import FineTuneWidget
 
     viewer = make_napari_viewer()
-    image, truth = _discs()
-    viewer.add_image(image, name="cells")
+    picture, truth = _discs()
+    viewer.add_image(picture if image is None else image, name="cells")
     viewer.add_labels(truth if labels is None else labels, name="committed")
     widget = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(widget, name="SAM fine-tuning")
@@ -67,14 +79,68 @@ def test_fine_tunes_and_switches_the_annotator(make_napari_viewer, qtbot, tmp_pa
     result = widget.result
     assert result is not None and result.steps == 2 and result.weights.is_file()
     assert result.weights.parent.parent == tmp_path
-    assert annotator.model_name == str(result.weights)
     assert widget.progress_bar.value() == 2 and "Saved" in widget.status.text()
+    # one image: no validation, so nothing to mix and no curve; the widget says so
+    assert result.mix is None and "No validation" in widget.status.text()
+    assert annotator.model_name != str(result.weights)  # offered, not switched yet
+    assert widget.use_button.isEnabled()
+    widget.use_button.click()
+    assert annotator.model_name == str(result.weights)
+    assert "1 annotator(s) now use" in widget.status.text()
     card = json.loads(result.card.read_text())
     assert widget.freeze_iou_box.isChecked() and "0.88" in widget.freeze_iou_box.toolTip()
     assert card["training"]["settings"]["freeze_iou_head"] is True
     widget.close()
     viewer.add_image(np.zeros((4, 4)), name="later")  # no callback into the closed widget
     assert widget.image_box.findText("later") == -1
+
+
+def test_shows_both_domains_before_offering_the_new_model(
+    make_napari_viewer, qtbot, tmp_path, tiny_training
+):
+    """15 annotated planes: 3 blocks, one validates; the development nuclei's stand-in is
+    the domain to keep. Both numbers and both curves appear, from the released model on."""
+    from napari_sam._widgets import open_annotator
+
+    image, labels = _discs()
+    volume = np.stack([np.roll(image, 2 * k, axis=1) for k in range(15)])
+    planes = np.stack([np.roll(labels, 2 * k, axis=1) for k in range(15)])
+    viewer, widget = _widget(make_napari_viewer, tmp_path, labels=planes, image=volume)
+    annotator = open_annotator(viewer, image="cells", start=False)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=240_000)
+    result = widget.result
+    assert result is not None and result.mix is not None
+    assert set(result.base_scores) == {"validation", "reference"}
+    text = widget.status.text()
+    assert "Your objects (validation): " in text and "Domains to keep" in text
+    assert f"{result.base_scores['reference']:.3f} -> {result.mix.reference:.3f}" in text
+    # the released model is the first point of both curves; every validation follows
+    steps = [p[0] for p in widget.curves.points]
+    assert steps[0] == 0 and steps[1:] == [1, 2] and not widget.curves.isHidden()
+    assert widget.curves.points[0][1:] == (
+        result.base_scores["validation"],
+        result.base_scores["reference"],
+    )
+    lines = widget.curves.canvas.figure.axes[0].get_lines()
+    assert len(lines) == 4  # two curves and the two stars of the saved weights
+    assert annotator.model_name != str(result.weights)
+    widget.use_button.click()
+    assert annotator.model_name == str(result.weights)
+
+
+def test_unticking_keep_trains_without_domains_to_keep(
+    make_napari_viewer, qtbot, tmp_path, tiny_training, monkeypatch
+):
+    from napari_sam.training import annotations
+
+    asked = []
+    monkeypatch.setattr(annotations, "domains_to_keep", lambda **kw: asked.append(kw) or ([], []))
+    _, widget = _widget(make_napari_viewer, tmp_path)
+    widget.keep_box.setChecked(False)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.result is not None and asked == []
 
 
 def test_cancel_keeps_a_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path, tiny_training):

@@ -6,12 +6,13 @@ widget reads the chosen image and labels layers, runs
 :func:`~napari_sam.training.annotations.fine_tune_annotations` on a
 :class:`~napari_sam.engine.model.threads.TorchThread`, model loading included (the GUI stays
 responsive; the status says "loading model ..." until the first step, then a timer shows
-progress), and on success switches every open SAM annotator to the new weights.
+progress), and plots the validation mean IoU of the committed objects and of the domains
+to keep (the development nuclei, see :mod:`~napari_sam.training.retention`) as it goes.
+When it ends, it shows both numbers, released against saved weights, and offers **Use in
+annotators**, which switches every open SAM annotator to the new weights.
 
 With **train: instance head** it learns an instance head from the same committed objects
-instead (:func:`~napari_sam.training.head_training.train_head_file`, about 0.3 s a step),
-saves it as ``head.pt`` and ``head.json`` and loads it into every open segment-everything
-widget, whose head methods (APG, AIS) then segment with it.
+instead (:mod:`~napari_sam._widgets.finetune_head`).
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam._widgets.curves import CurvesPlot
+from napari_sam._widgets.finetune_head import HeadLearning
 from napari_sam.errors import NapariSamError, OperationCancelled
 
 POLL_MS = 250  # how often the progress bar reads the training's latest report
 HEAD = "instance head"  # the "train" choice that learns an instance head, not SAM
 
 
-class FineTuneWidget(QWidget):
+class FineTuneWidget(HeadLearning, QWidget):
     """Dock widget that fine-tunes SAM on an image layer and its labels layer."""
 
     def __init__(self, napari_viewer, model: str = "vit_t") -> None:
@@ -112,9 +115,22 @@ class FineTuneWidget(QWidget):
             f"keeps masks scored above {EverythingSettings().pred_iou_thresh}, then finds nothing. "
             "Untick to train it as in the SAM paper."
         )
+        self.keep_box = QCheckBox("keep the development nuclei")
+        self.keep_box.setChecked(True)
+        self.keep_box.setToolTip(
+            "Do not forget what the released model does well: half of the steps train on the "
+            "development nuclei (fetched once), their validation score is plotted beside "
+            "yours, and the saved weights are a mix of the trained and the released ones, "
+            f"chosen so that the nuclei lose at most {defaults.retention.tolerance} there "
+            "(docs/training.md)."
+        )
         self.output_edit = QLineEdit(str(Path.home() / "napari-sam-finetuned"))
         self.run_button, self.cancel_button = QPushButton("Fine-tune"), QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.use_button = QPushButton("Use in annotators")
+        self.use_button.setEnabled(False)
+        self.use_button.setToolTip("Switch every open SAM annotator to the fine-tuned weights.")
+        self.curves = CurvesPlot()
         self.progress_bar, self.status = QProgressBar(), QLabel("Commit objects, then fine-tune.")
         self.status.setWordWrap(True)
         form = QFormLayout()
@@ -128,6 +144,7 @@ class FineTuneWidget(QWidget):
             ("prompt rounds", self.iterations_box),
             ("time limit (min)", self.minutes_box),
             ("IoU head", self.freeze_iou_box),
+            ("don't forget", self.keep_box),
             ("save under", self.output_edit),
         ):
             form.addRow(label, box)
@@ -139,11 +156,14 @@ class FineTuneWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        layout.addWidget(self.curves)
+        layout.addWidget(self.use_button)
         layout.addStretch()
         self.run_button.clicked.connect(self.run)
+        self.use_button.clicked.connect(self.use_result)
         self.cancel_button.clicked.connect(self.cancel)
         self._sam_only = (self.objects_box, self.iterations_box, self.minutes_box)
-        self._sam_only += (self.freeze_iou_box,)
+        self._sam_only += (self.freeze_iou_box, self.keep_box)
         self._previous_parts = self.parts_box.currentText()
         self.parts_box.currentTextChanged.connect(self._parts_changed)
 
@@ -221,32 +241,13 @@ class FineTuneWidget(QWidget):
             config,
             progress=self._remember,
             should_stop=lambda: self._stop,
+            keep=self.keep_box.isChecked(),
         )
+        self.curves.reset()
         self.progress_bar.setRange(0, config.steps)
         self.status.setText(
             f"loading model {Path(model).name} and preparing {len(images)} image(s) ... "
             f"(results go to {output})"
-        )
-
-    def _start_head(self, images, image: str, output: Path) -> None:
-        from napari_sam.training.head_settings import HeadTrainingSettings
-        from napari_sam.training.head_training import train_head_file
-
-        model = self._model()
-        self._run_on_torch(
-            train_head_file,
-            images,
-            model,
-            output,
-            HeadTrainingSettings(steps=self.steps_box.value()),
-            trained_on=f"{image} (committed objects)",
-            progress=self._remember_head,
-            should_stop=lambda: self._stop,
-        )
-        self.progress_bar.setRange(0, 0)  # busy until the first report
-        self.status.setText(
-            f"loading model {Path(model).name} to learn an instance head from the objects of "
-            f"{len(images)} plane(s) of {image} ... (saved under {output})"
         )
 
     def _model(self) -> str:
@@ -268,12 +269,10 @@ class FineTuneWidget(QWidget):
         )
         self.progress_bar.setValue(0)
         self.run_button.setEnabled(False)
+        self.use_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.timer.start(POLL_MS)
         self.worker.start()
-
-    def _remember_head(self, stage: str, done: int, total: int) -> None:
-        self._latest = (stage, done, total)  # read by the GUI timer
 
     def _remember(self, update) -> None:
         self._latest = update  # read by the GUI timer; one attribute write is atomic
@@ -288,6 +287,10 @@ class FineTuneWidget(QWidget):
             self.status.setText(f"Learning the instance head: {what} {done} of {total}...")
         elif update is not None:
             self.progress_bar.setValue(update.step)
+            if update.validation is not None and not any(
+                p[0] == update.step for p in self.curves.points
+            ):
+                self.curves.add(update.step, update.validation, update.reference_validation)
             best = (
                 ""
                 if update.best_validation is None
@@ -308,43 +311,53 @@ class FineTuneWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     def _finished(self, result) -> None:
+        from napari_sam.training.retention import outcome_text
+
         self._done()
         self._show_progress()
         if isinstance(result, Path):  # a head
             self._head_finished(result)
             return
         self.result = result
-        switched = self.switch_annotators(result.weights)
-        note = f"; {switched} annotator(s) now use it" if switched else ""
+        note = ""
         if result.calibration is not None and result.calibration.scale != 1.0:
             note += (
                 f"; logits x{result.calibration.scale:.2f} to keep "
                 "segment-everything's stability filter"
             )
         self.status.setText(
-            f"Saved {result.weights} ({result.steps} steps, {result.stopped}){note}."
+            f"Saved {result.weights} ({result.steps} steps, {result.stopped}){note}.\n"
+            + outcome_text(result)
         )
+        self._draw_result(result)
+        self.use_button.setEnabled(True)
         show_info(f"napari-sam: fine-tuned model saved to {result.weights}")
 
-    def _head_finished(self, path: Path) -> None:
-        self.head_path = path
-        switched = self.switch_everything(path)
-        note = f"; {switched} segment-everything widget(s) now use it" if switched else ""
+    def use_result(self) -> int:
+        """Switch the open annotators to the last run's weights; returns how many."""
+        if self.result is None:
+            return 0
+        switched = self.switch_annotators(self.result.weights)
         self.status.setText(
-            f"Saved the instance head {path} (card {path.stem}.json){note}. Choose head (APG) "
-            "or head (AIS) in segment everything to segment with it."
+            self.status.text() + f"\n{switched} annotator(s) now use {self.result.weights.name}."
         )
-        show_info(f"napari-sam: instance head saved to {path}")
+        return switched
 
-    def switch_everything(self, head: Path) -> int:
-        """Load ``head`` into every docked segment-everything widget whose model it fits;
-        returns how many took it (one that refuses says why in its own status)."""
-        from napari_sam._widgets.everything import EverythingWidget
+    def _draw_result(self, result) -> None:
+        """The whole validation history, the released model at step 0, the saved weights."""
+        from napari_sam.training.retention import saved_scores
 
-        widgets = [
-            w for w in self.viewer.window.dock_widgets.values() if isinstance(w, EverythingWidget)
-        ]
-        return sum(bool(widget.load_head(head)) for widget in widgets)
+        base = result.base_scores or {}
+        self.curves.points = [(0, base.get("validation"), base.get("reference"))] if base else []
+        for record in result.history:
+            if record.get("validation") is not None:
+                self.curves.points.append(
+                    (record["step"], record["validation"], record.get("reference_validation"))
+                )
+        if not any(p[1] is not None or p[2] is not None for p in self.curves.points):
+            return
+        saved = saved_scores(result)
+        self.curves.draw(None if saved is None else (result.best_step, *saved))
 
     def _failed(self, error: Exception) -> None:
         self._done()

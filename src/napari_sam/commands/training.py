@@ -22,6 +22,7 @@ from napari_sam.commands.training_arguments import (
 )
 from napari_sam.engine.model import DEFAULT_MODEL
 from napari_sam.training.config import EvaluationSettings, PromptSettings, TrainingConfig
+from napari_sam.training.retention import RetentionSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def load_sets(args: argparse.Namespace, sets: tuple[str, ...]) -> dict[str, list
             "test": splits.held_out,
             "reference": splits.reference,
         }
-        return {name: found[name] for name in sets}
+        return {name: found.get(name, []) for name in sets}
     loaded: dict[str, list] = {}
     for name in sets:
         images = []
@@ -117,6 +118,14 @@ def run_train(args: argparse.Namespace) -> int:
         f"({cpu / 60:.1f} CPU-min), best step {result.best_step}, validation mean IoU "
         f"{_number(result.best_validation)}"
     )
+    if result.mix is not None:
+        released = result.base_scores or {}
+        print(
+            f"mixed with the released weights at alpha {result.mix.alpha:.2f} (validation: "
+            f"your domain {_number(released.get('validation'))} -> {result.mix.user:.3f}, "
+            f"domains to keep {_number(released.get('reference'))} -> "
+            f"{result.mix.reference:.3f})"
+        )
     if result.calibration is not None:
         c = result.calibration
         print(
@@ -156,7 +165,32 @@ def _training_sets(args: argparse.Namespace) -> dict[str, list]:
         sets["train"], sets["validation"] = split_images(
             sets["train"], args.validation_fraction, args.seed
         )
+    sets["rehearsal"], sets["reference_validation"] = keep_sets(sets.pop("keep"), args)
     return sets
+
+
+def keep_sets(keep: list, args: argparse.Namespace) -> tuple[list, list]:
+    """(rehearsal images, reference validation images) of the domains the model must keep.
+
+    The user's ``--keep-*`` images, split by whole images into halves; else the
+    development nuclei (their training and validation splits), except with
+    ``--development`` (they are then the user's domain) or ``--no-keep``. When the
+    development images cannot be fetched, training goes on without them, with a warning.
+    """
+    from napari_sam.errors import DownloadError
+    from napari_sam.training.retention import domains_to_keep
+
+    if args.no_keep or (args.development and not keep):
+        return [], []
+    try:
+        return domains_to_keep(keep, args.seed)
+    except DownloadError as error:
+        log.warning("training without domains to keep: %s", error)
+        print(
+            f"WARNING: no images of domains to keep ({error}); pass --no-keep to silence this.",
+            file=sys.stderr,
+        )
+        return [], []
 
 
 def training_config(args: argparse.Namespace) -> TrainingConfig:
@@ -175,6 +209,7 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
         prompts=PromptSettings(iterations=args.iterations, quiet_iterations=args.quiet_iterations),
         freeze_iou_head=args.freeze_iou_head,
         calibrate_logits=args.calibrate_logits,
+        retention=RetentionSettings(rehearsal=args.rehearsal, anchor=args.anchor, mix=args.mix),
         validate_every=args.validate_every,
         validation_objects=args.validation_objects,
         patience=args.patience,
@@ -205,6 +240,12 @@ def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, 
         def progress(update):
             bar.update(update.step - bar.n)
             bar.set_postfix(loss=f"{update.loss:.3f}", val=_number(update.best_validation))
+            if update.reference_validation is not None:
+                bar.set_postfix(
+                    loss=f"{update.loss:.3f}",
+                    val=_number(update.best_validation),
+                    keep=_number(update.reference_validation),
+                )
 
         return train(
             trainable,
@@ -215,6 +256,8 @@ def _train_with_bar(trainable, sets: dict[str, list], args: argparse.Namespace, 
             progress=progress,
             resume=args.resume,
             store=store,
+            reference_images=sets["reference_validation"],
+            rehearsal_images=sets["rehearsal"],
         )
 
 

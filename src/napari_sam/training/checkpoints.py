@@ -35,6 +35,8 @@ class LoopState:
     best_state: dict | None = None  # trainable tensors at best_step
     stale: int = 0  # validations since the last improvement
     base_stability: list[float] | None = None  # base model's stability per calibration click
+    initial_state: dict | None = None  # trained tensors before the first step (anchor, mix)
+    base_scores: dict | None = None  # the released model's validation scores (step 0)
 
     @classmethod
     def fresh(cls, seed: int) -> LoopState:
@@ -69,6 +71,8 @@ def save_checkpoint(
         "stale": state.stale,
         "config": config.to_dict(),
         "base_stability": state.base_stability,
+        "initial_state": state.initial_state,
+        "base_scores": state.base_scores,
     }
     temporary = path.with_name(f".{path.name}.part")
     torch.save(payload, temporary)
@@ -125,6 +129,8 @@ def load_checkpoint(
         best_state=payload["best_state"],
         stale=payload["stale"],
         base_stability=payload.get("base_stability"),  # absent before calibration existed
+        initial_state=payload.get("initial_state"),  # absent before retention existed
+        base_scores=payload.get("base_scores"),
     )
 
 

@@ -51,6 +51,38 @@ class PromptSettings:
 PAPER_PROMPTS = PromptSettings(iterations=11, quiet_iterations=2)
 
 
+# alphas measured when choosing the mix of the kept and the released weights
+MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How training keeps the base model's other skills: rehearsal, anchoring, mixing.
+
+    :mod:`napari_sam.training.retention` explains each; docs/training.md measures them.
+    """
+
+    rehearsal: float = 0.0  # share of steps drawn from the rehearsal images (0: none)
+    anchor: float = 0.0  # L2-SP weight: gradient anchor * (theta - theta_0) (0: none)
+    # Mix the kept and the released weights, alpha chosen on both validation sets
+    # (needs reference validation images; without them the kept weights are saved as they are).
+    mix: bool = True
+    mix_grid: tuple[float, ...] = MIX_GRID
+    # Reference validation drop a mix may have: half of REGRESSION_TOLERANCE (0.01), the
+    # drop the held-out reference images may show, so validation noise has room.
+    tolerance: float = 0.005
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rehearsal < 1.0:
+            raise InvalidInputError(f"rehearsal must be in [0, 1); got {self.rehearsal}.")
+        if self.anchor < 0:
+            raise InvalidInputError(f"anchor must be at least 0; got {self.anchor}.")
+        if not self.mix_grid or any(not 0.0 <= a <= 1.0 for a in self.mix_grid):
+            raise InvalidInputError(f"mix_grid needs alphas in [0, 1]; got {self.mix_grid}.")
+        if self.tolerance < 0:
+            raise InvalidInputError(f"tolerance must be at least 0; got {self.tolerance}.")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Everything :func:`~napari_sam.training.loop.train` needs besides data and model."""
@@ -83,6 +115,9 @@ class TrainingConfig:
     # the base model's (training.calibration): fine-tuning flattens the logits, and
     # segment-everything's stability filter then drops good masks. No mask changes.
     calibrate_logits: bool = True
+    # Rehearsal, anchoring and weight mixing: keeping the base model's other skills
+    # (training.retention; the defaults are chosen in docs/training.md).
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     crop_size: int | None = None  # random square crops of this side (None: whole images)
     flips: bool = False  # random horizontal and vertical flips
     min_area: int = 20  # objects with fewer pixels are never sampled
@@ -145,6 +180,9 @@ class TrainingConfig:
         values["prompts"] = PromptSettings(**values["prompts"])
         values["losses"] = LossWeights(**values["losses"])
         values["decay_at"] = tuple(values["decay_at"])
+        retention = dict(values.get("retention") or {"mix": False})  # none before it existed
+        retention["mix_grid"] = tuple(retention.get("mix_grid", ()) or RetentionSettings().mix_grid)
+        values["retention"] = RetentionSettings(**retention)
         values.setdefault(
             "freeze_iou_head", False
         )  # cards and checkpoints from before the option trained it

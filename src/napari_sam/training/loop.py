@@ -45,6 +45,13 @@ from napari_sam.training.optimization import (
     set_learning_rate,
 )
 from napari_sam.training.records import write_training_card
+from napari_sam.training.retention import (
+    MixChoice,
+    add_anchor_gradients,
+    blend,
+    choose_mix,
+    trained_snapshot,
+)
 from napari_sam.training.sampling import prepare_image, sample_objects
 from napari_sam.training.steps import run_prompting
 from napari_sam.training.validation import ValidationSet
@@ -64,6 +71,7 @@ class TrainingProgress:
     validation: float | None  # validation score measured at this step, if any
     best_validation: float | None  # best validation score so far
     seconds: float  # wall time of this step
+    reference_validation: float | None = None  # reference validation score at this step, if any
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,10 @@ class TrainingResult:
         dict, ...
     ]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
     calibration: LogitCalibration | None = None  # the logit scale folded into the weights
+    mix: MixChoice | None = None  # the chosen mix with the released weights (retention)
+    base_scores: dict | None = None  # the released model's validation scores
+    # the kept weights before the mix (trained tensors; None without a mix), for comparisons
+    unmixed: dict | None = None
 
 
 def train(
@@ -92,6 +104,8 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     resume: bool = False,
     store: EmbeddingStore | None = None,
+    reference_images: list[LabelledImage] | None = None,
+    rehearsal_images: list[LabelledImage] | None = None,
 ) -> TrainingResult:
     """Fine-tune (or train) ``trainable`` in place and save the best weights.
 
@@ -115,6 +129,13 @@ def train(
         Continue from ``output/checkpoint.pt`` (weights, optimizer, step, random state).
     store : EmbeddingStore, optional
         Embedding cache to use (and fill) while the encoder is frozen.
+    reference_images : list of LabelledImage, optional
+        Validation images of the domains the model must keep (whole images, none of them
+        trained on): measured at every validation (the reference curve) and the
+        constraint when mixing the weights (:mod:`~napari_sam.training.retention`).
+    rehearsal_images : list of LabelledImage, optional
+        Images of the domains to keep that ``config.retention.rehearsal`` of the steps
+        train on; without them rehearsal is off.
 
     Returns
     -------
@@ -153,14 +174,23 @@ def train(
             seed=config.seed,
         )
         state.base_stability = [float(v) for v in stability_each(base)]
+    if state.initial_state is None and state.step == 0:
+        state.initial_state = trained_snapshot(sam)
     validation = ValidationSet.build(validation_images, config) if validation_images else None
+    reference = ValidationSet.build(reference_images, config) if reference_images else None
+    if reference is not None and not reference.images:
+        reference = None
+    checks = _Checks(validation, reference, store if frozen is not None else None)
+    if state.base_scores is None and state.step == 0 and validation is not None:
+        state.base_scores = checks.scores(trainable)
+    rehearsal = list(rehearsal_images or []) if config.retention.rehearsal > 0 else []
     generator = torch.Generator().manual_seed(config.seed)
     with install_drop_path(sam.image_encoder, config.drop_path, generator):
         stopped = _run_steps(
             trainable,
             frozen,
-            train_images,
-            validation,
+            (train_images, rehearsal),
+            checks,
             store,
             optimizer,
             state,
@@ -179,14 +209,35 @@ def train(
         train_images,
         validation_images,
         store if frozen is not None else EmbeddingStore(),
+        checks,
     )
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """The validation sets of a run: the user's domain and, optionally, the reference."""
+
+    validation: ValidationSet | None
+    reference: ValidationSet | None
+    store: EmbeddingStore | None  # cached embeddings while the encoder is frozen
+
+    def scores(self, trainable) -> dict:
+        """``{"validation": ..., "reference": ...}`` of the weights now loaded (None: no set)."""
+        return {
+            "validation": None
+            if self.validation is None
+            else self.validation.score(trainable, self.store),
+            "reference": None
+            if self.reference is None
+            else self.reference.score(trainable, self.store),
+        }
 
 
 def _run_steps(
     trainable,
     frozen,
     images,
-    validation,
+    checks: _Checks,
     store,
     optimizer,
     state: LoopState,
@@ -205,14 +256,16 @@ def _run_steps(
             )
         started, cpu_started = time.perf_counter(), time.process_time()
         record = _one_step(sam, frozen, images, store, optimizer, state, config)
-        score = None
-        if validation is not None and (
+        score = reference_score = None
+        if checks.validation is not None and (
             state.step % config.validate_every == 0 or state.step == config.steps
         ):
-            score = validation.score(trainable, store if frozen is not None else None)
+            measured = checks.scores(trainable)
+            score, reference_score = measured["validation"], measured["reference"]
             state.observe(score, sam, config.min_improvement)
         record.update(
             validation=score,
+            reference_validation=reference_score,
             seconds=time.perf_counter() - started,
             cpu_seconds=time.process_time() - cpu_started,
         )
@@ -228,9 +281,10 @@ def _run_steps(
                     score,
                     state.best_score,
                     time.perf_counter() - started,
+                    reference_score,
                 )
             )
-        if validation is not None and state.stale >= config.patience:
+        if checks.validation is not None and state.stale >= config.patience:
             return "early stopping"
         if (
             config.max_minutes is not None
@@ -238,11 +292,12 @@ def _run_steps(
             and state.step < config.steps
         ):
             if (
-                validation is not None and score is None
+                checks.validation is not None and score is None
             ):  # the steps since the last validation count too
-                score = validation.score(trainable, store if frozen is not None else None)
-                state.observe(score, sam, config.min_improvement)
-                state.history[-1]["validation"] = score
+                measured = checks.scores(trainable)
+                state.observe(measured["validation"], sam, config.min_improvement)
+                state.history[-1]["validation"] = measured["validation"]
+                state.history[-1]["reference_validation"] = measured["reference"]
             return "time limit"
     return "completed"
 
@@ -263,10 +318,16 @@ def _check_inputs(train_images: list[LabelledImage], output: Path, resume: bool)
 
 
 def _one_step(
-    sam, frozen, images, store, optimizer, state: LoopState, config: TrainingConfig
+    sam, frozen, pools, store, optimizer, state: LoopState, config: TrainingConfig
 ) -> dict:
-    """Draw an image and its objects, run the prompting iterations, update the weights."""
+    """Draw an image and its objects, run the prompting iterations, update the weights.
+
+    ``pools`` is (training images, rehearsal images); a share ``config.retention.rehearsal``
+    of the steps draws from the rehearsal images when there are any.
+    """
     rng = state.rng
+    rehearsing = bool(pools[1]) and bool(rng.random() < config.retention.rehearsal)
+    images = pools[1] if rehearsing else pools[0]
     set_learning_rate(
         optimizer,
         config.learning_rate,
@@ -301,6 +362,8 @@ def _one_step(
     result = run_prompting(
         sam, embedding, batch, config.prompts, rng, prepared.input_size, config.loss_weights
     )
+    if state.initial_state is not None:
+        add_anchor_gradients(sam, state.initial_state, config.retention.anchor)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.step += 1
@@ -311,6 +374,7 @@ def _one_step(
         "first_iou": result.first_iou,
         "last_iou": result.last_iou,
         "objects": result.objects,
+        "rehearsal": rehearsing,
     }
 
 
@@ -333,9 +397,12 @@ def _finish(
     train_images,
     validation_images,
     store: EmbeddingStore,
+    checks: _Checks,
 ) -> TrainingResult:
     if state.best_state is not None:
         trainable.module.load_state_dict(state.best_state, strict=False)
+    unmixed = trained_snapshot(trainable.module)
+    mix = _mix(trainable, state, config, checks)
     calibration = None
     if config.calibrate_logits and state.base_stability is not None:
         calibration = calibrate(
@@ -367,6 +434,7 @@ def _finish(
         train_images,
         validation_images,
         calibration,
+        mix,
     )
     return TrainingResult(
         weights,
@@ -377,4 +445,49 @@ def _finish(
         stopped,
         tuple(state.history),
         calibration,
+        mix,
+        state.base_scores,
+        unmixed if mix is not None else None,
     )
+
+
+def _mix(trainable, state: LoopState, config: TrainingConfig, checks: _Checks):
+    """Mix the kept weights with the released ones (retention), when both checks exist."""
+    if not (
+        config.retention.mix
+        and checks.validation is not None
+        and checks.reference is not None
+        and state.initial_state is not None
+        and state.base_scores is not None
+    ):
+        return None
+    module = trainable.module
+    tuned = state.best_state or trained_snapshot(module)
+    kept = next(
+        (
+            h
+            for h in state.history
+            if h["step"] == (state.best_step if state.best_state else state.step)
+        ),
+        None,
+    )
+    known = {0.0: (state.base_scores["validation"], state.base_scores["reference"])}
+    if kept is not None and kept.get("reference_validation") is not None:
+        known[1.0] = (kept["validation"], kept["reference_validation"])
+
+    def score() -> tuple[float, float]:
+        measured = checks.scores(trainable)
+        return measured["validation"], measured["reference"]
+
+    def load(alpha: float) -> None:
+        module.load_state_dict(blend(state.initial_state, tuned, alpha), strict=False)
+
+    choice = choose_mix(score, load, config.retention, known, config.min_improvement)
+    log.info(
+        "weights mixed at alpha %.2f: validation %.3f, reference %.3f (released %.3f, %.3f)",
+        choice.alpha,
+        choice.user,
+        choice.reference,
+        *known[0.0],
+    )
+    return choice

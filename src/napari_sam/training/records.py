@@ -38,6 +38,7 @@ def write_training_card(
     train_images,
     validation_images,
     calibration=None,
+    mix=None,
 ) -> Path:
     """Write the card of a finished training run (see the module docstring)."""
     card: dict[str, Any] = {
@@ -62,6 +63,8 @@ def write_training_card(
             "wall_seconds": round(sum(h.get("seconds", 0.0) for h in state.history), 1),
             "cpu_seconds": round(sum(h.get("cpu_seconds", 0.0) for h in state.history), 1),
             "logit_calibration": None if calibration is None else calibration.to_dict(),
+            "released_validation": state.base_scores,
+            "mix_with_released": None if mix is None else mix.to_dict(),
         },
         "data": {"train": _describe(train_images), "validation": _describe(validation_images)},
         "metrics": {},

@@ -1,0 +1,203 @@
+"""Fine-tuning without forgetting: each retention method on two domain pairs, held out.
+
+Usage: ``python benchmarks/eval_retention.py --pair cells_vs_nuclei --method plain``
+(``--report`` prints the tables of docs/training.md from the results file).
+
+A domain pair is the user's domain, where fine-tuning should gain, and a reference
+domain, which it must not lose. Each domain has training, validation and held-out test
+images, whole images or frames never shared between the three:
+
+* ``cells_vs_nuclei``: the user fine-tunes on label-free whole cells (scratch assay,
+  frames 0-3 train, 4-5 validation, 6-9 test); the reference is fluorescent nuclei (the
+  development splits of docs/training.md: BBBC007 and cells3d, whose training images are
+  the rehearsal images, validation images the reference validation, and held-out
+  images plus the hand-labelled DSB2018 image the reference test).
+* ``nuclei_vs_cells``: the mirror. The user fine-tunes on the development nuclei
+  (train/validation/held-out as in docs/training.md); the reference is the label-free
+  whole cells (frames 0-3 rehearsal, 4-5 reference validation, 6-9 reference test).
+
+Methods (:mod:`napari_sam.training.retention`), each one training run with the recipe of
+``napari-sam train`` (its time limit included); every run also reports the mix of its
+kept weights with the released ones, chosen on the two validation sets:
+
+* ``plain``: no rehearsal, no anchor (the recipe before issue 17).
+* ``rehearsal``: half of the steps draw a rehearsal image.
+* ``anchor``: L2-SP, gradient ``1.0 * (theta - theta_0)``.
+
+The test images play no part in any choice. Test measures: mean IoU of one point, a box,
+point + negative point and one corrective click after the point, at most 30 objects per
+image (a fixed draw), as ``napari-sam evaluate --clicks 2 --max-objects 30`` measures
+them. Results go to ``results/retention.json`` (one entry per pair and method; the
+released model's test scores once per pair).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from napari_sam.training.config import EvaluationSettings, TrainingConfig
+from napari_sam.training.embeddings import EmbeddingStore
+from napari_sam.training.evaluation import evaluate
+from napari_sam.training.image_sets import load_image_set
+from napari_sam.training.loop import train
+from napari_sam.training.network import inference_model, load_trainable
+from napari_sam.training.retention import RetentionSettings
+
+RESULTS = Path(__file__).parent / "results"
+OUT = RESULTS / "retention.json"
+PAIRS = ("cells_vs_nuclei", "nuclei_vs_cells")
+METHODS = {
+    "plain": RetentionSettings(rehearsal=0.0, anchor=0.0),
+    "rehearsal": RetentionSettings(rehearsal=0.5, anchor=0.0),
+    "anchor": RetentionSettings(rehearsal=0.0, anchor=1.0),
+}
+TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
+
+
+def domains():
+    """Both domains, each as (train, validation, test) lists of whole images."""
+    from napari_sam.training.development_data import development_splits
+
+    cells = list(load_image_set("scratch_cells").images)
+    dev = development_splits()
+    return {
+        "cells": (cells[:4], cells[4:6], cells[6:]),
+        "nuclei": (dev.train, dev.validation, dev.held_out + dev.reference),
+    }
+
+
+def pair_domains(pair: str):
+    data = domains()
+    user, reference = ("cells", "nuclei") if pair == "cells_vs_nuclei" else ("nuclei", "cells")
+    return data[user], data[reference]
+
+
+def measure(model, images, store) -> dict:
+    report = evaluate(model, images, TEST, store)
+    return {
+        "objects": report.objects,
+        "point": report.point,
+        "box": report.box,
+        "point_negative": report.point_negative,
+        "one_click": report.iterative_point[-1],
+    }
+
+
+def run(pair: str, method: str, results: dict, store: EmbeddingStore) -> None:
+    user, reference = pair_domains(pair)
+    entry = results.setdefault(pair, {})
+    if "released" not in entry:
+        model = inference_model(load_trainable("vit_t"))
+        entry["released"] = {
+            "user": measure(model, user[2], store),
+            "reference": measure(model, reference[2], store),
+        }
+        save(results)
+    trainable = load_trainable("vit_t")
+    config = TrainingConfig(retention=METHODS[method], name=method)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        result = train(
+            trainable,
+            user[0],
+            user[1],
+            folder,
+            config,
+            store=store,
+            reference_images=reference[1],
+            rehearsal_images=reference[0],
+        )
+    seconds = time.perf_counter() - started
+    mixed = inference_model(trainable, f"{method}-mixed")
+    row = {
+        "seconds": seconds,
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "stopped": result.stopped,
+        "released_validation": result.base_scores,
+        "mix": None if result.mix is None else result.mix.to_dict(),
+        "curve": [
+            [h["step"], h["validation"], h.get("reference_validation")]
+            for h in result.history
+            if h.get("validation") is not None
+        ],
+        "mixed": {
+            "user": measure(mixed, user[2], store),
+            "reference": measure(mixed, reference[2], store),
+        },
+    }
+    if result.unmixed is not None:  # the kept weights as trained (alpha 1)
+        trainable.module.load_state_dict(result.unmixed, strict=False)
+        kept = inference_model(trainable, method)
+        row["kept"] = {
+            "user": measure(kept, user[2], store),
+            "reference": measure(kept, reference[2], store),
+        }
+    entry[method] = row
+    save(results)
+
+
+def save(results: dict) -> None:
+    partial = OUT.with_suffix(".part")
+    partial.write_text(json.dumps(results, indent=1) + "\n")
+    partial.replace(OUT)
+
+
+def report(results: dict) -> None:
+    for pair, entry in results.items():
+        released = entry.get("released")
+        if not released:
+            continue
+        print(f"\n{pair}")
+        print(
+            "| method | weights | user point | user box | user mean gain | ref point | ref box "
+            "| ref mean loss | minutes |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        base_user = (released["user"]["point"] + released["user"]["box"]) / 2
+        base_ref = (released["reference"]["point"] + released["reference"]["box"]) / 2
+        print(
+            f"| released | | {released['user']['point']:.3f} | {released['user']['box']:.3f} | | "
+            f"{released['reference']['point']:.3f} | {released['reference']['box']:.3f} | | |"
+        )
+        for method in METHODS:
+            row = entry.get(method)
+            if not row:
+                continue
+            for label, key in (("as trained", "kept"), ("mixed", "mixed")):
+                if key not in row:
+                    continue
+                u, r = row[key]["user"], row[key]["reference"]
+                mixed = key == "mixed" and row["mix"]
+                alpha = f" (alpha {row['mix']['alpha']:.2f})" if mixed else ""
+                print(
+                    f"| {method} | {label}{alpha} | {u['point']:.3f} | {u['box']:.3f} | "
+                    f"{(u['point'] + u['box']) / 2 - base_user:+.3f} | {r['point']:.3f} | "
+                    f"{r['box']:.3f} | {(r['point'] + r['box']) / 2 - base_ref:+.3f} | "
+                    f"{row['seconds'] / 60:.1f} |"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pair", choices=PAIRS)
+    parser.add_argument("--method", choices=tuple(METHODS))
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    if args.pair and args.method:
+        torch.set_num_threads(args.threads)
+        store = EmbeddingStore(Path(tempfile.gettempdir()) / "napari-sam-retention-embeddings")
+        run(args.pair, args.method, results, store)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
