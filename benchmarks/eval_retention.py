@@ -22,6 +22,7 @@ kept weights with the released ones, chosen on the two validation sets:
 
 * ``plain``: no rehearsal, no anchor (the recipe before issue 17).
 * ``rehearsal``: half of the steps draw a rehearsal image.
+* ``rehearsal_quarter``: a quarter of them do.
 * ``anchor``: L2-SP, gradient ``1.0 * (theta - theta_0)``.
 
 The test images play no part in any choice. Test measures: mean IoU of one point, a box,
@@ -55,6 +56,7 @@ PAIRS = ("cells_vs_nuclei", "nuclei_vs_cells")
 METHODS = {
     "plain": RetentionSettings(rehearsal=0.0, anchor=0.0),
     "rehearsal": RetentionSettings(rehearsal=0.5, anchor=0.0),
+    "rehearsal_quarter": RetentionSettings(rehearsal=0.25, anchor=0.0),
     "anchor": RetentionSettings(rehearsal=0.0, anchor=1.0),
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
@@ -157,14 +159,14 @@ def report(results: dict) -> None:
         print(f"\n{pair}")
         print(
             "| method | weights | user point | user box | user mean gain | ref point | ref box "
-            "| ref mean loss | minutes |"
+            "| ref mean loss | validation: user, ref change | steps (kept) | minutes |"
         )
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         base_user = (released["user"]["point"] + released["user"]["box"]) / 2
         base_ref = (released["reference"]["point"] + released["reference"]["box"]) / 2
         print(
             f"| released | | {released['user']['point']:.3f} | {released['user']['box']:.3f} | | "
-            f"{released['reference']['point']:.3f} | {released['reference']['box']:.3f} | | |"
+            f"{released['reference']['point']:.3f} | {released['reference']['box']:.3f} | | | | |"
         )
         for method in METHODS:
             row = entry.get(method)
@@ -180,8 +182,22 @@ def report(results: dict) -> None:
                     f"| {method} | {label}{alpha} | {u['point']:.3f} | {u['box']:.3f} | "
                     f"{(u['point'] + u['box']) / 2 - base_user:+.3f} | {r['point']:.3f} | "
                     f"{r['box']:.3f} | {(r['point'] + r['box']) / 2 - base_ref:+.3f} | "
+                    f"{_validation(row, key)} | {row['steps']} ({row['best_step']}) | "
                     f"{row['seconds'] / 60:.1f} |"
                 )
+
+
+def _validation(row: dict, key: str) -> str:
+    """Validation gain on the user's domain and change on the reference of these weights."""
+    base = row["released_validation"]
+    alpha = row["mix"]["alpha"] if key == "mixed" and row["mix"] else 1.0
+    if not row["mix"]:
+        return ""
+    scores = {s["alpha"]: s for s in row["mix"]["scores"]}[alpha]
+    return (
+        f"{scores['validation'] - base['validation']:+.3f}, "
+        f"{scores['reference'] - base['reference']:+.3f}"
+    )
 
 
 def main() -> None:

@@ -177,3 +177,20 @@ def test_domains_to_keep_split_by_whole_images(labelled_images):
     assert {i.group for i in rehearsal}.isdisjoint({i.group for i in validation})
     with pytest.raises(InvalidInputError, match="at least two whole images"):
         domains_to_keep(labelled_images[:1])
+
+
+def test_committed_objects_hold_out_planes_when_blocks_are_too_few(discs):
+    """A 10-frame time-lapse is two blocks of 5: single planes are held out instead."""
+    import numpy as np
+
+    from napari_sam.training.annotations import annotated_images, validation_split
+
+    disc_labels, disc_image = discs
+    labels = np.stack([disc_labels(centres=((30 + k, 30), (60, 60))) for k in range(10)])
+    image = np.stack([disc_image(plane, k) for k, plane in enumerate(labels)])
+    images = annotated_images(image, labels)
+    assert len({i.group for i in images}) == 2
+    training, validation = validation_split(images)
+    assert len(training) == 8 and len(validation) == 2
+    assert {i.name for i in training}.isdisjoint({i.name for i in validation})
+    assert validation_split(images[:2]) == (images[:2], [])  # too few: no validation

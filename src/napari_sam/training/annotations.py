@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,23 @@ def annotated_images(
     return images_from_arrays(np.asarray(image), labels, name=name, channel=channel)
 
 
+def validation_split(
+    images: list[LabelledImage], seed: int = 0
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(training, validation) images of the committed objects.
+
+    Whole groups (blocks of 5 planes of a volume) are held out when there are at least
+    :data:`MIN_GROUPS_FOR_VALIDATION` of them; otherwise, with at least as many annotated
+    planes, single planes are (neighbouring planes look alike, so the validation score is
+    then optimistic); with fewer, nothing is held out and there is no validation.
+    """
+    if len({image.group for image in images}) >= MIN_GROUPS_FOR_VALIDATION:
+        return split_images(images, 0.2, seed)
+    if len(images) >= MIN_GROUPS_FOR_VALIDATION:
+        return split_images([replace(image, group=image.name) for image in images], 0.2, seed)
+    return list(images), []
+
+
 def fine_tune_annotations(
     images: list[LabelledImage],
     model: str | Path | SamModel,
@@ -86,11 +104,7 @@ def fine_tune_annotations(
         on without them (logged).
     """
     config = config or TrainingConfig()
-    groups = {image.group for image in images}
-    if len(groups) >= MIN_GROUPS_FOR_VALIDATION:
-        training, validation = split_images(images, 0.2, config.seed)
-    else:
-        training, validation = images, []
+    training, validation = validation_split(images, config.seed)
     rehearsal, reference = [], []
     if keep:
         try:
