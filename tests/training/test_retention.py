@@ -95,7 +95,8 @@ def test_settings_refuse_bad_values():
     # cards from before retention existed trained without a mix
     values = TrainingConfig().to_dict()
     del values["retention"]
-    assert TrainingConfig.from_dict(values).retention.mix is False
+    old = TrainingConfig.from_dict(values).retention
+    assert old.mix is False and old.rehearsal == 0.0
     assert TrainingConfig.from_dict(TrainingConfig().to_dict()) == TrainingConfig()
 
 

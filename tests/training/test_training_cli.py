@@ -16,6 +16,19 @@ from napari_sam.training.config import (
 )
 
 
+@pytest.fixture(autouse=True)
+def no_development_nuclei(monkeypatch):
+    """Without --keep-* images, `train` would rehearse on the development nuclei: not here."""
+    from napari_sam.training import retention
+
+    real = retention.domains_to_keep
+    monkeypatch.setattr(
+        retention,
+        "domains_to_keep",
+        lambda keep=None, seed=0: real(keep, seed) if keep else ([], []),
+    )
+
+
 @pytest.fixture
 def tiny_cli(monkeypatch, tiny_model, tiny_architecture):
     """`train` and `evaluate` use the tiny random SAM instead of downloading vit_t."""
