@@ -56,7 +56,7 @@ class CurvesPlot(QWidget):
         axes.set_xlabel("step (0: released model; stars: saved weights)")
         axes.set_ylabel("mean IoU")
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower right", fontsize="small")
+        axes.legend(loc="best", fontsize="small")
         self.canvas.figure.tight_layout()
         self.canvas.draw_idle()
         self.setVisible(True)
