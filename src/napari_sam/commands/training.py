@@ -21,8 +21,12 @@ from napari_sam.commands.training_arguments import (
     add_train_arguments,
 )
 from napari_sam.engine.model import DEFAULT_MODEL
-from napari_sam.training.config import EvaluationSettings, PromptSettings, TrainingConfig
-from napari_sam.training.retention import RetentionSettings
+from napari_sam.training.config import (
+    EvaluationSettings,
+    PromptSettings,
+    RetentionSettings,
+    TrainingConfig,
+)
 
 log = logging.getLogger(__name__)
 
