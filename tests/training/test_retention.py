@@ -164,6 +164,54 @@ def test_training_with_a_reference_mixes_and_records_both_curves(
     assert f"{result.base_scores['validation']:.3f} -> {mix.user:.3f}" in text
 
 
+def test_the_step_guard_prefers_steps_that_keep_the_reference():
+    import numpy as np
+
+    from napari_sam.training.checkpoints import LoopState
+
+    module = torch.nn.Linear(1, 1)
+    state = LoopState.fresh(0)
+    kept = []
+    # (user score, within tolerance) per validation: the best overall (0.9) forgets
+    for step, (score, within) in enumerate(
+        [(0.5, False), (0.45, True), (0.9, False), (0.47, True), (0.471, True)], start=1
+    ):
+        state.step = step
+        module.weight.data.fill_(step)
+        state.observe(score, module, 0.002, within)
+        kept.append((state.best_step, state.stale))
+    # a step within beats any step outside; among steps within, +0.02 counts, +0.001 does not
+    assert kept == [(1, 0), (2, 0), (2, 1), (4, 0), (4, 1)]
+    assert state.best_within and np.isclose(float(state.best_state["weight"]), 4.0)
+    assert state.best_score == 0.47
+
+
+def test_training_keeps_the_best_step_within_the_tolerance(trainable, labelled_images, tmp_path):
+    retention = RetentionSettings(tolerance=0.0, mix=False)
+    config = TrainingConfig(
+        steps=8, validate_every=1, patience=10, learning_rate=3e-3, retention=retention, **FAST
+    )
+    result = train(
+        trainable,
+        labelled_images[:1],
+        labelled_images[1:2],
+        tmp_path,
+        config,
+        reference_images=labelled_images[2:],
+    )
+    floor = result.base_scores["reference"]
+    validated = [h for h in result.history if h["validation"] is not None]
+    within = [h for h in validated if h["reference_validation"] >= floor]
+    kept = next(h for h in validated if h["step"] == result.best_step)
+    card = json.loads(result.card.read_text())["training"]
+    assert card["best_step_keeps_reference"] == bool(within)
+    candidates = within or validated
+    assert kept in candidates
+    assert kept["validation"] >= max(h["validation"] for h in candidates) - config.min_improvement
+    unguarded = TrainingConfig.from_dict({**config.to_dict(), "retention": {"mix": True}})
+    assert not unguarded.retention.guard_steps  # runs from before the guard keep their rule
+
+
 def test_no_mix_without_a_reference(trainable, labelled_images, tmp_path):
     config = TrainingConfig(steps=2, validate_every=2, **FAST)
     result = train(trainable, labelled_images[:2], labelled_images[2:], tmp_path, config)

@@ -30,22 +30,42 @@ class LoopState:
     step: int  # steps done
     rng: np.random.Generator  # draws images, objects and prompts
     history: list[dict] = field(default_factory=list)  # one record per step
-    best_score: float | None = None  # best validation mean IoU
+    best_score: float | None = None  # best validation mean IoU (among guarded steps, if any)
     best_step: int = 0  # step of best_score
     best_state: dict | None = None  # trainable tensors at best_step
     stale: int = 0  # validations since the last improvement
     base_stability: list[float] | None = None  # base model's stability per calibration click
     initial_state: dict | None = None  # trained tensors before the first step (anchor, mix)
     base_scores: dict | None = None  # the released model's validation scores (step 0)
+    # whether best_step kept the reference validation within tolerance (True without a guard)
+    best_within: bool = True
 
     @classmethod
     def fresh(cls, seed: int) -> LoopState:
         return cls(step=0, rng=np.random.default_rng(seed))
 
-    def observe(self, score: float, module: torch.nn.Module, min_improvement: float) -> None:
-        """Record a validation score; keep a copy of the trainable weights when it is the best."""
-        if self.best_score is None or score > self.best_score + min_improvement:
+    def observe(
+        self,
+        score: float,
+        module: torch.nn.Module,
+        min_improvement: float,
+        within: bool = True,
+    ) -> None:
+        """Record a validation score; keep a copy of the trainable weights when it is the best.
+
+        ``within`` says whether these weights keep the domains to keep (their reference
+        validation within tolerance). A step within tolerance beats any step outside it;
+        among steps alike, the higher score wins by more than ``min_improvement``. So the
+        kept weights are the best of the user's domain among those that forget nothing,
+        and the best overall only when every step forgot.
+        """
+        if (
+            self.best_score is None
+            or (within and not self.best_within)
+            or (within == self.best_within and score > self.best_score + min_improvement)
+        ):
             self.best_score, self.best_step, self.stale = score, self.step, 0
+            self.best_within = within
             self.best_state = {
                 name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad
             }
@@ -73,6 +93,7 @@ def save_checkpoint(
         "base_stability": state.base_stability,
         "initial_state": state.initial_state,
         "base_scores": state.base_scores,
+        "best_within": state.best_within,
     }
     temporary = path.with_name(f".{path.name}.part")
     torch.save(payload, temporary)
@@ -131,6 +152,7 @@ def load_checkpoint(
         base_stability=payload.get("base_stability"),  # absent before calibration existed
         initial_state=payload.get("initial_state"),  # absent before retention existed
         base_scores=payload.get("base_scores"),
+        best_within=payload.get("best_within", True),  # absent before the step guard existed
     )
 
 

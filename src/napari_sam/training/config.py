@@ -71,6 +71,9 @@ class RetentionSettings:
     # Mix the kept and the released weights, alpha chosen on both validation sets
     # (needs reference validation images; without them the kept weights are saved as they are).
     mix: bool = True
+    # Step guard: keep the best validated step among those whose reference validation is
+    # within tolerance (the best overall only when none is), instead of the best overall.
+    guard_steps: bool = True
     mix_grid: tuple[float, ...] = MIX_GRID
     # Reference validation drop a mix may have: half of REGRESSION_TOLERANCE (0.01), the
     # drop the held-out reference images may show, so validation noise has room.
@@ -186,6 +189,7 @@ class TrainingConfig:
         values["decay_at"] = tuple(values["decay_at"])
         # runs from before retention existed had none
         retention = dict(values.get("retention") or {"mix": False, "rehearsal": 0.0})
+        retention.setdefault("guard_steps", False)  # runs from before the step guard
         retention["mix_grid"] = tuple(retention.get("mix_grid", ()) or RetentionSettings().mix_grid)
         values["retention"] = RetentionSettings(**retention)
         values.setdefault(

@@ -262,7 +262,7 @@ def _run_steps(
         ):
             measured = checks.scores(trainable)
             score, reference_score = measured["validation"], measured["reference"]
-            state.observe(score, sam, config.min_improvement)
+            state.observe(score, sam, config.min_improvement, _within(state, config, measured))
         record.update(
             validation=score,
             reference_validation=reference_score,
@@ -295,11 +295,28 @@ def _run_steps(
                 checks.validation is not None and score is None
             ):  # the steps since the last validation count too
                 measured = checks.scores(trainable)
-                state.observe(measured["validation"], sam, config.min_improvement)
+                state.observe(
+                    measured["validation"],
+                    sam,
+                    config.min_improvement,
+                    _within(state, config, measured),
+                )
                 state.history[-1]["validation"] = measured["validation"]
                 state.history[-1]["reference_validation"] = measured["reference"]
             return "time limit"
     return "completed"
+
+
+def _within(state: LoopState, config: TrainingConfig, measured: dict) -> bool:
+    """Whether the weights just measured keep the domains to keep (the step guard).
+
+    True when their reference validation is at most ``retention.tolerance`` below the
+    released model's, or when there is nothing to guard (no reference, guard off).
+    """
+    base = (state.base_scores or {}).get("reference")
+    if not config.retention.guard_steps or base is None or measured["reference"] is None:
+        return True
+    return measured["reference"] >= base - config.retention.tolerance
 
 
 def _minutes(state: LoopState) -> float:

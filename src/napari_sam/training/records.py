@@ -58,6 +58,8 @@ def write_training_card(
             "best_step": best_step,
             "stopped": stopped,
             "best_validation_mean_iou": state.best_score,
+            # False: every validated step lost more than the tolerance on the domains to keep
+            "best_step_keeps_reference": state.best_within,
             "settings": config.to_dict(),
             "loss_first_last": _ends(state.history),
             "wall_seconds": round(sum(h.get("seconds", 0.0) for h in state.history), 1),
