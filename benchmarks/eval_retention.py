@@ -25,6 +25,8 @@ kept weights with the released ones, chosen on the two validation sets:
 * ``rehearsal_quarter``: a quarter of them do.
 * ``anchor``: L2-SP, gradient ``1.0 * (theta - theta_0)``.
 * ``rehearsal_anchor``: both.
+* ``distilled``: half of the steps rehearse towards the released model's own outputs for
+  the same prompts, not the labels: keeping what it did without learning those domains.
 
 Every method keeps the best validated step among those whose reference validation is
 within tolerance (the step guard); ``--no-guard`` keeps the best user score of any step,
@@ -65,6 +67,7 @@ METHODS = {
     "rehearsal_quarter": RetentionSettings(rehearsal=0.25, anchor=0.0),
     "anchor": RetentionSettings(rehearsal=0.0, anchor=1.0),
     "rehearsal_anchor": RetentionSettings(rehearsal=0.5, anchor=1.0),
+    "distilled": RetentionSettings(rehearsal=0.5, rehearsal_targets="released"),
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 

@@ -212,6 +212,75 @@ def test_training_keeps_the_best_step_within_the_tolerance(trainable, labelled_i
     assert not unguarded.retention.guard_steps  # runs from before the guard keep their rule
 
 
+def test_distilled_rehearsal_asks_for_the_released_outputs(trainable, labelled_images):
+    import dataclasses
+
+    import numpy as np
+
+    from napari_sam.training.embeddings import EmbeddingStore
+    from napari_sam.training.losses import distillation_loss
+    from napari_sam.training.network import inference_model
+    from napari_sam.training.optimization import parameter_groups
+    from napari_sam.training.prompting import first_prompts
+    from napari_sam.training.retention import released_decoder
+    from napari_sam.training.sampling import prepare_image, sample_objects
+    from napari_sam.training.steps import _decode, run_prompting
+
+    sam = trainable.module
+    prepared = prepare_image(labelled_images[0], sam.input_size, np.random.default_rng(0))
+    batch = sample_objects(prepared, 3, np.random.default_rng(0))
+    embedding = EmbeddingStore().features(inference_model(trainable), labelled_images[0])
+    parameter_groups(sam, "decoder", 2, 0.8, 0.0)
+    released = trained_snapshot(sam)
+    teacher = released_decoder(sam, released)
+    with torch.no_grad():  # the student has moved away from the released weights
+        for parameter in sam.mask_decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    moved = trained_snapshot(sam)
+    # the teacher holds the released weights, whatever the student became
+    for name, value in teacher.mask_decoder.state_dict().items():
+        assert torch.equal(value, released[f"mask_decoder.{name}"]), name
+    settings = PromptSettings(iterations=1, quiet_iterations=0)
+
+    def loss(batch, teacher):
+        return run_prompting(
+            sam,
+            embedding,
+            batch,
+            settings,
+            np.random.default_rng(5),
+            prepared.input_size,
+            use_box=True,
+            backward=False,
+            teacher=teacher,
+        ).loss
+
+    with torch.no_grad():
+        blank = dataclasses.replace(batch, targets=torch.zeros_like(batch.targets))
+        distilled = loss(batch, teacher)
+        # the labels do not enter a distilled step's loss; they do enter a plain one
+        assert loss(blank, teacher) == pytest.approx(distilled, rel=1e-6)
+        assert loss(blank, None) != pytest.approx(loss(batch, None), rel=1e-3)
+        # ... which is the distillation loss of the student's against the teacher's outputs
+        pe = sam.prompt_encoder.dense_positional_encoding()
+        prompts = first_prompts(
+            batch.targets,
+            batch.boxes,
+            True,
+            np.random.default_rng(5),
+            settings.box_noise,
+            settings.max_box_noise,
+            prepared.input_size,
+        )
+        student = _decode(sam, embedding, pe, prompts)
+        kept = _decode(teacher, embedding, pe, prompts)
+        expected = distillation_loss(*student, *kept).total
+        assert distilled == pytest.approx(float(expected), rel=1e-5)
+        # and the released decoder against itself scores only the focal/dice floor
+        assert float(distillation_loss(*kept, *kept).total) < float(expected)
+    assert all(torch.equal(moved[k], v) for k, v in trained_snapshot(sam).items())
+
+
 def test_no_mix_without_a_reference(trainable, labelled_images, tmp_path):
     config = TrainingConfig(steps=2, validate_every=2, **FAST)
     result = train(trainable, labelled_images[:2], labelled_images[2:], tmp_path, config)

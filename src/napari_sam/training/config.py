@@ -51,6 +51,9 @@ class PromptSettings:
 PAPER_PROMPTS = PromptSettings(iterations=11, quiet_iterations=2)
 
 
+# what rehearsal steps train towards (RetentionSettings.rehearsal_targets)
+REHEARSAL_TARGETS = ("labels", "released")
+
 # alphas measured when choosing the mix of the kept and the released weights
 MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -65,6 +68,9 @@ class RetentionSettings:
     # Share of steps drawn from the rehearsal images (0: none). 0.5 gave the best validation
     # gain within the reference tolerance on both domain pairs of docs/training.md.
     rehearsal: float = 0.5
+    # What a rehearsal step asks for: the objects' labels ("labels"), or what the released
+    # model gave for the same prompts ("released": keeping without learning those domains).
+    rehearsal_targets: str = "labels"
     # L2-SP weight: gradient anchor * (theta - theta_0) (0: none). 1.0 kept more than no
     # anchor but not enough for the tolerance (docs/training.md), so it is off.
     anchor: float = 0.0
@@ -82,6 +88,11 @@ class RetentionSettings:
     def __post_init__(self) -> None:
         if not 0.0 <= self.rehearsal < 1.0:
             raise InvalidInputError(f"rehearsal must be in [0, 1); got {self.rehearsal}.")
+        if self.rehearsal_targets not in REHEARSAL_TARGETS:
+            raise InvalidInputError(
+                f"rehearsal_targets must be one of {', '.join(REHEARSAL_TARGETS)}; "
+                f"got {self.rehearsal_targets!r}."
+            )
         if self.anchor < 0:
             raise InvalidInputError(f"anchor must be at least 0; got {self.anchor}.")
         if not self.mix_grid or any(not 0.0 <= a <= 1.0 for a in self.mix_grid):

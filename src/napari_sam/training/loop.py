@@ -50,6 +50,7 @@ from napari_sam.training.retention import (
     add_anchor_gradients,
     blend,
     choose_mix,
+    released_decoder,
     trained_snapshot,
 )
 from napari_sam.training.sampling import prepare_image, sample_objects
@@ -184,6 +185,11 @@ def train(
     if state.base_scores is None and state.step == 0 and validation is not None:
         state.base_scores = checks.scores(trainable)
     rehearsal = list(rehearsal_images or []) if config.retention.rehearsal > 0 else []
+    teacher = (
+        released_decoder(sam, state.initial_state)
+        if rehearsal and config.retention.rehearsal_targets == "released"
+        else None
+    )
     generator = torch.Generator().manual_seed(config.seed)
     with install_drop_path(sam.image_encoder, config.drop_path, generator):
         stopped = _run_steps(
@@ -198,6 +204,7 @@ def train(
             output,
             progress,
             should_stop,
+            teacher,
         )
     save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
     return _finish(
@@ -245,6 +252,7 @@ def _run_steps(
     output: Path,
     progress,
     should_stop,
+    teacher=None,
 ) -> str:
     """Step until done or stopped early; returns why training ended."""
     sam = trainable.module
@@ -255,7 +263,7 @@ def _run_steps(
                 f"Training stopped at step {state.step}; resume it from {output}."
             )
         started, cpu_started = time.perf_counter(), time.process_time()
-        record = _one_step(sam, frozen, images, store, optimizer, state, config)
+        record = _one_step(sam, frozen, images, store, optimizer, state, config, teacher)
         score = reference_score = None
         if checks.validation is not None and (
             state.step % config.validate_every == 0 or state.step == config.steps
@@ -335,12 +343,13 @@ def _check_inputs(train_images: list[LabelledImage], output: Path, resume: bool)
 
 
 def _one_step(
-    sam, frozen, pools, store, optimizer, state: LoopState, config: TrainingConfig
+    sam, frozen, pools, store, optimizer, state: LoopState, config: TrainingConfig, teacher=None
 ) -> dict:
     """Draw an image and its objects, run the prompting iterations, update the weights.
 
     ``pools`` is (training images, rehearsal images); a share ``config.retention.rehearsal``
-    of the steps draws from the rehearsal images when there are any.
+    of the steps draws from the rehearsal images when there are any, and trains towards
+    ``teacher``'s outputs when one is given (distilled rehearsal), else their labels.
     """
     rng = state.rng
     rehearsing = bool(pools[1]) and bool(rng.random() < config.retention.rehearsal)
@@ -377,7 +386,14 @@ def _one_step(
     else:
         embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
     result = run_prompting(
-        sam, embedding, batch, config.prompts, rng, prepared.input_size, config.loss_weights
+        sam,
+        embedding,
+        batch,
+        config.prompts,
+        rng,
+        prepared.input_size,
+        config.loss_weights,
+        teacher=teacher if rehearsing else None,
     )
     if state.initial_state is not None:
         add_anchor_gradients(sam, state.initial_state, config.retention.anchor)

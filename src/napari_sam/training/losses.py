@@ -111,3 +111,35 @@ def prompt_loss(
         best=best,
         best_iou=float(actual[rows, best].mean()),
     )
+
+
+def distillation_loss(
+    logits: torch.Tensor,
+    predicted_iou: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    teacher_iou: torch.Tensor,
+    weights: LossWeights = LossWeights(),
+) -> PromptLoss:
+    """Loss that asks for the released model's outputs: rehearsal that only keeps.
+
+    Each candidate mask is scored (focal + dice, weighted as the task loss) against the
+    same candidate of the released decoder, thresholded at 0, and the IoU head against
+    the released IoU head; every candidate counts, not only the best, since all three
+    are what the released model did. Shapes as :func:`prompt_loss`, the teacher's equal
+    to the student's.
+    """
+    targets = (teacher_logits > 0).float()
+    per_mask = weights.focal * focal_loss(logits, targets) + weights.dice * dice_loss(
+        logits, targets
+    )
+    mask_term = per_mask.mean()
+    iou_term = F.mse_loss(predicted_iou, teacher_iou)
+    total = mask_term + weights.iou * iou_term if weights.iou else mask_term
+    actual = true_iou(logits.detach(), targets)
+    return PromptLoss(
+        total=total,
+        mask=float(mask_term.detach()),
+        iou=float(iou_term.detach()),
+        best=torch.zeros(len(logits), dtype=torch.int64, device=logits.device),
+        best_iou=float(actual.mean()),
+    )

@@ -23,6 +23,7 @@ docs/training.md measures each on two domain pairs and says which are on by defa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,32 @@ def add_anchor_gradients(
     for name, parameter in module.named_parameters():
         if name in initial and parameter.grad is not None:
             parameter.grad.add_(parameter.detach() - initial[name], alpha=weight)
+
+
+@dataclass(frozen=True)
+class ReleasedDecoder:
+    """Frozen copies of the released prompt encoder and mask decoder (distilled rehearsal)."""
+
+    prompt_encoder: torch.nn.Module
+    mask_decoder: torch.nn.Module
+
+
+def released_decoder(sam: torch.nn.Module, initial: dict[str, torch.Tensor]) -> ReleasedDecoder:
+    """The prompt encoder and mask decoder of ``sam`` with the released weights ``initial``.
+
+    ``initial`` holds the trained tensors before the first step (the rest never changes),
+    so a resumed run gets the same teacher. While the encoder trains, the teacher decodes
+    the trained encoder's embedding: close to, not exactly, the released outputs.
+    """
+    parts = []
+    for name in ("prompt_encoder", "mask_decoder"):
+        part = copy.deepcopy(getattr(sam, name))
+        prefix = f"{name}."
+        released = {k.removeprefix(prefix): v for k, v in initial.items() if k.startswith(prefix)}
+        part.load_state_dict(released, strict=False)
+        part.eval().requires_grad_(False)
+        parts.append(part)
+    return ReleasedDecoder(*parts)
 
 
 def blend(

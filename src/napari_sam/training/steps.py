@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from napari_sam.training.config import LossWeights, PromptSettings
-from napari_sam.training.losses import prompt_loss, true_iou
+from napari_sam.training.losses import distillation_loss, prompt_loss, true_iou
 from napari_sam.training.prompting import (
     PromptState,
     add_point,
@@ -57,6 +57,7 @@ def run_prompting(
     use_box: bool | None = None,
     backward: bool = True,
     chunk: int = CHUNK_OBJECTS,
+    teacher=None,
 ) -> StepResult:
     """Run every prompting iteration on one image's objects.
 
@@ -78,6 +79,12 @@ def run_prompting(
         Back-propagate (training) or only measure (validation, under ``no_grad``).
     chunk : int
         Objects per decoder pass; the gradient is the same for any value.
+    teacher : optional
+        The released prompt encoder and mask decoder
+        (:func:`~napari_sam.training.retention.released_decoder`): when given, each
+        prompt's target is the teacher's output for it, not the object's label
+        (:func:`~napari_sam.training.losses.distillation_loss`). The prompts still come
+        from the labels.
 
     Returns
     -------
@@ -86,6 +93,8 @@ def run_prompting(
     weights = weights or LossWeights()
     leaf = embedding.detach().requires_grad_(backward and embedding.requires_grad)
     image_pe = sam.prompt_encoder.dense_positional_encoding()
+    if teacher is not None:
+        teacher_pe = teacher.prompt_encoder.dense_positional_encoding()
     if use_box is None:
         use_box = bool(rng.random() < settings.box_probability)
     state = first_prompts(
@@ -107,7 +116,12 @@ def run_prompting(
             # add up to the batch mean, so the gradient is the whole batch's.
             share = (rows.stop - rows.start) / len(batch)
             logits, predicted_iou = _decode(sam, leaf, image_pe, _rows(state, rows))
-            loss = prompt_loss(logits, predicted_iou, batch.targets[rows], weights)
+            if teacher is None:
+                loss = prompt_loss(logits, predicted_iou, batch.targets[rows], weights)
+            else:
+                with torch.no_grad():
+                    kept = _decode(teacher, leaf.detach(), teacher_pe, _rows(state, rows))
+                loss = distillation_loss(logits, predicted_iou, *kept, weights)
             if backward:
                 (loss.total * (share / settings.iterations)).backward()
             totals += share * np.array((float(loss.total.detach()), loss.mask, loss.iou))
