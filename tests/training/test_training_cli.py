@@ -252,6 +252,10 @@ def test_train_without_tuning_flags_runs_the_default_config():
             ["--rehearsal", "0.3", "--anchor", "2", "--no-mix"],
             {"retention": RetentionSettings(rehearsal=0.3, anchor=2.0, mix=False)},
         ),
+        (
+            ["--rehearse-on", "released", "--no-step-guard"],
+            {"retention": RetentionSettings(rehearsal_targets="released", guard_steps=False)},
+        ),
     ],
 )
 def test_each_training_flag_sets_its_setting(flags, changed):

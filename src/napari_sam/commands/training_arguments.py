@@ -14,6 +14,7 @@ from napari_sam.engine.model import DEFAULT_MODEL
 from napari_sam.training.config import (
     PAPER_PROMPTS,
     REGRESSION_TOLERANCE,
+    REHEARSAL_TARGETS,
     TRAINABLE_PARTS,
     EvaluationSettings,
     TrainingConfig,
@@ -212,6 +213,15 @@ def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingCo
         "(--keep-folder/--keep-pair, else the development nuclei; default %(default)s)",
     )
     add(
+        "--rehearse-on",
+        dest="rehearsal_targets",
+        choices=REHEARSAL_TARGETS,
+        default=keep.rehearsal_targets,
+        help="what rehearsal steps train towards: the objects' labels, or the released "
+        "model's own masks for the same prompts, which keeps those domains as they were "
+        "without learning them (default %(default)s)",
+    )
+    add(
         "--anchor",
         type=float,
         default=keep.anchor,
@@ -227,6 +237,15 @@ def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingCo
         help="save the kept weights as trained; by default they are mixed with the released "
         "weights, the mix chosen on the validation images of both domains so that the "
         f"domains to keep lose at most {keep.tolerance} there",
+    )
+    add(
+        "--no-step-guard",
+        dest="guard_steps",
+        action="store_false",
+        default=keep.guard_steps,
+        help="keep the step with the best validation on your images even when it lost more "
+        f"than {keep.tolerance} on the domains to keep; by default such steps are kept only "
+        "when every validated step did",
     )
     add(
         "--no-keep",
