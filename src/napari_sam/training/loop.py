@@ -22,8 +22,6 @@ import torch
 
 from napari_sam.errors import InvalidInputError, OperationCancelled
 from napari_sam.training.calibration import (
-    LogitCalibration,
-    calibrate,
     point_logits,
     stability_each,
 )
@@ -36,7 +34,8 @@ from napari_sam.training.checkpoints import (
 from napari_sam.training.config import TrainingConfig
 from napari_sam.training.datasets import LabelledImage
 from napari_sam.training.embeddings import EmbeddingStore
-from napari_sam.training.network import TrainableSam, inference_model, save_weights
+from napari_sam.training.final_weights import Checks, TrainingResult, finish_run
+from napari_sam.training.network import TrainableSam, inference_model
 from napari_sam.training.optimization import (
     install_drop_path,
     learning_rate_factor,
@@ -44,12 +43,8 @@ from napari_sam.training.optimization import (
     parameter_groups,
     set_learning_rate,
 )
-from napari_sam.training.records import write_training_card
 from napari_sam.training.retention import (
-    MixChoice,
     add_anchor_gradients,
-    blend,
-    choose_mix,
     released_decoder,
     trained_snapshot,
 )
@@ -73,26 +68,6 @@ class TrainingProgress:
     best_validation: float | None  # best validation score so far
     seconds: float  # wall time of this step
     reference_validation: float | None = None  # reference validation score at this step, if any
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    """What :func:`train` produced."""
-
-    weights: Path  # final (best) weights, official state-dict format
-    card: Path  # JSON model card beside them
-    steps: int  # steps done in total (including those before a resume)
-    best_step: int  # step of the best validation (the final weights), or the last step
-    best_validation: float | None  # its validation score (mean IoU), None without validation
-    stopped: str  # "completed", "early stopping" or "time limit"
-    history: tuple[
-        dict, ...
-    ]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
-    calibration: LogitCalibration | None = None  # the logit scale folded into the weights
-    mix: MixChoice | None = None  # the chosen mix with the released weights (retention)
-    base_scores: dict | None = None  # the released model's validation scores
-    # the kept weights before the mix (trained tensors; None without a mix), for comparisons
-    unmixed: dict | None = None
 
 
 def train(
@@ -181,7 +156,7 @@ def train(
     reference = ValidationSet.build(reference_images, config) if reference_images else None
     if reference is not None and not reference.images:
         reference = None
-    checks = _Checks(validation, reference, store if frozen is not None else None)
+    checks = Checks(validation, reference, store if frozen is not None else None)
     if state.base_scores is None and state.step == 0 and validation is not None:
         state.base_scores = checks.scores(trainable)
     rehearsal = list(rehearsal_images or []) if config.retention.rehearsal > 0 else []
@@ -207,7 +182,7 @@ def train(
             teacher,
         )
     save_checkpoint(output / CHECKPOINT_NAME, sam, optimizer, state, config)
-    return _finish(
+    return finish_run(
         trainable,
         output,
         config,
@@ -220,31 +195,11 @@ def train(
     )
 
 
-@dataclass(frozen=True)
-class _Checks:
-    """The validation sets of a run: the user's domain and, optionally, the reference."""
-
-    validation: ValidationSet | None
-    reference: ValidationSet | None
-    store: EmbeddingStore | None  # cached embeddings while the encoder is frozen
-
-    def scores(self, trainable) -> dict:
-        """``{"validation": ..., "reference": ...}`` of the weights now loaded (None: no set)."""
-        return {
-            "validation": None
-            if self.validation is None
-            else self.validation.score(trainable, self.store),
-            "reference": None
-            if self.reference is None
-            else self.reference.score(trainable, self.store),
-        }
-
-
 def _run_steps(
     trainable,
     frozen,
     images,
-    checks: _Checks,
+    checks: Checks,
     store,
     optimizer,
     state: LoopState,
@@ -419,108 +374,3 @@ def _set_modes(sam, trainable: str) -> None:
     for module in sam.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
-
-
-def _finish(
-    trainable,
-    output,
-    config,
-    state: LoopState,
-    stopped,
-    train_images,
-    validation_images,
-    store: EmbeddingStore,
-    checks: _Checks,
-) -> TrainingResult:
-    if state.best_state is not None:
-        trainable.module.load_state_dict(state.best_state, strict=False)
-    unmixed = trained_snapshot(trainable.module)
-    mix = _mix(trainable, state, config, checks)
-    calibration = None
-    if config.calibrate_logits and state.base_stability is not None:
-        calibration = calibrate(
-            trainable, train_images, torch.tensor(state.base_stability), store, config.seed
-        )
-        log.info(
-            "logit scale %.2f: median stability %.3f -> %.3f (base model %.3f)",
-            calibration.scale,
-            calibration.tuned_median,
-            calibration.calibrated_median,
-            calibration.base_median,
-        )
-    elif config.calibrate_logits:
-        log.warning(
-            "logits not calibrated: the run started from random weights, or resumed a "
-            "checkpoint written before calibration existed"
-        )
-    name = f"{config.name}_{trainable.architecture_name}"
-    weights = save_weights(trainable.module, output / f"{name}.pt")
-    best_step = state.best_step if state.best_state is not None else state.step
-    card = write_training_card(
-        output / f"{name}.json",
-        weights,
-        trainable,
-        config,
-        state,
-        stopped,
-        best_step,
-        train_images,
-        validation_images,
-        calibration,
-        mix,
-    )
-    return TrainingResult(
-        weights,
-        card,
-        state.step,
-        best_step,
-        state.best_score,
-        stopped,
-        tuple(state.history),
-        calibration,
-        mix,
-        state.base_scores,
-        unmixed if mix is not None else None,
-    )
-
-
-def _mix(trainable, state: LoopState, config: TrainingConfig, checks: _Checks):
-    """Mix the kept weights with the released ones (retention), when both checks exist."""
-    if not (
-        config.retention.mix
-        and checks.validation is not None
-        and checks.reference is not None
-        and state.initial_state is not None
-        and state.base_scores is not None
-    ):
-        return None
-    module = trainable.module
-    tuned = state.best_state or trained_snapshot(module)
-    kept = next(
-        (
-            h
-            for h in state.history
-            if h["step"] == (state.best_step if state.best_state else state.step)
-        ),
-        None,
-    )
-    known = {0.0: (state.base_scores["validation"], state.base_scores["reference"])}
-    if kept is not None and kept.get("reference_validation") is not None:
-        known[1.0] = (kept["validation"], kept["reference_validation"])
-
-    def score() -> tuple[float, float]:
-        measured = checks.scores(trainable)
-        return measured["validation"], measured["reference"]
-
-    def load(alpha: float) -> None:
-        module.load_state_dict(blend(state.initial_state, tuned, alpha), strict=False)
-
-    choice = choose_mix(score, load, config.retention, known, config.min_improvement)
-    log.info(
-        "weights mixed at alpha %.2f: validation %.3f, reference %.3f (released %.3f, %.3f)",
-        choice.alpha,
-        choice.user,
-        choice.reference,
-        *known[0.0],
-    )
-    return choice

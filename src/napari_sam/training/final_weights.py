@@ -1,0 +1,171 @@
+"""The end of a training run: the kept weights, their mix with the released ones, the card.
+
+:func:`finish_run` loads the kept (best validated) weights, mixes them with the released
+weights when both validation sets exist (:func:`mix_with_released`,
+:mod:`~napari_sam.training.retention`), calibrates the logit scale, saves the weights in
+the official state-dict format and writes the model card beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from napari_sam.training.calibration import LogitCalibration, calibrate
+from napari_sam.training.checkpoints import LoopState
+from napari_sam.training.config import TrainingConfig
+from napari_sam.training.embeddings import EmbeddingStore
+from napari_sam.training.network import save_weights
+from napari_sam.training.records import write_training_card
+from napari_sam.training.retention import MixChoice, blend, choose_mix, trained_snapshot
+from napari_sam.training.validation import ValidationSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What :func:`train` produced."""
+
+    weights: Path  # final (best) weights, official state-dict format
+    card: Path  # JSON model card beside them
+    steps: int  # steps done in total (including those before a resume)
+    best_step: int  # step of the best validation (the final weights), or the last step
+    best_validation: float | None  # its validation score (mean IoU), None without validation
+    stopped: str  # "completed", "early stopping" or "time limit"
+    history: tuple[
+        dict, ...
+    ]  # per step: step, image, loss, first_iou, last_iou, validation, seconds, cpu_seconds
+    calibration: LogitCalibration | None = None  # the logit scale folded into the weights
+    mix: MixChoice | None = None  # the chosen mix with the released weights (retention)
+    base_scores: dict | None = None  # the released model's validation scores
+    # the kept weights before the mix (trained tensors; None without a mix), for comparisons
+    unmixed: dict | None = None
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The validation sets of a run: the user's domain and, optionally, the reference."""
+
+    validation: ValidationSet | None
+    reference: ValidationSet | None
+    store: EmbeddingStore | None  # cached embeddings while the encoder is frozen
+
+    def scores(self, trainable) -> dict:
+        """``{"validation": ..., "reference": ...}`` of the weights now loaded (None: no set)."""
+        return {
+            "validation": None
+            if self.validation is None
+            else self.validation.score(trainable, self.store),
+            "reference": None
+            if self.reference is None
+            else self.reference.score(trainable, self.store),
+        }
+
+
+def finish_run(
+    trainable,
+    output,
+    config,
+    state: LoopState,
+    stopped,
+    train_images,
+    validation_images,
+    store: EmbeddingStore,
+    checks: Checks,
+) -> TrainingResult:
+    if state.best_state is not None:
+        trainable.module.load_state_dict(state.best_state, strict=False)
+    unmixed = trained_snapshot(trainable.module)
+    mix = mix_with_released(trainable, state, config, checks)
+    calibration = None
+    if config.calibrate_logits and state.base_stability is not None:
+        calibration = calibrate(
+            trainable, train_images, torch.tensor(state.base_stability), store, config.seed
+        )
+        log.info(
+            "logit scale %.2f: median stability %.3f -> %.3f (base model %.3f)",
+            calibration.scale,
+            calibration.tuned_median,
+            calibration.calibrated_median,
+            calibration.base_median,
+        )
+    elif config.calibrate_logits:
+        log.warning(
+            "logits not calibrated: the run started from random weights, or resumed a "
+            "checkpoint written before calibration existed"
+        )
+    name = f"{config.name}_{trainable.architecture_name}"
+    weights = save_weights(trainable.module, output / f"{name}.pt")
+    best_step = state.best_step if state.best_state is not None else state.step
+    card = write_training_card(
+        output / f"{name}.json",
+        weights,
+        trainable,
+        config,
+        state,
+        stopped,
+        best_step,
+        train_images,
+        validation_images,
+        calibration,
+        mix,
+    )
+    return TrainingResult(
+        weights,
+        card,
+        state.step,
+        best_step,
+        state.best_score,
+        stopped,
+        tuple(state.history),
+        calibration,
+        mix,
+        state.base_scores,
+        unmixed if mix is not None else None,
+    )
+
+
+def mix_with_released(trainable, state: LoopState, config: TrainingConfig, checks: Checks):
+    """Mix the kept weights with the released ones (retention), when both checks exist."""
+    if not (
+        config.retention.mix
+        and checks.validation is not None
+        and checks.reference is not None
+        and state.initial_state is not None
+        and state.base_scores is not None
+    ):
+        return None
+    module = trainable.module
+    tuned = state.best_state or trained_snapshot(module)
+    kept = next(
+        (
+            h
+            for h in state.history
+            if h["step"] == (state.best_step if state.best_state else state.step)
+        ),
+        None,
+    )
+    known = {0.0: (state.base_scores["validation"], state.base_scores["reference"])}
+    if kept is not None and kept.get("reference_validation") is not None:
+        known[1.0] = (kept["validation"], kept["reference_validation"])
+
+    def score() -> tuple[float, float]:
+        measured = checks.scores(trainable)
+        return measured["validation"], measured["reference"]
+
+    def load(alpha: float) -> None:
+        module.load_state_dict(blend(state.initial_state, tuned, alpha), strict=False)
+
+    choice = choose_mix(score, load, config.retention, known, config.min_improvement)
+    log.info(
+        "weights mixed at alpha %.2f: validation %.3f, reference %.3f (released %.3f, %.3f)",
+        choice.alpha,
+        choice.user,
+        choice.reference,
+        *known[0.0],
+    )
+    return choice
