@@ -27,6 +27,8 @@ kept weights with the released ones, chosen on the two validation sets:
 * ``rehearsal_anchor``: both.
 * ``distilled``: half of the steps rehearse towards the released model's own outputs for
   the same prompts, not the labels: keeping what it did without learning those domains.
+* ``joint_distilled``: every step trains on a user image and adds the distilled loss of
+  a rehearsal image (8 of its objects): the user's domain keeps all its steps.
 
 Every method keeps the best validated step among those whose reference validation is
 within tolerance (the step guard); ``--no-guard`` keeps the best user score of any step,
@@ -68,6 +70,7 @@ METHODS = {
     "anchor": RetentionSettings(rehearsal=0.0, anchor=1.0),
     "rehearsal_anchor": RetentionSettings(rehearsal=0.5, anchor=1.0),
     "distilled": RetentionSettings(rehearsal=0.5, rehearsal_targets="released"),
+    "joint_distilled": RetentionSettings(rehearsal=0.5, rehearsal_targets="released", joint=True),
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 

@@ -111,6 +111,18 @@ def test_rehearsal_draws_its_share_of_the_steps(trainable, labelled_images, tmp_
     assert {h["image"] for h in result.history if not h["rehearsal"]} == {labelled_images[0].name}
 
 
+def test_joint_rehearsal_trains_on_both_every_step(trainable, labelled_images, tmp_path):
+    retention = RetentionSettings(rehearsal=0.5, joint=True, rehearsal_targets="released")
+    config = TrainingConfig(steps=4, retention=retention, **FAST)
+    result = train(
+        trainable, labelled_images[:1], [], tmp_path, config, rehearsal_images=labelled_images[1:]
+    )
+    assert [h["image"] for h in result.history] == [labelled_images[0].name] * 4
+    assert not any(h["rehearsal"] for h in result.history)
+    kept = {i.name for i in labelled_images[1:]}
+    assert all(h["rehearsal_image"] in kept and h["rehearsal_loss"] > 0 for h in result.history)
+
+
 def test_the_anchor_keeps_the_weights_near_the_released_ones(
     tiny_architecture, labelled_images, tmp_path
 ):

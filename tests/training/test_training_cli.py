@@ -253,8 +253,12 @@ def test_train_without_tuning_flags_runs_the_default_config():
             {"retention": RetentionSettings(rehearsal=0.3, anchor=2.0, mix=False)},
         ),
         (
-            ["--rehearse-on", "released", "--no-step-guard"],
-            {"retention": RetentionSettings(rehearsal_targets="released", guard_steps=False)},
+            ["--rehearse-on", "released", "--no-step-guard", "--joint-rehearsal"],
+            {
+                "retention": RetentionSettings(
+                    rehearsal_targets="released", guard_steps=False, joint=True
+                )
+            },
         ),
     ],
 )

@@ -222,6 +222,15 @@ def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingCo
         "without learning them (default %(default)s)",
     )
     add(
+        "--joint-rehearsal",
+        dest="joint",
+        action="store_true",
+        default=keep.joint,
+        help="every step trains on one of your images and one image to keep (SHARE x "
+        "--objects of its objects), adding both losses, instead of giving SHARE of the "
+        "steps to rehearsal",
+    )
+    add(
         "--anchor",
         type=float,
         default=keep.anchor,

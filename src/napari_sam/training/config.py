@@ -71,6 +71,10 @@ class RetentionSettings:
     # What a rehearsal step asks for: the objects' labels ("labels"), or what the released
     # model gave for the same prompts ("released": keeping without learning those domains).
     rehearsal_targets: str = "labels"
+    # Joint rehearsal: every step trains on one of your images *and* one rehearsal image
+    # (rehearsal * objects_per_step of its objects), adding both losses, instead of giving
+    # a share of the steps to rehearsal; your domain keeps all its steps, each costs more.
+    joint: bool = False
     # L2-SP weight: gradient anchor * (theta - theta_0) (0: none). 1.0 kept more than no
     # anchor but not enough for the tolerance (docs/training.md), so it is off.
     anchor: float = 0.0

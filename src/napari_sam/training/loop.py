@@ -302,47 +302,28 @@ def _one_step(
 ) -> dict:
     """Draw an image and its objects, run the prompting iterations, update the weights.
 
-    ``pools`` is (training images, rehearsal images); a share ``config.retention.rehearsal``
-    of the steps draws from the rehearsal images when there are any, and trains towards
-    ``teacher``'s outputs when one is given (distilled rehearsal), else their labels.
+    ``pools`` is (training images, rehearsal images). When there are rehearsal images, a
+    share ``config.retention.rehearsal`` of the steps draws from them instead; with
+    ``retention.joint`` every step draws a training image *and* a rehearsal image
+    (``rehearsal * objects_per_step`` of its objects) and adds both losses. Rehearsal
+    trains towards ``teacher``'s outputs when one is given (distilled rehearsal), else
+    towards the labels.
     """
-    rng = state.rng
-    rehearsing = bool(pools[1]) and bool(rng.random() < config.retention.rehearsal)
-    images = pools[1] if rehearsing else pools[0]
+    rng, retention = state.rng, config.retention
+    joint = retention.joint and bool(pools[1])
+    rehearsing = not retention.joint and bool(pools[1]) and bool(rng.random() < retention.rehearsal)
     set_learning_rate(
         optimizer,
         config.learning_rate,
         learning_rate_factor(state.step, config.steps, config.warmup_steps, config.decay_at),
     )
-    for _ in range(MAX_DRAWS):  # an image whose objects all vanish after cropping is drawn again
-        image = images[int(rng.integers(len(images)))]
-        prepared = prepare_image(
-            image, sam.input_size, rng, config.crop_size, config.flips, config.min_area
-        )
-        batch = (
-            sample_objects(prepared, config.objects_per_step, rng)
-            if len(prepared.object_ids)
-            else None
-        )
-        if batch is not None:
-            break
-    else:
-        raise InvalidInputError(
-            f"No usable object in {MAX_DRAWS} draws: objects must have at least min_area="
-            f"{config.min_area} pixels (and survive --crop {config.crop_size}). "
-            "Lower min_area or the crop."
-        )
+    image, prepared, batch = _draw(
+        pools[1] if rehearsing else pools[0], sam, rng, config, config.objects_per_step
+    )
     _set_modes(sam, config.trainable)
-    if frozen is not None and not prepared.augmented:
-        embedding = store.features(frozen, image)
-    elif frozen is not None:
-        with torch.no_grad():
-            embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
-    else:
-        embedding = sam.image_encoder(sam.normalize_pixels(prepared.pixels))
     result = run_prompting(
         sam,
-        embedding,
+        _embed(sam, frozen, store, image, prepared),
         batch,
         config.prompts,
         rng,
@@ -350,13 +331,7 @@ def _one_step(
         config.loss_weights,
         teacher=teacher if rehearsing else None,
     )
-    if state.initial_state is not None:
-        add_anchor_gradients(sam, state.initial_state, config.retention.anchor)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    state.step += 1
-    return {
-        "step": state.step,
+    record = {
         "image": image.name,
         "loss": result.loss,
         "first_iou": result.first_iou,
@@ -364,6 +339,53 @@ def _one_step(
         "objects": result.objects,
         "rehearsal": rehearsing,
     }
+    if joint:  # the rehearsal image's gradient adds to the training image's
+        objects = max(1, round(retention.rehearsal * config.objects_per_step))
+        kept_image, kept_prepared, kept_batch = _draw(pools[1], sam, rng, config, objects)
+        kept = run_prompting(
+            sam,
+            _embed(sam, frozen, store, kept_image, kept_prepared),
+            kept_batch,
+            config.prompts,
+            rng,
+            kept_prepared.input_size,
+            config.loss_weights,
+            teacher=teacher,
+        )
+        record.update(rehearsal_image=kept_image.name, rehearsal_loss=kept.loss)
+    if state.initial_state is not None:
+        add_anchor_gradients(sam, state.initial_state, retention.anchor)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    return {"step": state.step, **record}
+
+
+def _draw(images, sam, rng, config: TrainingConfig, objects: int):
+    """(image, prepared image, object batch) of one image with usable objects."""
+    for _ in range(MAX_DRAWS):  # an image whose objects all vanish after cropping is drawn again
+        image = images[int(rng.integers(len(images)))]
+        prepared = prepare_image(
+            image, sam.input_size, rng, config.crop_size, config.flips, config.min_area
+        )
+        batch = sample_objects(prepared, objects, rng) if len(prepared.object_ids) else None
+        if batch is not None:
+            return image, prepared, batch
+    raise InvalidInputError(
+        f"No usable object in {MAX_DRAWS} draws: objects must have at least min_area="
+        f"{config.min_area} pixels (and survive --crop {config.crop_size}). "
+        "Lower min_area or the crop."
+    )
+
+
+def _embed(sam, frozen, store, image, prepared):
+    """The image embedding: cached while the encoder is frozen (and the image unchanged)."""
+    if frozen is not None and not prepared.augmented:
+        return store.features(frozen, image)
+    if frozen is not None:
+        with torch.no_grad():
+            return sam.image_encoder(sam.normalize_pixels(prepared.pixels))
+    return sam.image_encoder(sam.normalize_pixels(prepared.pixels))
 
 
 def _set_modes(sam, trainable: str) -> None:
