@@ -29,6 +29,7 @@ kept weights with the released ones, chosen on the two validation sets:
   the same prompts, not the labels: keeping what it did without learning those domains.
 * ``joint_distilled``: every step trains on a user image and adds the distilled loss of
   a rehearsal image (8 of its objects): the user's domain keeps all its steps.
+* ``joint``: the same with the rehearsal image's labels as targets.
 
 Every method keeps the best validated step among those whose reference validation is
 within tolerance (the step guard); ``--no-guard`` keeps the best user score of any step,
@@ -71,6 +72,7 @@ METHODS = {
     "rehearsal_anchor": RetentionSettings(rehearsal=0.5, anchor=1.0),
     "distilled": RetentionSettings(rehearsal=0.5, rehearsal_targets="released"),
     "joint_distilled": RetentionSettings(rehearsal=0.5, rehearsal_targets="released", joint=True),
+    "joint": RetentionSettings(rehearsal=0.5, joint=True),
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 
