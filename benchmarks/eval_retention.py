@@ -74,6 +74,16 @@ METHODS = {
     "joint_distilled": RetentionSettings(rehearsal=0.5, rehearsal_targets="released", joint=True),
     "joint": RetentionSettings(rehearsal=0.5, joint=True),
 }
+LABELS = {
+    "plain": "plain (no rehearsal)",
+    "rehearsal": "rehearsal 0.5 (default)",
+    "rehearsal_quarter": "rehearsal 0.25",
+    "anchor": "anchor 1.0",
+    "rehearsal_anchor": "rehearsal 0.5 + anchor 1.0",
+    "distilled": "distilled rehearsal 0.5",
+    "joint_distilled": "joint distilled rehearsal 0.5",
+    "joint": "joint rehearsal 0.5",
+}
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 
 
@@ -195,8 +205,11 @@ def report(results: dict) -> None:
                 u, r = row[key]["user"], row[key]["reference"]
                 mixed = key == "mixed" and row["mix"]
                 alpha = f" (alpha {row['mix']['alpha']:.2f})" if mixed else ""
+                name = LABELS[method.removesuffix("_unguarded")]
+                if method.endswith("_unguarded"):
+                    name = f"{name.removesuffix(' (default)')}, no step guard"
                 print(
-                    f"| {method} | {label}{alpha} | {u['point']:.3f} | {u['box']:.3f} | "
+                    f"| {name} | {label}{alpha} | {u['point']:.3f} | {u['box']:.3f} | "
                     f"{(u['point'] + u['box']) / 2 - base_user:+.3f} | {r['point']:.3f} | "
                     f"{r['box']:.3f} | {(r['point'] + r['box']) / 2 - base_ref:+.3f} | "
                     f"{_validation(row, key)} | {row['steps']} ({row['best_step']}) | "

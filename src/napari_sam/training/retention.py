@@ -2,11 +2,18 @@
 
 Fine-tuned on a few images of one domain, SAM's decoder forgets others: trained on
 label-free whole cells, it lost about a tenth of its mean IoU on fluorescent nuclei
-(issue 17). Three known remedies are built here, each a :class:`RetentionSettings` field:
+(issue 17). The known remedies built here, each a :class:`RetentionSettings` field:
 
 - **Rehearsal** (``rehearsal``): a share of the steps draws its image from *rehearsal
   images* of the domains to keep (the reference domain, or the development nuclei when
   the user gives none), so the loss keeps asking for what the model already did.
+  With ``rehearsal_targets="released"`` those steps train towards the released decoder's
+  own outputs for the same prompts (:func:`released_decoder`, distillation as in
+  "learning without forgetting", Li and Hoiem, ECCV 2016), which keeps a domain without
+  learning its labels; with ``joint`` every step trains on one image of each kind.
+- **The step guard** (``guard_steps``): the kept step is the best on the user's
+  validation among the steps whose reference validation is within ``tolerance``
+  (:meth:`~napari_sam.training.checkpoints.LoopState.observe`).
 - **Anchoring** (``anchor``, L2-SP, Li et al., ICML 2018): the loss gains
   ``anchor / 2 * ||theta - theta_0||^2`` over the trained parameters, a pull back
   towards the released weights ``theta_0`` (added to the gradients, see
