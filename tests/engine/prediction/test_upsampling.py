@@ -48,3 +48,18 @@ def test_axis_weights_are_sparse_and_sum_to_one():
     torch.testing.assert_close(weight.sum(1), torch.ones(300))
     # the valid part of the frame is rows 0..613 of 1024, i.e. logits rows 0..~153
     assert int(index[weight != 0].max()) <= 154
+
+
+def test_weights_are_made_once_per_geometry_and_left_unchanged_by_upsampling():
+    first = axis_weights(256, 1024, 1024, 512)  # the rows and columns below
+    saved = [t.clone() for t in first]
+    torch.manual_seed(1)
+    upsampler = LogitUpsampler((512, 512), (1024, 1024), 1024)
+    out = upsampler(torch.randn(3, 256, 256))
+    again = LogitUpsampler((512, 512), (1024, 1024), 1024)
+    assert again.row_index is upsampler.row_index and again.col_weight is upsampler.col_weight
+    for cached, before in zip(axis_weights(256, 1024, 1024, 512), saved):
+        assert torch.equal(cached, before)
+    # a second upsampler of the same geometry gives the same masks
+    torch.manual_seed(1)
+    assert torch.equal(again(torch.randn(3, 256, 256)), out)
