@@ -80,6 +80,23 @@ def default_weights(request) -> Path:
     return weights_path(MODELS[DEFAULT_MODEL])
 
 
+@pytest.fixture(scope="session")
+def dsb_every_point(default_weights, reference_dir):
+    """(fp32 predictor, embedding, candidates): the reference DSB2018 image with every grid
+    point decoded (30 s), once per test run for the segment-everything quality and the
+    bf16 parity tests, which both need it."""
+    from napari_sam.engine.everything.segmenter import AutomaticSegmenter
+    from napari_sam.engine.everything.settings import EverythingSettings
+    from napari_sam.engine.prediction.predictor import Predictor
+
+    image = np.load(reference_dir / "dsb2018_vit_t.npz")["image"]
+    predictor = Predictor("vit_t", device="cpu", precision="fp32")
+    embedding = predictor.encode(image)
+    segmenter = AutomaticSegmenter(predictor, EverythingSettings().every_point())
+    plane = np.zeros(embedding.original_size)
+    return predictor, embedding, segmenter.initialise(plane, embed=lambda window: embedding)
+
+
 def _missing_data(config) -> MissingData:
     return config.stash.setdefault(MISSING_DATA, MissingData())
 
