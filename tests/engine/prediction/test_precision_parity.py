@@ -153,9 +153,7 @@ def segment(predictor, embedding, settings: EverythingSettings):
     return candidates, segmenter.generate(candidates)
 
 
-def test_segment_everything_ap_stays_near_fp32(
-    predictors, embeddings, reference, dsb_every_point
-):
+def test_segment_everything_ap_stays_near_fp32(predictors, embeddings, reference, dsb_every_point):
     """Every grid point decoded (a deterministic grid; the default order is adaptive and
     moves by about 0.02 with any small change of the embedding, docs/precision.md)."""
     settings = EverythingSettings().every_point()
