@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from napari_sam.engine.network.factored_transformer import FactoredImage, FactoredTransformer
 from napari_sam.engine.network.fast_upscaling import MaskUpscaler, NormTrace
 from napari_sam.engine.network.mask_decoder import MaskDecoder
 from napari_sam.engine.network.transformer import Attention
@@ -42,6 +43,7 @@ class ImageContext:
     first_values: torch.Tensor  # (Bc, N, I) its value projection
     first_queries: torch.Tensor  # (Bc, N, I) first block's image-to-token query projection
     image_part: torch.Tensor  # (Bc, N, 4 c1) the image's share of the first upscaling
+    factored: FactoredImage | None = None  # per-image products of the factored transformer
 
 
 def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,6 +73,7 @@ def _context_rows(context: ImageContext, start: int, stop: int) -> ImageContext:
         first_values=context.first_values[start:stop],
         first_queries=context.first_queries[start:stop],
         image_part=context.image_part[start:stop],
+        factored=None,
     )
 
 
@@ -159,12 +162,22 @@ class FastDecoder:
         self.decoder = decoder
         self.transformer = decoder.transformer
         self.upscaler = MaskUpscaler(decoder)
+        self.factored = FactoredTransformer(decoder.transformer)
 
     @torch.inference_mode()
     def prepare(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense: torch.Tensor,
+        shared: bool = True,
     ) -> ImageContext:
-        """Image-only work: (1, C, 64, 64) embedding, (1, C, 64, 64) PE, (Bc, C, 64, 64) dense."""
+        """Image-only work: (1, C, 64, 64) embedding, (1, C, 64, 64) PE, (Bc, C, 64, 64) dense.
+
+        ``shared``: the context will decode many prompts (one dense prompt for all), so the
+        factored transformer's per-image products are worth computing (about 3 prompts'
+        time); a context for one batch of mask prompts skips them.
+        """
         image = (image_embedding + dense).flatten(2).transpose(1, 2).contiguous()
         key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         first = self.transformer.layers[0]
@@ -176,6 +189,11 @@ class FastDecoder:
             first_values=first.cross_attn_token_to_image.v_proj(image),
             first_queries=first.cross_attn_image_to_token.q_proj(with_pe),
             image_part=self.upscaler.image_part(image),
+            factored=(
+                self.factored.prepare_image(image, key_pe)
+                if shared and image.shape[0] == 1
+                else None
+            ),
         )
 
     @torch.inference_mode()
@@ -216,7 +234,11 @@ class FastDecoder:
         chosen = range(dec.num_mask_tokens)[mask_tokens]
         # The last attention updates each token on its own: only the IoU token and the
         # requested mask tokens are carried through it.
-        queries, traces = self._transformer(context, tokens, [0, *(1 + i for i in chosen)])
+        read = [0, *(1 + i for i in chosen)]
+        if context.factored is not None:
+            queries, traces = self.factored(context.factored, tokens, read)
+        else:
+            queries, traces = self._transformer(context, tokens, read)
         hyper = torch.stack(
             [dec.output_hypernetworks_mlps[i](queries[:, 1 + k, :]) for k, i in enumerate(chosen)],
             dim=1,

@@ -1,0 +1,333 @@
+"""The decoder's two-way transformer without ever forming a prompt's image tokens.
+
+:mod:`~napari_sam.engine.network.fast_decoder` projects the small token side instead of
+the N = 4096 image tokens, but still forms each prompt's (N, C) image tokens after every
+block: an (N, h*t) @ (h*t, C) update, a layer norm, the positional encoding added, and
+products of them with the next attention's weights. On a CPU those passes over 4 MB per
+prompt are most of the transformer's time, and each is the same image changed only a
+little. This module keeps a prompt's image tokens factored instead:
+
+    keys = s * (X @ M) + L @ R
+
+with ``X`` the (N, C) image tokens entering the transformer (shared by every prompt), ``M``
+a fixed (C, C) matrix (the layer norms' centring and gains so far), ``s`` a per-token scale
+(the product of the layer norms' reciprocal standard deviations), and a low-rank part:
+``L`` (N, r) the image-to-token attention weights of earlier blocks (r about h*t per
+block) and columns of ones, ``R`` (r, C) their values and the biases and shifts. Then
+
+* an attention projection ``keys @ W`` is ``s * (X @ M @ W) + L @ (R @ W)``: the first
+  product is computed once per image (:func:`prepare_image`), the second is small;
+* a layer norm's mean and variance per token expand into terms that are again products of
+  ``X`` with fixed matrices (once per image), of the small values with them, and a
+  quadratic form in ``L``; the norm then only rescales ``s`` and ``L`` and appends a row;
+* the attention's softmax weights are the only (N, h*t) arrays formed per prompt.
+
+An image-to-token value row is ``v @ Wo_h.T`` (the token's head-h value through the output
+projection), so its products with the image are ``(X @ M @ Wo)`` contracted per head with
+``v``: once per image again. Only the shared, no-mask context uses this path (a dense mask
+prompt per object changes ``X`` per object). Same mathematics as
+:class:`~napari_sam.engine.network.transformer.TwoWayTransformer`; the expanded variances
+sum centred terms, and tests compare both paths on real and random weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from napari_sam.engine.network.fast_upscaling import NormTrace
+from napari_sam.engine.network.transformer import Attention, TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Fixed (C, k) matrices whose products with the image every prompt needs."""
+
+    matrices: dict[str, torch.Tensor]  # name -> (C, k); the image's product X @ matrix
+    fixed_rows: list[torch.Tensor]  # per block: (n_l, C) bias and shift rows at its norm
+    square_maps: list[torch.Tensor]  # per block: (C, C) A with |X @ A|^2 the centred norm
+
+
+@dataclass(frozen=True)
+class FactoredImage:
+    """Per-image products for :class:`FactoredTransformer` (one image, no dense mask)."""
+
+    products: dict[str, torch.Tensor]  # (h, d, N) head-major, or (k, N) for vectors
+    centred_squares: list[torch.Tensor]  # per block: (N,) |X M P|^2
+
+
+def _heads_last(matrix: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, I) -> (h, I / h, N) contiguous: heads first, image tokens along rows."""
+    n, i = matrix.shape
+    return matrix.T.reshape(heads, i // heads, n).contiguous()
+
+
+def heads_dot(coef: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Per head, ``coef[b, h] @ shared[h]``: (B, h, t, d), (h, d, N) -> (B, h*t, N)."""
+    b, h, t, d = coef.shape
+    out = torch.bmm(coef.transpose(0, 1).reshape(h, b * t, d), shared)  # (h, B*t, N)
+    return out.view(h, b, t, -1).transpose(0, 1).reshape(b, h * t, -1)
+
+
+def heads_mix(weights: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Per head, ``weights[b, h] @ shared[h].T``: (B, h, t, N), (h, d, N) -> (B, t, h, d)."""
+    b, h, t, n = weights.shape
+    out = torch.bmm(weights.transpose(0, 1).reshape(h, b * t, n), shared.transpose(1, 2))
+    return out.view(h, b, t, -1).permute(1, 2, 0, 3)
+
+
+class FactoredTransformer:
+    """Runs a :class:`TwoWayTransformer` on factored image tokens (see the module doc)."""
+
+    def __init__(self, transformer: TwoWayTransformer) -> None:
+        self.transformer = transformer
+        self.layers = list(transformer.layers)
+        self.heads = self.layers[0].cross_attn_image_to_token.num_heads
+        self._plan = self._make_plan()
+
+    @torch.inference_mode()
+    def _make_plan(self) -> _Plan:
+        first = self.layers[0].cross_attn_image_to_token
+        channels = first.out_proj.weight.shape[0]
+        eye = torch.eye(channels, dtype=first.out_proj.weight.dtype)
+        centre = eye - 1.0 / channels  # P: removes each token's mean over channels
+        matrices: dict[str, torch.Tensor] = {}
+        fixed_rows: list[torch.Tensor] = []
+        square_maps: list[torch.Tensor] = []
+        shared_map = eye  # M: X @ M is the shared part of the image tokens
+        # value_maps[k]: F_k, applied to block k's value rows since its norm took them in
+        value_maps: list[torch.Tensor] = []
+        rows = torch.zeros((0, channels), dtype=eye.dtype)  # bias and shift rows so far
+        for index, layer in enumerate(self.layers):
+            t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+            matrices[f"{index}.key"] = shared_map @ t2i.k_proj.weight.T
+            matrices[f"{index}.value"] = shared_map @ t2i.v_proj.weight.T
+            matrices[f"{index}.query"] = shared_map @ i2t.q_proj.weight.T
+            value_maps.append(eye)
+            rows = torch.cat([rows, i2t.out_proj.bias.detach()[None]])
+            stat_map = shared_map @ centre  # X @ stat_map: the centred shared part
+            square_maps.append(stat_map)
+            for block, value_map in enumerate(value_maps):
+                # <X M P, (v Wo_k^T) F_k> = (X M P F_k^T Wo_k) contracted with v
+                source = self.layers[block].cross_attn_image_to_token.out_proj.weight
+                matrices[f"{index}.cross{block}"] = stat_map @ value_map.T @ source
+            matrices[f"{index}.rows"] = stat_map @ rows.T
+            fixed_rows.append(rows)
+            gain, shift = layer.norm4.weight.detach(), layer.norm4.bias.detach()
+            step = centre * gain[None, :]  # P G: centre, then the norm's gain
+            shared_map = shared_map @ step
+            value_maps = [value_map @ step for value_map in value_maps]
+            rows = torch.cat([rows @ step, shift[None]])
+        final = self.transformer.final_attn_token_to_image
+        matrices["final.key"] = shared_map @ final.k_proj.weight.T
+        matrices["final.value"] = shared_map @ final.v_proj.weight.T
+        matrices["mean"] = torch.stack(
+            [m.sum(1) / channels for m in _shared_maps(self.layers, centre)], 1
+        )
+        return _Plan(matrices, fixed_rows, square_maps)
+
+    @torch.inference_mode()
+    def prepare_image(self, image: torch.Tensor, key_pe: torch.Tensor) -> FactoredImage:
+        """(1, N, C) image tokens and (1, N, C) positional encoding -> per-image products."""
+        x, pe = image[0], key_pe[0]
+        plan, heads = self._plan, self.heads
+        names = list(plan.matrices)
+        widths = [plan.matrices[name].shape[1] for name in names]
+        stacked = x @ torch.cat([plan.matrices[name] for name in names], 1).to(x.dtype)
+        products: dict[str, torch.Tensor] = {}
+        for name, part in zip(names, stacked.split(widths, dim=1)):
+            if name.endswith((".rows", "mean")):
+                products[name] = part.T.contiguous()  # (k, N)
+            else:
+                products[name] = _heads_last(part, heads)
+        for index, layer in enumerate(self.layers):
+            t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+            # The key bias adds a constant per query over the image: it cancels in the softmax.
+            products[f"{index}.key_pe"] = _heads_last(pe @ t2i.k_proj.weight.T, heads)
+            products[f"{index}.query_pe"] = _heads_last(i2t.q_proj(pe), heads)
+        final = self.transformer.final_attn_token_to_image
+        products["final.key_pe"] = _heads_last(pe @ final.k_proj.weight.T, heads)
+        squares = [((x @ square.to(x.dtype)) ** 2).sum(1) for square in plan.square_maps]
+        return FactoredImage(products, squares)
+
+    @torch.inference_mode()
+    def __call__(
+        self, image: FactoredImage, tokens: torch.Tensor, read_tokens: list[int]
+    ) -> tuple[torch.Tensor, list[list[NormTrace]]]:
+        """Transformer on (B, T, C) tokens -> read tokens' outputs and the norms' traces.
+
+        The traces (per block, per prompt: attention weights, values, means and reciprocal
+        standard deviations) are what
+        :class:`~napari_sam.engine.network.fast_upscaling.MaskUpscaler` needs to upscale
+        without the image tokens either.
+        """
+        batch = tokens.shape[0]
+        n = image.centred_squares[0].shape[0]
+        products = image.products
+        query_pe = tokens
+        queries = tokens
+        scale: torch.Tensor | None = None  # s; None while it is 1
+        low = tokens.new_zeros((batch, 0, n))  # L transposed: (B, r, N)
+        values = tokens.new_zeros((batch, 0, tokens.shape[-1]))  # R: (B, r, C)
+        coefs: list[torch.Tensor] = []  # per block, the image-to-token values (B, h, t, d)
+        traces: list[list[NormTrace]] = []
+        for index, layer in enumerate(self.layers):
+            if layer.skip_first_layer_pe:
+                queries = layer.norm1(layer.self_attn(queries, queries, queries))
+            else:
+                q = queries + query_pe
+                queries = layer.norm1(queries + layer.self_attn(q, q, queries))
+            update = self._token_to_image(
+                layer.cross_attn_token_to_image,
+                queries + query_pe,
+                products,
+                f"{index}",
+                scale,
+                low,
+                values,
+            )
+            queries = layer.norm2(queries + update)
+            queries = layer.norm3(queries + layer.mlp(queries))
+            weights, coef, folded = self._image_to_token(
+                layer.cross_attn_image_to_token,
+                queries + query_pe,
+                queries,
+                products,
+                f"{index}",
+                scale,
+                low,
+                values,
+            )
+            coefs.append(coef)
+            ones = tokens.new_ones((batch, 1, n))
+            bias = layer.cross_attn_image_to_token.out_proj.bias
+            low = torch.cat([low, weights, ones], 1)
+            values = torch.cat([values, folded, bias.expand(batch, 1, -1)], 1)
+            mean, rstd = self._norm_statistics(image, index, scale, low, values, coefs)
+            traces.append(
+                [
+                    NormTrace(weights[j], folded[j], mean[j, :, None], rstd[j, :, None])
+                    for j in range(batch)
+                ]
+            )
+            norm = layer.norm4
+            centred = values - values.mean(-1, keepdim=True)
+            scale = rstd if scale is None else scale * rstd
+            low = torch.cat([low * rstd[:, None, :], ones], 1)
+            values = torch.cat([centred * norm.weight, norm.bias.expand(batch, 1, -1)], 1)
+
+        queries, query_pe = queries[:, read_tokens], query_pe[:, read_tokens]
+        final = self.transformer.final_attn_token_to_image
+        update = self._token_to_image(
+            final, queries + query_pe, products, "final", scale, low, values
+        )
+        return self.transformer.norm_final_attn(queries + update), traces
+
+    def _token_to_image(
+        self, attn: Attention, tokens, products, name, scale, low, values
+    ) -> torch.Tensor:
+        """Tokens attend to the factored image tokens (keys with PE, values without)."""
+        heads = self.heads
+        q = attn.q_proj(tokens)  # (B, t, I)
+        b, t, i = q.shape
+        d = i // heads
+        q = q.view(b, t, heads, d).transpose(1, 2) * d**-0.5  # (B, h, t, d)
+        scores = heads_dot(q, products[f"{name}.key"])  # (B, h*t, N)
+        if scale is not None:
+            scores.mul_(scale[:, None, :])
+        scores.add_(heads_dot(q, products[f"{name}.key_pe"]))
+        small_keys = (values @ attn.k_proj.weight.T).view(b, -1, heads, d)  # (B, r, h, d)
+        folded = torch.einsum("bhtd,brhd->bhtr", q, small_keys).reshape(b, heads * t, -1)
+        scores.baddbmm_(folded, low)
+        weights = torch.softmax(scores.view(b, heads, t, -1), dim=-1)  # (B, h, t, N)
+        scaled = weights if scale is None else weights * scale[:, None, None, :]
+        mixed = heads_mix(scaled, products[f"{name}.value"])  # (B, t, h, d)
+        through_low = torch.bmm(weights.view(b, heads * t, -1), low.transpose(1, 2))
+        small_values = (values @ attn.v_proj.weight.T).view(b, -1, heads, d)
+        mixed = mixed + torch.einsum(
+            "bhtr,brhd->bthd", through_low.view(b, heads, t, -1), small_values
+        )
+        mixed = mixed + attn.v_proj.bias.view(heads, d)
+        return attn.out_proj(mixed.reshape(b, t, i))
+
+    def _image_to_token(
+        self, attn: Attention, token_keys, token_values, products, name, scale, low, values
+    ):
+        """Image tokens attend to tokens.
+
+        Returns the (B, h*t, N) attention weights, the (B, h, t, d) token values and the
+        (B, h*t, C) values with the output projection folded in.
+        """
+        heads = self.heads
+        k = attn.k_proj(token_keys)
+        b, t, i = k.shape
+        d = i // heads
+        k = k.view(b, t, heads, d).transpose(1, 2) * d**-0.5  # (B, h, t, d)
+        scores = heads_dot(k, products[f"{name}.query"])
+        if scale is not None:
+            scores.mul_(scale[:, None, :])
+        scores.add_(heads_dot(k, products[f"{name}.query_pe"]))
+        if low.shape[1]:
+            small = (values @ attn.q_proj.weight.T).view(b, -1, heads, d)
+            folded = torch.einsum("bhtd,brhd->bhtr", k, small).reshape(b, heads * t, -1)
+            scores.baddbmm_(folded, low)
+        weights = torch.softmax(scores.view(b, heads, t, -1), dim=2).view(b, heads * t, -1)
+        v = attn.v_proj(token_values).view(b, t, heads, d).transpose(1, 2)  # (B, h, t, d)
+        w_o = attn.out_proj.weight.view(-1, heads, d)  # (C, h, d)
+        folded_values = torch.einsum("bhtd,chd->bhtc", v, w_o).reshape(b, heads * t, -1)
+        return weights, v, folded_values
+
+    def _norm_statistics(self, image, index, scale, low, values, coefs):
+        """(B, N) mean and reciprocal standard deviation of block ``index``'s norm input."""
+        products = image.products
+        channels = values.shape[-1]
+        eps = self.layers[index].norm4.eps
+        row_means = values.mean(-1)  # (B, r)
+        mean = torch.einsum("br,brn->bn", row_means, low)
+        shared_mean = products["mean"][index]
+        mean = mean + (shared_mean if scale is None else scale * shared_mean)
+        # <shared centred part, value rows> per token: from per-image products
+        cross = [
+            heads_dot(coef, products[f"{index}.cross{block}"]) for block, coef in enumerate(coefs)
+        ]
+        fixed = products[f"{index}.rows"]  # (n_fixed, N)
+        cross_all = _interleave(cross, fixed, values.shape[1], low.dtype)
+        centred = values - row_means[..., None]
+        gram = centred @ centred.transpose(1, 2)  # (B, r, r)
+        quadratic = (torch.bmm(gram, low) * low).sum(1)
+        linear = (cross_all * low).sum(1)
+        square = image.centred_squares[index]
+        if scale is None:
+            total = square + 2 * linear + quadratic
+        else:
+            total = scale * scale * square + 2 * scale * linear + quadratic
+        var = (total / channels).clamp_min(0)
+        return mean, torch.rsqrt(var + eps)
+
+
+def _shared_maps(layers, centre: torch.Tensor) -> list[torch.Tensor]:
+    """M before each block's norm: identity, then P G_0, P G_0 P G_1, ..."""
+    maps = [torch.eye(centre.shape[0], dtype=centre.dtype)]
+    for layer in layers[:-1]:
+        maps.append(maps[-1] @ (centre * layer.norm4.weight.detach()[None, :]))
+    return maps
+
+
+def _interleave(cross: list[torch.Tensor], fixed: torch.Tensor, rows: int, dtype) -> torch.Tensor:
+    """Rows in the order of ``values``: per block its value rows, its bias row, its shift row.
+
+    ``fixed`` holds the bias and shift rows in that order ([b_0, beta_0, b_1, ...] up to the
+    current block's bias); ``cross`` the value rows' products, one (B, h*t, N) per block.
+    """
+    parts, taken = [], 0
+    batch = cross[0].shape[0]
+    for block, part in enumerate(cross):
+        parts.append(part)
+        last = block == len(cross) - 1
+        width = 1 if last else 2  # the current block has its bias row, no shift yet
+        parts.append(fixed[taken : taken + width].expand(batch, -1, -1))
+        taken += width
+    out = torch.cat(parts, 1)
+    assert out.shape[1] == rows, (out.shape, rows)
+    return out
