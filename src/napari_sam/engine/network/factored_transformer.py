@@ -168,7 +168,11 @@ class FactoredTransformer:
         query_pe = tokens
         queries = tokens
         scale: torch.Tensor | None = None  # s; None while it is 1
-        low = tokens.new_zeros((batch, 0, n))  # L transposed: (B, r, N)
+        # L transposed, (B, r, N), grown in place: per block h*t weights, a bias row of
+        # ones, and after the norm a shift row of ones.
+        rows_per_block = self.heads * tokens.shape[1] + 2
+        buffer = tokens.new_empty((batch, rows_per_block * len(self.layers), n))
+        used = 0
         values = tokens.new_zeros((batch, 0, tokens.shape[-1]))  # R: (B, r, C)
         coefs: list[torch.Tensor] = []  # per block, the image-to-token values (B, h, t, d)
         traces: list[list[NormTrace]] = []
@@ -178,6 +182,7 @@ class FactoredTransformer:
             else:
                 q = queries + query_pe
                 queries = layer.norm1(queries + layer.self_attn(q, q, queries))
+            low = buffer[:, :used]
             update = self._token_to_image(
                 layer.cross_attn_token_to_image,
                 queries + query_pe,
@@ -200,9 +205,12 @@ class FactoredTransformer:
                 values,
             )
             coefs.append(coef)
-            ones = tokens.new_ones((batch, 1, n))
+            width = weights.shape[1]
+            buffer[:, used : used + width].copy_(weights)
+            buffer[:, used + width].fill_(1.0)
+            used += width + 1
+            low = buffer[:, :used]
             bias = layer.cross_attn_image_to_token.out_proj.bias
-            low = torch.cat([low, weights, ones], 1)
             values = torch.cat([values, folded, bias.expand(batch, 1, -1)], 1)
             mean, rstd = self._norm_statistics(image, index, scale, low, values, coefs)
             traces.append(
@@ -214,8 +222,11 @@ class FactoredTransformer:
             norm = layer.norm4
             centred = values - values.mean(-1, keepdim=True)
             scale = rstd if scale is None else scale * rstd
-            low = torch.cat([low * rstd[:, None, :], ones], 1)
+            low.mul_(rstd[:, None, :])
+            buffer[:, used].fill_(1.0)
+            used += 1
             values = torch.cat([centred * norm.weight, norm.bias.expand(batch, 1, -1)], 1)
+        low = buffer[:, :used]
 
         queries, query_pe = queries[:, read_tokens], query_pe[:, read_tokens]
         final = self.transformer.final_attn_token_to_image
@@ -287,21 +298,24 @@ class FactoredTransformer:
         mean = torch.einsum("br,brn->bn", row_means, low)
         shared_mean = products["mean"][index]
         mean = mean + (shared_mean if scale is None else scale * shared_mean)
-        # <shared centred part, value rows> per token: from per-image products
-        cross = [
-            heads_dot(coef, products[f"{index}.cross{block}"]) for block, coef in enumerate(coefs)
-        ]
-        fixed = products[f"{index}.rows"]  # (n_fixed, N)
-        cross_all = _interleave(cross, fixed, values.shape[1], low.dtype)
+        # G L + 2 s <shared centred part, value rows>, one block of rows at a time
         centred = values - row_means[..., None]
         gram = centred @ centred.transpose(1, 2)  # (B, r, r)
-        quadratic = (torch.bmm(gram, low) * low).sum(1)
-        linear = (cross_all * low).sum(1)
+        terms = torch.bmm(gram, low)
+        twice = low.new_full((1, 1, 1), 2.0) if scale is None else 2.0 * scale[:, None, :]
+        fixed = products[f"{index}.rows"]  # (n_fixed, N): bias and shift rows
+        start, taken = 0, 0
+        for block, coef in enumerate(coefs):
+            cross = heads_dot(coef, products[f"{index}.cross{block}"])  # (B, h*t, N)
+            width = cross.shape[1]
+            terms[:, start : start + width].addcmul_(cross, twice)
+            start += width
+            extra = 1 if block == len(coefs) - 1 else 2  # a bias row, then a shift row
+            terms[:, start : start + extra].addcmul_(fixed[taken : taken + extra], twice)
+            start, taken = start + extra, taken + extra
+        low_part = terms.mul_(low).sum(1)
         square = image.centred_squares[index]
-        if scale is None:
-            total = square + 2 * linear + quadratic
-        else:
-            total = scale * scale * square + 2 * scale * linear + quadratic
+        total = low_part + (square if scale is None else scale * scale * square)
         var = (total / channels).clamp_min(0)
         return mean, torch.rsqrt(var + eps)
 
@@ -312,22 +326,3 @@ def _shared_maps(layers, centre: torch.Tensor) -> list[torch.Tensor]:
     for layer in layers[:-1]:
         maps.append(maps[-1] @ (centre * layer.norm4.weight.detach()[None, :]))
     return maps
-
-
-def _interleave(cross: list[torch.Tensor], fixed: torch.Tensor, rows: int, dtype) -> torch.Tensor:
-    """Rows in the order of ``values``: per block its value rows, its bias row, its shift row.
-
-    ``fixed`` holds the bias and shift rows in that order ([b_0, beta_0, b_1, ...] up to the
-    current block's bias); ``cross`` the value rows' products, one (B, h*t, N) per block.
-    """
-    parts, taken = [], 0
-    batch = cross[0].shape[0]
-    for block, part in enumerate(cross):
-        parts.append(part)
-        last = block == len(cross) - 1
-        width = 1 if last else 2  # the current block has its bias row, no shift yet
-        parts.append(fixed[taken : taken + width].expand(batch, -1, -1))
-        taken += width
-    out = torch.cat(parts, 1)
-    assert out.shape[1] == rows, (out.shape, rows)
-    return out
