@@ -85,11 +85,17 @@ def test_fast_decoder_with_drawn_norms_equals_mask_decoder(decoder_parts):
         logits, iou = sam.mask_decoder(embedding, pe, sparse, dense)
         shared = fast.prepare(embedding, pe, no_mask)
         plain = fast.prepare(embedding, pe, no_mask, shared=False)
-        assert shared.factored is not None and plain.factored is None
-        for context in (shared, plain):
+        assert shared.factored == {} and plain.factored is None
+        for context in (shared, plain, shared):
             fast_logits, fast_iou = fast(context, sparse, slice(0, 4))
             assert (fast_logits - logits).abs().max() < 2e-4 * float(logits.abs().max())
             torch.testing.assert_close(fast_iou, iou, atol=1e-4, rtol=1e-4)
+        assert "image" in shared.factored  # a batch of 5 made the factored products
+        # a single prompt keeps the direct path on a fresh context
+        single = fast.prepare(embedding, pe, no_mask)
+        one_logits, _ = fast(single, sparse[:1], slice(0, 4))
+        assert single.factored == {}
+        assert (one_logits - logits[:1]).abs().max() < 2e-4 * float(logits.abs().max())
 
 
 def test_heads_dot_contracts_each_head_with_its_own_block():

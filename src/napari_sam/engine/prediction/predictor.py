@@ -465,9 +465,7 @@ class Predictor:
             context = self._context
             if mask_arg is not None:  # a dense prompt per object: no shared image work
                 assert self._features is not None  # set with the embedding
-                context = self._decoder.prepare(
-                    self._features, self._image_pe, dense, shared=False
-                )
+                context = self._decoder.prepare(self._features, self._image_pe, dense, shared=False)
             chosen = slice(1, None) if multimask else slice(0, 1)
             assert context is not None  # prepared with the embedding
             low_res, iou = self._decoder(context, sparse, chosen)
