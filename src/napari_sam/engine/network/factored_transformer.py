@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import torch
 
-from napari_sam.engine.network.fast_upscaling import NormTrace
 from napari_sam.engine.network.transformer import Attention, TwoWayTransformer
 
 
@@ -47,6 +46,19 @@ class _Plan:
     matrices: dict[str, torch.Tensor]  # name -> (C, k); the image's product X @ matrix
     fixed_rows: list[torch.Tensor]  # per block: (n_l, C) bias and shift rows at its norm
     square_maps: list[torch.Tensor]  # per block: (C, C) A with |X @ A|^2 the centred norm
+    final_map: torch.Tensor  # (C, C) M after the last block
+
+
+@dataclass(frozen=True)
+class FactoredKeys:
+    """A batch of prompts' image tokens after the transformer, factored.
+
+    The tokens are ``scale * (X @ M) + low.T @ values`` (:meth:`FactoredTransformer.dense`).
+    """
+
+    scale: torch.Tensor  # (B, N) s
+    low: torch.Tensor  # (B, r, N) L transposed
+    values: torch.Tensor  # (B, r, C) R
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,12 @@ def heads_mix(weights: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
 class FactoredTransformer:
     """Runs a :class:`TwoWayTransformer` on factored image tokens (see the module doc)."""
 
-    def __init__(self, transformer: TwoWayTransformer) -> None:
+    def __init__(
+        self, transformer: TwoWayTransformer, upscaling: tuple[torch.Tensor, torch.Tensor]
+    ) -> None:
+        """``upscaling``: the first transposed convolution as a (4 c1, C) weight and bias."""
         self.transformer = transformer
+        self._upscaling_weight, self._upscaling_bias = upscaling
         self.layers = list(transformer.layers)
         self.heads = self.layers[0].cross_attn_image_to_token.num_heads
         self._plan = self._make_plan()
@@ -122,10 +138,8 @@ class FactoredTransformer:
         final = self.transformer.final_attn_token_to_image
         matrices["final.key"] = shared_map @ final.k_proj.weight.T
         matrices["final.value"] = shared_map @ final.v_proj.weight.T
-        matrices["mean"] = torch.stack(
-            [m.sum(1) / channels for m in _shared_maps(self.layers, centre)], 1
-        )
-        return _Plan(matrices, fixed_rows, square_maps)
+        matrices["upscaling"] = shared_map @ self._upscaling_weight.T
+        return _Plan(matrices, fixed_rows, square_maps, shared_map)
 
     @torch.inference_mode()
     def prepare_image(self, image: torch.Tensor, key_pe: torch.Tensor) -> FactoredImage:
@@ -137,7 +151,9 @@ class FactoredTransformer:
         stacked = x @ torch.cat([plan.matrices[name] for name in names], 1).to(x.dtype)
         products: dict[str, torch.Tensor] = {}
         for name, part in zip(names, stacked.split(widths, dim=1)):
-            if name.endswith((".rows", "mean")):
+            if name == "upscaling":
+                products[name] = part.contiguous()  # (N, 4 c1)
+            elif name.endswith(".rows"):
                 products[name] = part.T.contiguous()  # (k, N)
             else:
                 products[name] = _heads_last(part, heads)
@@ -154,14 +170,8 @@ class FactoredTransformer:
     @torch.inference_mode()
     def __call__(
         self, image: FactoredImage, tokens: torch.Tensor, read_tokens: list[int]
-    ) -> tuple[torch.Tensor, list[list[NormTrace]]]:
-        """Transformer on (B, T, C) tokens -> read tokens' outputs and the norms' traces.
-
-        The traces (per block, per prompt: attention weights, values, means and reciprocal
-        standard deviations) are what
-        :class:`~napari_sam.engine.network.fast_upscaling.MaskUpscaler` needs to upscale
-        without the image tokens either.
-        """
+    ) -> tuple[torch.Tensor, FactoredKeys]:
+        """Transformer on (B, T, C) tokens -> read tokens' outputs and the factored image tokens."""
         batch = tokens.shape[0]
         n = image.centred_squares[0].shape[0]
         products = image.products
@@ -175,7 +185,6 @@ class FactoredTransformer:
         used = 0
         values = tokens.new_zeros((batch, 0, tokens.shape[-1]))  # R: (B, r, C)
         coefs: list[torch.Tensor] = []  # per block, the image-to-token values (B, h, t, d)
-        traces: list[list[NormTrace]] = []
         for index, layer in enumerate(self.layers):
             if layer.skip_first_layer_pe:
                 queries = layer.norm1(layer.self_attn(queries, queries, queries))
@@ -212,13 +221,7 @@ class FactoredTransformer:
             low = buffer[:, :used]
             bias = layer.cross_attn_image_to_token.out_proj.bias
             values = torch.cat([values, folded, bias.expand(batch, 1, -1)], 1)
-            mean, rstd = self._norm_statistics(image, index, scale, low, values, coefs)
-            traces.append(
-                [
-                    NormTrace(weights[j], folded[j], mean[j, :, None], rstd[j, :, None])
-                    for j in range(batch)
-                ]
-            )
+            rstd = self._norm_statistics(image, index, scale, low, values, coefs)
             norm = layer.norm4
             centred = values - values.mean(-1, keepdim=True)
             scale = rstd if scale is None else scale * rstd
@@ -233,7 +236,23 @@ class FactoredTransformer:
         update = self._token_to_image(
             final, queries + query_pe, products, "final", scale, low, values
         )
-        return self.transformer.norm_final_attn(queries + update), traces
+        assert scale is not None  # the transformer has at least one block
+        keys = FactoredKeys(scale, low, values)
+        return self.transformer.norm_final_attn(queries + update), keys
+
+    def dense(self, image: torch.Tensor, keys: FactoredKeys) -> torch.Tensor:
+        """The (B, N, C) image tokens that ``keys`` stand for; ``image`` (1, N, C) as prepared.
+
+        For tests and debugging: decoding never forms them.
+        """
+        shared = image[0] @ self._plan.final_map.to(image.dtype)
+        return keys.scale[..., None] * shared + keys.low.transpose(1, 2) @ keys.values
+
+    def first_upscaling(self, image: FactoredImage, keys: FactoredKeys, j: int) -> torch.Tensor:
+        """Prompt ``j``'s (N, 4 c1) first transposed convolution, from its factored tokens."""
+        small = keys.values[j] @ self._upscaling_weight.T  # (r, 4 c1)
+        out = torch.addmm(self._upscaling_bias, keys.low[j].T, small)
+        return out.addcmul_(image.products["upscaling"], keys.scale[j][:, None])
 
     def _token_to_image(
         self, attn: Attention, tokens, products, name, scale, low, values
@@ -290,14 +309,11 @@ class FactoredTransformer:
         return weights, v, folded_values
 
     def _norm_statistics(self, image, index, scale, low, values, coefs):
-        """(B, N) mean and reciprocal standard deviation of block ``index``'s norm input."""
+        """(B, N) reciprocal standard deviation of block ``index``'s norm input."""
         products = image.products
         channels = values.shape[-1]
         eps = self.layers[index].norm4.eps
         row_means = values.mean(-1)  # (B, r)
-        mean = torch.einsum("br,brn->bn", row_means, low)
-        shared_mean = products["mean"][index]
-        mean = mean + (shared_mean if scale is None else scale * shared_mean)
         # G L + 2 s <shared centred part, value rows>, one block of rows at a time
         centred = values - row_means[..., None]
         gram = centred @ centred.transpose(1, 2)  # (B, r, r)
@@ -317,12 +333,4 @@ class FactoredTransformer:
         square = image.centred_squares[index]
         total = low_part + (square if scale is None else scale * scale * square)
         var = (total / channels).clamp_min(0)
-        return mean, torch.rsqrt(var + eps)
-
-
-def _shared_maps(layers, centre: torch.Tensor) -> list[torch.Tensor]:
-    """M before each block's norm: identity, then P G_0, P G_0 P G_1, ..."""
-    maps = [torch.eye(centre.shape[0], dtype=centre.dtype)]
-    for layer in layers[:-1]:
-        maps.append(maps[-1] @ (centre * layer.norm4.weight.detach()[None, :]))
-    return maps
+        return torch.rsqrt(var + eps)

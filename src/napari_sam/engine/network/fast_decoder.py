@@ -28,7 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam.engine.network.factored_transformer import FactoredImage, FactoredTransformer
-from napari_sam.engine.network.fast_upscaling import MaskUpscaler, NormTrace
+from napari_sam.engine.network.fast_upscaling import (
+    MaskUpscaler,
+    NormTrace,
+    channel_last_transposed_conv,
+)
 from napari_sam.engine.network.mask_decoder import MaskDecoder
 from napari_sam.engine.network.transformer import Attention
 
@@ -169,7 +173,10 @@ class FastDecoder:
         self.decoder = decoder
         self.transformer = decoder.transformer
         self.upscaler = MaskUpscaler(decoder)
-        self.factored = FactoredTransformer(decoder.transformer)
+        conv1 = decoder.output_upscaling[0]
+        self.factored = FactoredTransformer(
+            decoder.transformer, channel_last_transposed_conv(conv1)
+        )
 
     @torch.inference_mode()
     def prepare(
@@ -241,7 +248,7 @@ class FastDecoder:
         read = [0, *(1 + i for i in chosen)]
         shared = self._factored_image(context, batch)
         if shared is not None:
-            queries, traces = self.factored(shared, tokens, read)
+            queries, keys = self.factored(shared, tokens, read)
         else:
             queries, traces = self._transformer(context, tokens, read)
         hyper = torch.stack(
@@ -250,14 +257,15 @@ class FastDecoder:
         )
         # One object at a time: its 8 MB of upscaling activations stay in cache (2x faster).
         parts = context.image_part
-        logits = torch.stack(
-            [
-                self.upscaler.masks(
-                    parts[j if len(parts) > 1 else 0], [layer[j] for layer in traces], hyper[j]
-                )
-                for j in range(batch)
-            ]
-        )
+        masks = []
+        for j in range(batch):
+            if shared is not None:
+                first = self.factored.first_upscaling(shared, keys, j)
+            else:
+                image_part = parts[j if len(parts) > 1 else 0]
+                first = self.upscaler.first_upscaling(image_part, [layer[j] for layer in traces])
+            masks.append(self.upscaler.finish(first, hyper[j]))
+        logits = torch.stack(masks)
         iou = dec.iou_prediction_head(queries[:, 0, :])[:, mask_tokens]
         return logits, iou
 

@@ -109,12 +109,16 @@ class MaskUpscaler:
     def masks(
         self, image_part: torch.Tensor, traces: list[NormTrace], hyper: torch.Tensor
     ) -> torch.Tensor:
-        """(n, 32) hypernetwork weights of one prompt -> (n, 4 side, 4 side) logits.
+        """(n, 32) hypernetwork weights of one prompt -> (n, 4 side, 4 side) logits."""
+        return self.finish(self.first_upscaling(image_part, traces), hyper)
+
+    def finish(self, first: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """(N, 4 c1) first transposed convolution's output -> (n, 4 side, 4 side) logits.
 
         With the weights reordered to put output channels last, activations never need a
         copy: pixels stay in (i, j, di, dj, ei, ej) order until the small final masks.
         """
-        x = self.first_upscaling(image_part, traces)  # (N, 4 c1)
+        x = first
         n_tokens = x.shape[0]
         side = round(n_tokens**0.5)
         x = x.view(n_tokens * 4, -1)
