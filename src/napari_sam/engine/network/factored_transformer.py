@@ -76,17 +76,25 @@ def _heads_last(matrix: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def heads_dot(coef: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-    """Per head, ``coef[b, h] @ shared[h]``: (B, h, t, d), (h, d, N) -> (B, h*t, N)."""
-    b, h, t, d = coef.shape
-    out = torch.bmm(coef.transpose(0, 1).reshape(h, b * t, d), shared)  # (h, B*t, N)
-    return out.view(h, b, t, -1).transpose(0, 1).reshape(b, h * t, -1)
+    """Per head, ``coef[b, h] @ shared[h]``: (B, h, t, d), (h, d, N) -> (B, h*t, N).
+
+    One product per prompt, written in place: a single batched product over heads and
+    prompts would need its (h, B*t, N) output transposed, a copy as large as the output.
+    """
+    b, h, t, _ = coef.shape
+    out = coef.new_empty((b, h * t, shared.shape[-1]))
+    for j in range(b):
+        torch.bmm(coef[j], shared, out=out[j].view(h, t, -1))
+    return out
 
 
 def heads_mix(weights: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
     """Per head, ``weights[b, h] @ shared[h].T``: (B, h, t, N), (h, d, N) -> (B, t, h, d)."""
-    b, h, t, n = weights.shape
-    out = torch.bmm(weights.transpose(0, 1).reshape(h, b * t, n), shared.transpose(1, 2))
-    return out.view(h, b, t, -1).permute(1, 2, 0, 3)
+    b, h, t, _ = weights.shape
+    out = weights.new_empty((b, h, t, shared.shape[1]))
+    for j in range(b):
+        torch.bmm(weights[j], shared.transpose(1, 2), out=out[j])
+    return out.transpose(1, 2)
 
 
 class FactoredTransformer:
