@@ -6,13 +6,14 @@ such as AVX2-only ones, emulated: correct, but about a minute and a half, so onc
 module); the decoder decodes both embeddings in fp32. Prompts are those of Meta's
 reference fixtures (``dsb2018_vit_t.npz``: a single point with three candidates, a box, a
 point + a negative point, a box refined with its own logits); our fp32 masks equal the
-reference's (test_parity.py), so bf16 is compared with both. The issue's bar, mean mask
-IoU >= 0.99 and worst >= 0.95, holds for boxes, refined boxes and the mask a single click
-shows (its best-scored candidate); it does not hold for all three candidates of a click
-nor for point + negative point, which are held to the levels measured (2-core AVX2,
-torch 2.13), so that a regression still fails. Segment-everything with every grid point
-decoded keeps AP@0.5 within 0.011 of fp32's (measured 0.0103: one object matched
-differently; the issue asked for 0.01).
+reference's (test_parity.py), so bf16 is compared with both. The encoder's convolutions
+stay float32 under autocast (``network.common.Float32Conv2d``). The issue's bar, mean mask
+IoU >= 0.99 and worst >= 0.95, holds for boxes, refined boxes, point + negative point, the
+mask a single click shows (its best-scored candidate) and every candidate SAM itself calls
+stable; it does not hold for all three candidates of a click (two of 72 are masks of
+stability 0.02 and 0.07 that move), which are held to the level measured, so that a
+regression still fails. Segment-everything with every grid point decoded keeps AP@0.5
+within 0.01 of fp32's (measured 0.0038).
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ FAMILIES = ("point", "box", "pos_neg", "box_refined")
 ISSUE_BAR = (0.99, 0.95)  # (mean, worst) mask IoU per prompt family, asked for by issue 18
 # (mean, worst) bf16 must reach against fp32 and the reference, per family; below the
 # issue's bar where it is not met, under the measured values with room for the rounding
-# of other CPUs' bf16 kernels (emulations of it here gave worst 0.70-0.78 for points and
-# 0.84-0.88 for point + negative; docs/precision.md).
+# of other CPUs' bf16 kernels. Measured on a 2-core Intel Xeon with AMX (native bf16) and
+# with oneDNN limited to AVX2 (emulated, as on AVX2-only CPUs): docs/precision.md.
 BARS = {
-    "box": ISSUE_BAR,  # measured 0.9952, 0.9857 (the issue's native Zen 5: 0.995, 0.985)
-    "box_refined": ISSUE_BAR,  # measured 0.9945, 0.9828
-    "point": (0.98, 0.65),  # all three candidates; measured 0.9881, 0.7414
-    "pos_neg": (0.98, 0.80),  # measured 0.9852, 0.8799
+    "box": ISSUE_BAR,  # measured 0.9992 / 0.9942 (AMX), 0.9988 / 0.9942 (AVX2)
+    "box_refined": ISSUE_BAR,  # measured 0.9993 / 0.9940, 0.9991 / 0.9931
+    "point": (0.985, 0.75),  # all three candidates; measured 0.9927 / 0.832, 0.9932 / 0.848
+    "pos_neg": ISSUE_BAR,  # measured 0.9979 / 0.9800, 0.9985 / 0.9849
 }
-AP_TOLERANCE = 0.011  # |AP@0.5 bf16 - fp32|, every grid point; measured 0.0103 (fp32 0.600)
+STABLE = 0.95  # SAM's stability threshold for a confident mask (segment-everything's)
+AP_TOLERANCE = 0.01  # |AP@0.5 bf16 - fp32|, every grid point; measured 0.0038 (fp32 0.600)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,8 @@ def test_bf16_embedding_is_float32_near_fp32(embeddings):
         f"bf16 embedding against fp32: max abs {float(difference.max()):.4f}, mean abs "
         f"{float(difference.mean()):.5f} (fp32 std {float(fp32.features.std()):.4f})"
     )
-    assert float(difference.mean()) < 0.005  # measured 0.0014
-    assert float(difference.max()) < 0.1  # measured 0.024
+    assert float(difference.mean()) < 0.001  # measured 0.0004 (0.0014 with bf16 convolutions)
+    assert float(difference.max()) < 0.02  # measured 0.005 (0.024)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -144,6 +146,34 @@ def test_the_mask_a_click_shows_meets_the_issues_bar(predictors, embeddings, ref
     )
     assert np.mean(values) >= ISSUE_BAR[0] and np.min(values) >= ISSUE_BAR[1]
     assert score_error <= 0.02  # measured 0.0126
+
+
+def test_every_stable_candidate_of_a_click_meets_the_issues_bar(predictors, embeddings, reference):
+    """A click's candidates that SAM calls stable (stability score >= 0.95 in fp32: the mask
+    barely changes between logit thresholds -1 and +1) keep the issue's bar; the two that
+    miss it in the "point" family are unstable (stability 0.02 and 0.07 measured), masks
+    segment-everything would reject and whose edges move with any change of the embedding.
+    Measured: 41 of 72 stable, mean 0.9992, worst 0.9958."""
+    fp32 = predictors[0]
+    results = {}
+    for precision, embedding in embeddings.items():
+        fp32.set_embedding(embedding)
+        results[precision] = [
+            fp32.predict(points=point[None], multimask=True) for point in reference["points_rc"]
+        ]
+    values, unstable = [], []
+    for ours, base in zip(results["bf16"], results["fp32"]):
+        for j in range(len(base.masks)):
+            logits = np.asarray(base.logits[j])
+            stability = (logits > 1).sum() / max(int((logits > -1).sum()), 1)
+            iou = mask_iou(ours.masks[j], base.masks[j])
+            (values if stability >= STABLE else unstable).append(iou)
+    print(
+        f"stable candidates: {len(values)} of {len(values) + len(unstable)}, mean IoU "
+        f"{np.mean(values):.4f}, worst {np.min(values):.4f}; unstable worst {np.min(unstable):.4f}"
+    )
+    assert len(values) >= 30  # measured 41: the check is about most candidates
+    assert np.mean(values) >= ISSUE_BAR[0] and np.min(values) >= ISSUE_BAR[1]
 
 
 def segment(predictor, embedding, settings: EverythingSettings):

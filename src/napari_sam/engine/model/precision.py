@@ -54,9 +54,10 @@ class CpuCapability:
 
 # Whether ``auto`` may pick bf16 on CPUs with native bf16. Off until bf16 keeps every
 # prompt family within the parity bar (mean mask IoU 0.99, worst 0.95 against fp32):
-# boxes and the mask a click shows do, a click's other candidates (worst 0.741) and
-# point + negative (worst 0.880) do not (issue 18, docs/precision.md). bf16 stays one
-# flag away (precision="bf16").
+# boxes, point + negative, the mask a click shows and every stable candidate do; two
+# unstable third candidates of a click do not (worst 0.832). And the flag alone does not
+# predict the gain: on an Intel CPU bf16 paid with AMX (1.36x) but was slower with
+# avx512_bf16 alone (issue 18, docs/precision.md). bf16 stays one flag away.
 AUTO_CHOOSES_BF16 = False
 
 
@@ -138,9 +139,10 @@ def resolve_precision(precision: str, device: str, capability: CpuCapability | N
     -------
     str
         ``"auto"`` is ``"fp32"`` while :data:`AUTO_CHOOSES_BF16` is off (today: bf16 does
-        not yet keep a click's other candidates and point + negative masks within the
-        parity bar, docs/precision.md); with it on, ``"bf16"`` on a CPU with native
-        bfloat16 and ``"fp32"`` elsewhere, on GPUs too (no GPU is verified yet).
+        not yet keep all of a click's candidates within the parity bar, and its gain
+        without AMX is unmeasured on AMD, docs/precision.md); with it on, ``"bf16"`` on a
+        CPU with native bfloat16 and ``"fp32"`` elsewhere, on GPUs too (no GPU is
+        verified yet).
 
     Raises
     ------
@@ -193,8 +195,10 @@ def encoder_precision(precision: str, model: SamModel) -> str:
 def encoder_autocast(precision: str, device: str) -> Iterator[None]:
     """Run the block's matrix products in ``precision`` on ``device`` (a resolved one).
 
-    ``"bf16"``: under ``torch.autocast`` with bfloat16 (products and convolutions in
-    bfloat16, reductions and normalisations in float32); ``"fp32"``: unchanged.
+    ``"bf16"``: under ``torch.autocast`` with bfloat16 (matrix products in bfloat16;
+    reductions, normalisations and the encoders' convolutions, which are
+    :class:`~napari_sam.engine.network.common.Float32Conv2d`, in float32); ``"fp32"``:
+    unchanged.
     """
     if precision != BF16:
         yield

@@ -61,3 +61,22 @@ class MLP(nn.Module):
             if i < last:
                 x = torch.relu(x)
         return x
+
+
+class Float32Conv2d(nn.Conv2d):
+    """A convolution that computes in float32 even under ``torch.autocast``.
+
+    Under bfloat16 autocast on a CPU, oneDNN reorders every convolution's weights and
+    activations to bfloat16 blocked layouts on each call; for SAM's encoders those copies
+    cost more than the bfloat16 arithmetic saves (vit_t on a 2-core AMX CPU: encoder
+    0.57 s with bfloat16 convolutions, 0.48 s with float32 ones, fp32 throughout 0.64 s),
+    and float32 convolutions keep the embedding 3.5x closer to fp32's (docs/precision.md).
+    Outside autocast it is exactly ``nn.Conv2d``; the state-dict keys are the same.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``nn.Conv2d.forward``, in float32 when autocast is on."""
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from napari_sam.engine.network.common import LayerNorm2d
+from napari_sam.engine.network.common import Float32Conv2d, LayerNorm2d
 from napari_sam.engine.network.vit_encoder import merge_windows, partition_windows
 
 
@@ -66,7 +66,9 @@ class ConvBN(nn.Sequential):
         groups: int = 1,
     ) -> None:
         super().__init__()
-        self.add_module("c", nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False))
+        self.add_module(
+            "c", Float32Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False)
+        )
         self.add_module("bn", nn.BatchNorm2d(cout))
 
 
@@ -261,9 +263,9 @@ class TinyViTImageEncoder(nn.Module):
             self.norm_head = nn.LayerNorm(dims[-1])
             self.head = nn.Linear(dims[-1], config.classifier_classes)
         self.neck = nn.Sequential(
-            nn.Conv2d(dims[-1], config.out_chans, kernel_size=1, bias=False),
+            Float32Conv2d(dims[-1], config.out_chans, kernel_size=1, bias=False),
             LayerNorm2d(config.out_chans),
-            nn.Conv2d(config.out_chans, config.out_chans, 3, padding=1, bias=False),
+            Float32Conv2d(config.out_chans, config.out_chans, 3, padding=1, bias=False),
             LayerNorm2d(config.out_chans),
         )
 

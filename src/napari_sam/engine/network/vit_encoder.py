@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.engine.network.common import LayerNorm2d, MLPBlock
+from napari_sam.engine.network.common import Float32Conv2d, LayerNorm2d, MLPBlock
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, embed_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = Float32Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).permute(0, 2, 3, 1)
@@ -161,9 +161,9 @@ class ViTImageEncoder(nn.Module):
             for i in range(config.depth)
         )
         self.neck = nn.Sequential(
-            nn.Conv2d(config.embed_dim, config.out_chans, kernel_size=1, bias=False),
+            Float32Conv2d(config.embed_dim, config.out_chans, kernel_size=1, bias=False),
             LayerNorm2d(config.out_chans),
-            nn.Conv2d(config.out_chans, config.out_chans, 3, padding=1, bias=False),
+            Float32Conv2d(config.out_chans, config.out_chans, 3, padding=1, bias=False),
             LayerNorm2d(config.out_chans),
         )
 
