@@ -127,33 +127,9 @@ def test_bf16_masks_against_fp32_and_the_reference(decoded, reference, family):
         assert np.min(values) >= worst
 
 
-def test_the_mask_a_click_shows_meets_the_issues_bar(predictors, embeddings, reference):
-    """The best-scored of a click's three candidates (what the annotator shows): measured
-    mean IoU 0.9964, worst 0.987 against fp32 (the same candidate chosen every time)."""
-    fp32 = predictors[0]
-    shown = {}
-    for precision, embedding in embeddings.items():
-        fp32.set_embedding(embedding)
-        shown[precision] = [
-            fp32.predict(points=point[None], multimask=True) for point in reference["points_rc"]
-        ]
-    pairs = list(zip(shown["bf16"], shown["fp32"]))
-    values = [mask_iou(a.best_mask, b.best_mask) for a, b in pairs]
-    score_error = max(float(np.abs(a.scores - b.scores).max()) for a, b in pairs)
-    print(
-        f"point, mask shown: mean IoU {np.mean(values):.4f}, worst {np.min(values):.4f}, "
-        f"predicted IoU within {score_error:.4f}"
-    )
-    assert np.mean(values) >= ISSUE_BAR[0] and np.min(values) >= ISSUE_BAR[1]
-    assert score_error <= 0.02  # measured 0.0126
-
-
-def test_every_stable_candidate_of_a_click_meets_the_issues_bar(predictors, embeddings, reference):
-    """A click's candidates that SAM calls stable (stability score >= 0.95 in fp32: the mask
-    barely changes between logit thresholds -1 and +1) keep the issue's bar; the two that
-    miss it in the "point" family are unstable (stability 0.02 and 0.07 measured), masks
-    segment-everything would reject and whose edges move with any change of the embedding.
-    Measured: 41 of 72 stable, mean 0.9992, worst 0.9958."""
+@pytest.fixture(scope="module")
+def clicks(predictors, embeddings, reference):
+    """{"fp32": [...], "bf16": [...]}: a click's three candidates on each reference point."""
     fp32 = predictors[0]
     results = {}
     for precision, embedding in embeddings.items():
@@ -161,8 +137,31 @@ def test_every_stable_candidate_of_a_click_meets_the_issues_bar(predictors, embe
         results[precision] = [
             fp32.predict(points=point[None], multimask=True) for point in reference["points_rc"]
         ]
+    return results
+
+
+def test_the_mask_a_click_shows_meets_the_issues_bar(clicks):
+    """The best-scored of a click's three candidates (what the annotator shows): measured
+    mean IoU 0.9993, worst 0.9964 against fp32 (the same candidate chosen every time)."""
+    pairs = list(zip(clicks["bf16"], clicks["fp32"]))
+    values = [mask_iou(a.best_mask, b.best_mask) for a, b in pairs]
+    score_error = max(float(np.abs(a.scores - b.scores).max()) for a, b in pairs)
+    print(
+        f"point, mask shown: mean IoU {np.mean(values):.4f}, worst {np.min(values):.4f}, "
+        f"predicted IoU within {score_error:.4f}"
+    )
+    assert np.mean(values) >= ISSUE_BAR[0] and np.min(values) >= ISSUE_BAR[1]
+    assert score_error <= 0.015  # measured 0.0078 (0.0066 emulated on AVX2)
+
+
+def test_every_stable_candidate_of_a_click_meets_the_issues_bar(clicks):
+    """A click's candidates that SAM calls stable (stability score >= 0.95 in fp32: the mask
+    barely changes between logit thresholds -1 and +1) keep the issue's bar; the two that
+    miss it in the "point" family are unstable (stability 0.02 and 0.07 measured), masks
+    segment-everything would reject, whose edges lie where the logits are flat near zero.
+    Measured: 41 of 72 stable, mean 0.9992, worst 0.9958."""
     values, unstable = [], []
-    for ours, base in zip(results["bf16"], results["fp32"]):
+    for ours, base in zip(clicks["bf16"], clicks["fp32"]):
         for j in range(len(base.masks)):
             logits = np.asarray(base.logits[j])
             stability = (logits > 1).sum() / max(int((logits > -1).sum()), 1)

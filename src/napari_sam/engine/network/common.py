@@ -64,7 +64,7 @@ class MLP(nn.Module):
 
 
 class Float32Conv2d(nn.Conv2d):
-    """A convolution that computes in float32 even under ``torch.autocast``.
+    """A convolution that computes in float32 even under the CPU's ``torch.autocast``.
 
     Under bfloat16 autocast on a CPU, oneDNN reorders every convolution's weights and
     activations to bfloat16 blocked layouts on each call; for SAM's encoders those copies
@@ -76,7 +76,7 @@ class Float32Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``nn.Conv2d.forward``, in float32 when autocast is on."""
-        if torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
         return super().forward(x)

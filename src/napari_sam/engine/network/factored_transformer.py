@@ -44,7 +44,6 @@ class _Plan:
     """Fixed (C, k) matrices whose products with the image every prompt needs."""
 
     matrices: dict[str, torch.Tensor]  # name -> (C, k); the image's product X @ matrix
-    fixed_rows: list[torch.Tensor]  # per block: (n_l, C) bias and shift rows at its norm
     square_maps: list[torch.Tensor]  # per block: (C, C) A with |X @ A|^2 the centred norm
     final_map: torch.Tensor  # (C, C) M after the last block
 
@@ -112,17 +111,16 @@ class FactoredTransformer:
 
     @torch.inference_mode()
     def _make_plan(self) -> _Plan:
-        first = self.layers[0].cross_attn_image_to_token
-        channels = first.out_proj.weight.shape[0]
-        eye = torch.eye(channels, dtype=first.out_proj.weight.dtype)
+        weight = self.layers[0].cross_attn_image_to_token.out_proj.weight
+        channels = weight.shape[0]
+        eye = torch.eye(channels, dtype=weight.dtype, device=weight.device)
         centre = eye - 1.0 / channels  # P: removes each token's mean over channels
         matrices: dict[str, torch.Tensor] = {}
-        fixed_rows: list[torch.Tensor] = []
         square_maps: list[torch.Tensor] = []
         shared_map = eye  # M: X @ M is the shared part of the image tokens
         # value_maps[k]: F_k, applied to block k's value rows since its norm took them in
         value_maps: list[torch.Tensor] = []
-        rows = torch.zeros((0, channels), dtype=eye.dtype)  # bias and shift rows so far
+        rows = eye[:0]  # (0, C): the bias and shift rows so far
         for index, layer in enumerate(self.layers):
             t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
             matrices[f"{index}.key"] = shared_map @ t2i.k_proj.weight.T
@@ -137,7 +135,6 @@ class FactoredTransformer:
                 source = self.layers[block].cross_attn_image_to_token.out_proj.weight
                 matrices[f"{index}.cross{block}"] = stat_map @ value_map.T @ source
             matrices[f"{index}.rows"] = stat_map @ rows.T
-            fixed_rows.append(rows)
             gain, shift = layer.norm4.weight.detach(), layer.norm4.bias.detach()
             step = centre * gain[None, :]  # P G: centre, then the norm's gain
             shared_map = shared_map @ step
@@ -147,7 +144,7 @@ class FactoredTransformer:
         matrices["final.key"] = shared_map @ final.k_proj.weight.T
         matrices["final.value"] = shared_map @ final.v_proj.weight.T
         matrices["upscaling"] = shared_map @ self._upscaling_weight.T
-        return _Plan(matrices, fixed_rows, square_maps, shared_map)
+        return _Plan(matrices, square_maps, shared_map)
 
     @torch.inference_mode()
     def prepare_image(self, image: torch.Tensor, key_pe: torch.Tensor) -> FactoredImage:
