@@ -68,6 +68,20 @@ class FactoredImage:
     centred_squares: list[torch.Tensor]  # per block: (N,) |X M P|^2
 
 
+def _shared_scores(
+    coef: torch.Tensor, products: dict[str, torch.Tensor], name: str, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """``coef`` against the image part of keys or queries: ``s * (X M W) + PE W``.
+
+    (B, h, t, d) -> (B, h*t, N); one product where ``s`` is 1 (the first block).
+    """
+    if scale is None:
+        return heads_dot(coef, products[f"{name}_with_pe"])
+    scores = heads_dot(coef, products[name])
+    scores.mul_(scale[:, None, :])
+    return scores.add_(heads_dot(coef, products[f"{name}_pe"]))
+
+
 def _heads_last(matrix: torch.Tensor, heads: int) -> torch.Tensor:
     """(N, I) -> (h, I / h, N) contiguous: heads first, image tokens along rows."""
     n, i = matrix.shape
@@ -169,6 +183,9 @@ class FactoredTransformer:
             products[f"{index}.query_pe"] = _heads_last(i2t.q_proj(pe), heads)
         final = self.transformer.final_attn_token_to_image
         products["final.key_pe"] = _heads_last(pe @ final.k_proj.weight.T, heads)
+        # The first block meets the image with s = 1: its shared and PE parts add up.
+        for kind in ("key", "query"):
+            products[f"0.{kind}_with_pe"] = products[f"0.{kind}"] + products[f"0.{kind}_pe"]
         squares = [((x @ square.to(x.dtype)) ** 2).sum(1) for square in plan.square_maps]
         return FactoredImage(products, squares)
 
@@ -268,21 +285,20 @@ class FactoredTransformer:
         b, t, i = q.shape
         d = i // heads
         q = q.view(b, t, heads, d).transpose(1, 2) * d**-0.5  # (B, h, t, d)
-        scores = heads_dot(q, products[f"{name}.key"])  # (B, h*t, N)
-        if scale is not None:
-            scores.mul_(scale[:, None, :])
-        scores.add_(heads_dot(q, products[f"{name}.key_pe"]))
-        small_keys = (values @ attn.k_proj.weight.T).view(b, -1, heads, d)  # (B, r, h, d)
-        folded = torch.einsum("bhtd,brhd->bhtr", q, small_keys).reshape(b, heads * t, -1)
-        scores.baddbmm_(folded, low)
+        scores = _shared_scores(q, products, f"{name}.key", scale)  # (B, h*t, N)
+        if low.shape[1]:
+            small_keys = (values @ attn.k_proj.weight.T).view(b, -1, heads, d)  # (B, r, h, d)
+            folded = torch.einsum("bhtd,brhd->bhtr", q, small_keys).reshape(b, heads * t, -1)
+            scores.baddbmm_(folded, low)
         weights = torch.softmax(scores.view(b, heads, t, -1), dim=-1)  # (B, h, t, N)
         scaled = weights if scale is None else weights * scale[:, None, None, :]
         mixed = heads_mix(scaled, products[f"{name}.value"])  # (B, t, h, d)
-        through_low = torch.bmm(weights.view(b, heads * t, -1), low.transpose(1, 2))
-        small_values = (values @ attn.v_proj.weight.T).view(b, -1, heads, d)
-        mixed = mixed + torch.einsum(
-            "bhtr,brhd->bthd", through_low.view(b, heads, t, -1), small_values
-        )
+        if low.shape[1]:
+            through_low = torch.bmm(weights.view(b, heads * t, -1), low.transpose(1, 2))
+            small_values = (values @ attn.v_proj.weight.T).view(b, -1, heads, d)
+            mixed = mixed + torch.einsum(
+                "bhtr,brhd->bthd", through_low.view(b, heads, t, -1), small_values
+            )
         mixed = mixed + attn.v_proj.bias.view(heads, d)
         return attn.out_proj(mixed.reshape(b, t, i))
 
@@ -299,10 +315,7 @@ class FactoredTransformer:
         b, t, i = k.shape
         d = i // heads
         k = k.view(b, t, heads, d).transpose(1, 2) * d**-0.5  # (B, h, t, d)
-        scores = heads_dot(k, products[f"{name}.query"])
-        if scale is not None:
-            scores.mul_(scale[:, None, :])
-        scores.add_(heads_dot(k, products[f"{name}.query_pe"]))
+        scores = _shared_scores(k, products, f"{name}.query", scale)
         if low.shape[1]:
             small = (values @ attn.q_proj.weight.T).view(b, -1, heads, d)
             folded = torch.einsum("bhtd,brhd->bhtr", k, small).reshape(b, heads * t, -1)
