@@ -16,7 +16,8 @@ a fixed (C, C) matrix (the layer norms' centring and gains so far), ``s`` a per-
 block) and columns of ones, ``R`` (r, C) their values and the biases and shifts. Then
 
 * an attention projection ``keys @ W`` is ``s * (X @ M @ W) + L @ (R @ W)``: the first
-  product is computed once per image (:func:`prepare_image`), the second is small;
+  product is computed once per image (:meth:`FactoredTransformer.prepare_image`), the
+  second is small;
 * a layer norm's mean and variance per token expand into terms that are again products of
   ``X`` with fixed matrices (once per image), of the small values with them, and a
   quadratic form in ``L``; the norm then only rescales ``s`` and ``L`` and appends a row;
@@ -58,6 +59,48 @@ class FactoredKeys:
     scale: torch.Tensor  # (B, N) s
     low: torch.Tensor  # (B, r, N) L transposed
     values: torch.Tensor  # (B, r, C) R
+
+
+class _Tokens:
+    """A batch's image tokens while the transformer runs: ``s``, ``L`` and ``R``, grown.
+
+    ``L`` (transposed, (B, r, N)) lives in one buffer that grows in place: per block its
+    h*t attention weights, a row of ones for the update's bias, and after the norm a row
+    of ones for the norm's shift.
+    """
+
+    def __init__(self, batch: int, rows: int, tokens: int, channels: int, like: torch.Tensor):
+        self.scale: torch.Tensor | None = None  # s, (B, N); None while it is 1
+        self._buffer = like.new_empty((batch, rows, tokens))
+        self._used = 0
+        self.values = like.new_zeros((batch, 0, channels))  # R, (B, r, C)
+        self.coefs: list[torch.Tensor] = []  # per block, its token values (B, h, t, d)
+
+    @property
+    def low(self) -> torch.Tensor:
+        """L transposed, (B, r, N): a view of the rows so far."""
+        return self._buffer[:, : self._used]
+
+    def add_update(
+        self, weights: torch.Tensor, coef: torch.Tensor, folded: torch.Tensor, bias: torch.Tensor
+    ) -> None:
+        """Add an image-to-token update ``A V + b``: (B, h*t, N), (B, h, t, d), (B, h*t, C)."""
+        width = weights.shape[1]
+        self._buffer[:, self._used : self._used + width].copy_(weights)
+        self._buffer[:, self._used + width].fill_(1.0)
+        self._used += width + 1
+        self.values = torch.cat([self.values, folded, bias.expand(len(folded), 1, -1)], 1)
+        self.coefs.append(coef)
+
+    def normalise(self, rstd: torch.Tensor, norm: torch.nn.LayerNorm) -> None:
+        """Apply a layer norm whose (B, N) reciprocal standard deviations are ``rstd``."""
+        centred = self.values - self.values.mean(-1, keepdim=True)
+        self.scale = rstd if self.scale is None else self.scale * rstd
+        self.low.mul_(rstd[:, None, :])
+        self._buffer[:, self._used].fill_(1.0)
+        self._used += 1
+        shift = norm.bias.expand(len(centred), 1, -1)
+        self.values = torch.cat([centred * norm.weight, shift], 1)
 
 
 @dataclass(frozen=True)
@@ -194,72 +237,34 @@ class FactoredTransformer:
         self, image: FactoredImage, tokens: torch.Tensor, read_tokens: list[int]
     ) -> tuple[torch.Tensor, FactoredKeys]:
         """Transformer on (B, T, C) tokens -> read tokens' outputs and the factored image tokens."""
-        batch = tokens.shape[0]
-        n = image.centred_squares[0].shape[0]
+        batch, count, channels = tokens.shape
+        rows = (self.heads * count + 2) * len(self.layers)
+        state = _Tokens(batch, rows, image.centred_squares[0].shape[0], channels, tokens)
         products = image.products
         query_pe = tokens
         queries = tokens
-        scale: torch.Tensor | None = None  # s; None while it is 1
-        # L transposed, (B, r, N), grown in place: per block h*t weights, a bias row of
-        # ones, and after the norm a shift row of ones.
-        rows_per_block = self.heads * tokens.shape[1] + 2
-        buffer = tokens.new_empty((batch, rows_per_block * len(self.layers), n))
-        used = 0
-        values = tokens.new_zeros((batch, 0, tokens.shape[-1]))  # R: (B, r, C)
-        coefs: list[torch.Tensor] = []  # per block, the image-to-token values (B, h, t, d)
         for index, layer in enumerate(self.layers):
             if layer.skip_first_layer_pe:
                 queries = layer.norm1(layer.self_attn(queries, queries, queries))
             else:
                 q = queries + query_pe
                 queries = layer.norm1(queries + layer.self_attn(q, q, queries))
-            low = buffer[:, :used]
-            update = self._token_to_image(
-                layer.cross_attn_token_to_image,
-                queries + query_pe,
-                products,
-                f"{index}",
-                scale,
-                low,
-                values,
-            )
+            attn = layer.cross_attn_token_to_image
+            update = self._token_to_image(attn, queries + query_pe, products, f"{index}", state)
             queries = layer.norm2(queries + update)
             queries = layer.norm3(queries + layer.mlp(queries))
+            attn = layer.cross_attn_image_to_token
             weights, coef, folded = self._image_to_token(
-                layer.cross_attn_image_to_token,
-                queries + query_pe,
-                queries,
-                products,
-                f"{index}",
-                scale,
-                low,
-                values,
+                attn, queries + query_pe, queries, products, f"{index}", state
             )
-            coefs.append(coef)
-            width = weights.shape[1]
-            buffer[:, used : used + width].copy_(weights)
-            buffer[:, used + width].fill_(1.0)
-            used += width + 1
-            low = buffer[:, :used]
-            bias = layer.cross_attn_image_to_token.out_proj.bias
-            values = torch.cat([values, folded, bias.expand(batch, 1, -1)], 1)
-            rstd = self._norm_statistics(image, index, scale, low, values, coefs)
-            norm = layer.norm4
-            centred = values - values.mean(-1, keepdim=True)
-            scale = rstd if scale is None else scale * rstd
-            low.mul_(rstd[:, None, :])
-            buffer[:, used].fill_(1.0)
-            used += 1
-            values = torch.cat([centred * norm.weight, norm.bias.expand(batch, 1, -1)], 1)
-        low = buffer[:, :used]
+            state.add_update(weights, coef, folded, attn.out_proj.bias)
+            state.normalise(self._norm_statistics(image, index, state), layer.norm4)
 
         queries, query_pe = queries[:, read_tokens], query_pe[:, read_tokens]
         final = self.transformer.final_attn_token_to_image
-        update = self._token_to_image(
-            final, queries + query_pe, products, "final", scale, low, values
-        )
-        assert scale is not None  # the transformer has at least one block
-        keys = FactoredKeys(scale, low, values)
+        update = self._token_to_image(final, queries + query_pe, products, "final", state)
+        assert state.scale is not None  # the transformer has at least one block
+        keys = FactoredKeys(state.scale, state.low, state.values)
         return self.transformer.norm_final_attn(queries + update), keys
 
     def dense(self, image: torch.Tensor, keys: FactoredKeys) -> torch.Tensor:
@@ -277,10 +282,10 @@ class FactoredTransformer:
         return out.addcmul_(image.products["upscaling"], keys.scale[j][:, None])
 
     def _token_to_image(
-        self, attn: Attention, tokens, products, name, scale, low, values
+        self, attn: Attention, tokens: torch.Tensor, products, name: str, state: _Tokens
     ) -> torch.Tensor:
-        """Tokens attend to the factored image tokens (keys with PE, values without)."""
-        heads = self.heads
+        """(B, t, C) tokens attend to the factored image tokens (keys with PE, values without)."""
+        heads, scale, low, values = self.heads, state.scale, state.low, state.values
         q = attn.q_proj(tokens)  # (B, t, I)
         b, t, i = q.shape
         d = i // heads
@@ -303,14 +308,20 @@ class FactoredTransformer:
         return attn.out_proj(mixed.reshape(b, t, i))
 
     def _image_to_token(
-        self, attn: Attention, token_keys, token_values, products, name, scale, low, values
+        self,
+        attn: Attention,
+        token_keys: torch.Tensor,
+        token_values: torch.Tensor,
+        products,
+        name: str,
+        state: _Tokens,
     ):
         """Image tokens attend to tokens.
 
         Returns the (B, h*t, N) attention weights, the (B, h, t, d) token values and the
         (B, h*t, C) values with the output projection folded in.
         """
-        heads = self.heads
+        heads, scale, low, values = self.heads, state.scale, state.low, state.values
         k = attn.k_proj(token_keys)
         b, t, i = k.shape
         d = i // heads
@@ -326,8 +337,9 @@ class FactoredTransformer:
         folded_values = torch.einsum("bhtd,chd->bhtc", v, w_o).reshape(b, heads * t, -1)
         return weights, v, folded_values
 
-    def _norm_statistics(self, image, index, scale, low, values, coefs):
+    def _norm_statistics(self, image: FactoredImage, index: int, state: _Tokens) -> torch.Tensor:
         """(B, N) reciprocal standard deviation of block ``index``'s norm input."""
+        scale, low, values, coefs = state.scale, state.low, state.values, state.coefs
         products = image.products
         channels = values.shape[-1]
         eps = self.layers[index].norm4.eps
