@@ -7,8 +7,14 @@ import torch
 from napari_sam.engine.everything.filters import stability_scores
 from napari_sam.engine.model.weights import read_state_dict
 from napari_sam.training.calibration import (
+    IOU_THRESHOLD,
+    MAX_IOU_SHIFT,
+    apply_iou_shift,
     apply_logit_scale,
+    click_predictions,
+    fit_iou_shift,
     fit_logit_scale,
+    passing_share,
     point_logits,
     stability_each,
 )
@@ -118,3 +124,60 @@ def test_training_folds_the_calibration_into_the_saved_weights(
         assert torch.allclose(value, expected, rtol=1e-5, atol=1e-7), key
     checkpoint = torch.load(tmp_path / "True" / "checkpoint.pt", weights_only=True)
     assert len(checkpoint["base_stability"]) == calibrated.calibration.prompts
+
+
+def test_the_iou_shift_restores_the_share_of_candidates_passing_the_threshold():
+    generator = torch.Generator().manual_seed(0)
+    base = 0.8 + 0.15 * torch.rand((200, 3), generator=generator)
+    tuned = base - 0.07 + 0.01 * torch.randn((200, 3), generator=generator)  # a trained head
+    shift = fit_iou_shift(tuned, base)
+    assert passing_share(tuned) < passing_share(base) - 0.3
+    assert passing_share(tuned, shift) == pytest.approx(passing_share(base), abs=0.01)
+    assert shift == pytest.approx(0.07, abs=0.01)
+
+
+def test_the_iou_shift_matches_medians_when_no_candidate_passed_and_is_bounded():
+    base = torch.full((10, 3), 0.5)
+    assert passing_share(base) == 0.0
+    assert fit_iou_shift(base - 0.1, base) == pytest.approx(0.1)
+    assert fit_iou_shift(base - 1.0, base) == MAX_IOU_SHIFT
+    assert fit_iou_shift(torch.zeros((0, 3)), torch.zeros((0, 3))) == 0.0
+    assert IOU_THRESHOLD == pytest.approx(0.88)  # segment-everything's default
+
+
+def test_the_folded_iou_shift_moves_every_prediction_and_keeps_the_shown_mask(
+    trainable, labelled_images
+):
+    store = EmbeddingStore()
+    logits, scores = click_predictions(inference_model(trainable), labelled_images, store)
+    apply_iou_shift(trainable.module, 0.125)
+    after_logits, after = click_predictions(inference_model(trainable), labelled_images, store)
+    assert scores.shape == (len(logits), 3)
+    assert torch.allclose(after, scores + 0.125, atol=1e-5)
+    assert torch.equal(after_logits, logits)
+
+
+def test_a_trained_iou_head_is_shifted_back_to_the_base_models_pass_rate(
+    tiny_architecture, labelled_images, tmp_path
+):
+    from napari_sam.training.network import load_trainable
+    from tiny_sam import random_model
+
+    runs = {}
+    for calibrate in (False, True):
+        torch.manual_seed(0)
+        trainable = load_trainable(random_model(tiny_architecture, seed=0, name="tiny"))
+        config = TrainingConfig(**FAST, calibrate_logits=calibrate, freeze_iou_head=False)
+        result = train(
+            trainable, labelled_images[:2], labelled_images[2:], tmp_path / f"{calibrate}", config
+        )
+        runs[calibrate] = (result, read_state_dict(result.weights))
+    (_, plain), (calibrated, weights) = runs[False], runs[True]
+    calibration = calibrated.calibration
+    card = json.loads(calibrated.card.read_text())["training"]["logit_calibration"]
+    assert card["iou_shift"] == pytest.approx(calibration.iou_shift, abs=1e-4)
+    assert calibration.iou_pass_base is not None
+    bias = "mask_decoder.iou_prediction_head.layers.2.bias"
+    assert torch.allclose(weights[bias], plain[bias] + calibration.iou_shift, atol=1e-6)
+    checkpoint = torch.load(tmp_path / "True" / "checkpoint.pt", weights_only=True)
+    assert np.asarray(checkpoint["base_iou_scores"]).shape == (calibration.prompts, 3)

@@ -33,6 +33,8 @@ from napari_sam.training.embeddings import EmbeddingStore
 
 STABILITY_OFFSET = 1.0  # segment-everything's default stability_offset
 MAX_SCALE = 8.0  # never sharpen beyond this (a model that flat is better left alone)
+IOU_THRESHOLD = 0.88  # segment-everything's default pred_iou_thresh
+MAX_IOU_SHIFT = 0.3  # never move predicted IoUs further than this
 CALIBRATION_IMAGES = 12  # images measured, spread over the list
 CALIBRATION_OBJECTS = 16  # objects per image (a fixed draw)
 
@@ -50,6 +52,23 @@ def point_logits(
     The click is the object's most interior pixel and the mask the one of three with the
     highest predicted IoU, as in :mod:`~napari_sam.training.evaluation`.
 
+    Returns
+    -------
+    torch.Tensor, shape (n, 256, 256) float32
+    """
+    return click_predictions(model, images, store, objects, seed, min_area)[0]
+
+
+def click_predictions(
+    model,
+    images: list[LabelledImage],
+    store: EmbeddingStore | None = None,
+    objects: int = CALIBRATION_OBJECTS,
+    seed: int = 0,
+    min_area: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shown mask's logits and the three candidates' predicted IoUs for each click.
+
     Parameters
     ----------
     model : SamModel
@@ -61,7 +80,8 @@ def point_logits(
 
     Returns
     -------
-    torch.Tensor, shape (n, 256, 256) float32
+    logits : torch.Tensor, shape (n, 256, 256) float32
+    scores : torch.Tensor, shape (n, 3) float32
     """
     from napari_sam.engine.prediction.predictor import Predictor
     from napari_sam.training.evaluation import interior_point
@@ -72,7 +92,7 @@ def point_logits(
     picked = np.unique(
         np.linspace(0, len(images) - 1, min(len(images), CALIBRATION_IMAGES)).round().astype(int)
     )
-    chunks = []
+    chunks, scores = [], []
     for index in picked if len(images) else []:
         image = images[int(index)]
         ids = image.object_ids(min_area)
@@ -87,7 +107,10 @@ def point_logits(
         chunks.append(
             torch.from_numpy(np.ascontiguousarray(result.logits[np.arange(len(ids)), best]))
         )
-    return torch.cat(chunks) if chunks else torch.zeros((0, 256, 256))
+        scores.append(torch.from_numpy(np.asarray(result.scores, dtype=np.float32)))
+    if not chunks:
+        return torch.zeros((0, 256, 256)), torch.zeros((0, 3))
+    return torch.cat(chunks), torch.cat(scores)
 
 
 def stability_each(logits: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -146,6 +169,49 @@ def apply_logit_scale(sam: torch.nn.Module, scale: float) -> None:
             mlp.layers[-1].bias.mul_(scale)
 
 
+def fit_iou_shift(
+    scores: torch.Tensor, base_scores: torch.Tensor, threshold: float = IOU_THRESHOLD
+) -> float:
+    """The shift that lets as many candidates pass ``threshold`` as the base model's did.
+
+    A head trained on a few images predicts their labels' IoU (about 0.8 where the labels'
+    outlines differ from SAM's), so segment-everything's ``pred_iou_thresh`` rejects masks
+    the released head passed. Adding one number to every prediction keeps their order (the
+    mask a click shows) and restores the share of the base model's candidates, for the
+    same clicks, at or above the threshold. When none or all of them passed, the medians
+    are matched instead. At most :data:`MAX_IOU_SHIFT` either way.
+
+    Parameters
+    ----------
+    scores, base_scores : torch.Tensor, shape (n, 3)
+        Predicted IoUs of the fine-tuned and the base model for the same clicks.
+    """
+    if not len(scores):
+        return 0.0
+    tuned, base = scores.reshape(-1).float(), base_scores.reshape(-1).float()
+    share = float((base >= threshold).float().mean())
+    if 0.0 < share < 1.0:
+        shift = threshold - float(torch.quantile(tuned, 1.0 - share))
+    else:
+        shift = float(base.median() - tuned.median())
+    return float(min(max(shift, -MAX_IOU_SHIFT), MAX_IOU_SHIFT))
+
+
+def apply_iou_shift(sam: torch.nn.Module, shift: float) -> None:
+    """Add ``shift`` to every IoU ``sam`` predicts (in place, the IoU head's last bias)."""
+    if shift == 0.0:
+        return
+    with torch.no_grad():
+        sam.mask_decoder.iou_prediction_head.layers[-1].bias.add_(shift)
+
+
+def passing_share(scores: torch.Tensor, shift: float = 0.0) -> float:
+    """Share of candidates whose predicted IoU (plus ``shift``) passes :data:`IOU_THRESHOLD`."""
+    if not len(scores):
+        return float("nan")
+    return float(((scores + shift) >= IOU_THRESHOLD).float().mean())
+
+
 @dataclass(frozen=True)
 class LogitCalibration:
     """What :func:`calibrate` measured and did (recorded in the model card)."""
@@ -155,6 +221,11 @@ class LogitCalibration:
     base_median: float  # median stability of the base model's masks for those clicks
     tuned_median: float  # ... of the fine-tuned model before scaling
     calibrated_median: float  # ... after scaling
+    # added to every predicted IoU (0.0: the IoU head was frozen, or nothing to shift)
+    iou_shift: float = 0.0
+    iou_pass_base: float | None = None  # share of the base model's candidates >= 0.88
+    iou_pass_tuned: float | None = None  # ... of the fine-tuned model's, before the shift
+    iou_pass_calibrated: float | None = None  # ... after it
 
     def to_dict(self) -> dict:
         return {
@@ -169,8 +240,12 @@ def calibrate(
     base_stability: torch.Tensor,
     store: EmbeddingStore | None = None,
     seed: int = 0,
+    base_scores: torch.Tensor | None = None,
 ) -> LogitCalibration:
     """Measure the fine-tuned ``trainable`` on the base model's prompts and fold the scale in.
+
+    With ``base_scores`` (a trained IoU head) the IoU predictions are shifted too
+    (:func:`fit_iou_shift`).
 
     Parameters
     ----------
@@ -180,10 +255,12 @@ def calibrate(
         The images ``base_stability`` was measured on, in the same order.
     base_stability : torch.Tensor, shape (n,)
         :func:`stability_each` of :func:`point_logits` of the base model, same ``seed``.
+    base_scores : torch.Tensor, shape (n, 3), optional
+        The base model's predicted IoUs for the same clicks (:func:`click_predictions`).
     """
     from napari_sam.training.network import inference_model
 
-    logits = point_logits(inference_model(trainable), images, store, seed=seed)
+    logits, scores = click_predictions(inference_model(trainable), images, store, seed=seed)
     if len(logits) != len(base_stability):
         raise ValueError(
             f"{len(logits)} prompts now, {len(base_stability)} for the base model: "
@@ -191,12 +268,18 @@ def calibrate(
         )
     scale = fit_logit_scale(logits, base_stability)
     apply_logit_scale(trainable.module, scale)
+    shift = 0.0 if base_scores is None else fit_iou_shift(scores, base_scores)
+    apply_iou_shift(trainable.module, shift)
     return LogitCalibration(
         scale=scale,
         prompts=len(logits),
         base_median=_median(base_stability),
         tuned_median=_median(stability_each(logits)),
         calibrated_median=_median(stability_each(logits, scale)),
+        iou_shift=shift,
+        iou_pass_base=None if base_scores is None else passing_share(base_scores),
+        iou_pass_tuned=None if base_scores is None else passing_share(scores),
+        iou_pass_calibrated=None if base_scores is None else passing_share(scores, shift),
     )
 
 

@@ -83,15 +83,24 @@ def finish_run(
     mix = mix_with_released(trainable, state, config, checks)
     calibration = None
     if config.calibrate_logits and state.base_stability is not None:
+        base_scores = None
+        if not config.freeze_iou_head and state.base_iou_scores is not None:
+            base_scores = torch.tensor(state.base_iou_scores)
         calibration = calibrate(
-            trainable, train_images, torch.tensor(state.base_stability), store, config.seed
+            trainable,
+            train_images,
+            torch.tensor(state.base_stability),
+            store,
+            config.seed,
+            base_scores,
         )
         log.info(
-            "logit scale %.2f: median stability %.3f -> %.3f (base model %.3f)",
+            "logit scale %.2f: median stability %.3f -> %.3f (base model %.3f); IoU shift %+.3f",
             calibration.scale,
             calibration.tuned_median,
             calibration.calibrated_median,
             calibration.base_median,
+            calibration.iou_shift,
         )
     elif config.calibrate_logits:
         log.warning(

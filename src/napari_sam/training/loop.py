@@ -21,10 +21,7 @@ from pathlib import Path
 import torch
 
 from napari_sam.errors import InvalidInputError, OperationCancelled
-from napari_sam.training.calibration import (
-    point_logits,
-    stability_each,
-)
+from napari_sam.training.calibration import click_predictions, stability_each
 from napari_sam.training.checkpoints import (
     CHECKPOINT_NAME,
     LoopState,
@@ -143,13 +140,14 @@ def train(
         inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
     )
     if config.calibrate_logits and state.step == 0 and not trainable.base_id.startswith("random-"):
-        base = point_logits(
+        base, base_scores = click_predictions(
             frozen or inference_model(trainable),
             train_images,
             store if frozen is not None else EmbeddingStore(),
             seed=config.seed,
         )
         state.base_stability = [float(v) for v in stability_each(base)]
+        state.base_iou_scores = base_scores.tolist()
     if state.initial_state is None and state.step == 0:
         state.initial_state = trained_snapshot(sam)
     validation = ValidationSet.build(validation_images, config) if validation_images else None
