@@ -74,9 +74,15 @@ METHODS = {
     "joint_distilled": RetentionSettings(rehearsal=0.5, rehearsal_targets="released", joint=True),
     "joint": RetentionSettings(rehearsal=0.5, joint=True),
     "rehearsal_iou": RetentionSettings(rehearsal=0.5),
+    "rehearsal_quarter_iou": RetentionSettings(rehearsal=0.25),
+    "adaptive_iou": RetentionSettings(rehearsal=0.5, adaptive=True),
 }
 # TrainingConfig fields a method sets beside its retention settings
-OVERRIDES: dict[str, dict] = {"rehearsal_iou": {"freeze_iou_head": False}}
+OVERRIDES: dict[str, dict] = {
+    "rehearsal_iou": {"freeze_iou_head": False},
+    "rehearsal_quarter_iou": {"freeze_iou_head": False},
+    "adaptive_iou": {"freeze_iou_head": False},
+}
 LABELS = {
     "plain": "plain (no rehearsal)",
     "rehearsal": "rehearsal 0.5 (default)",
@@ -87,6 +93,8 @@ LABELS = {
     "joint_distilled": "joint distilled rehearsal 0.5",
     "joint": "joint rehearsal 0.5",
     "rehearsal_iou": "rehearsal 0.5, IoU head trained",
+    "rehearsal_quarter_iou": "rehearsal 0.25, IoU head trained",
+    "adaptive_iou": "adaptive rehearsal from 0.5, IoU head trained",
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 # segment-everything with its defaults, scored as AP@0.5 (the prompts measured are minimal)
@@ -176,7 +184,7 @@ def run(
         "released_validation": result.base_scores,
         "mix": None if result.mix is None else result.mix.to_dict(),
         "curve": [
-            [h["step"], h["validation"], h.get("reference_validation")]
+            [h["step"], h["validation"], h.get("reference_validation"), h.get("rehearsal_share")]
             for h in result.history
             if h.get("validation") is not None
         ],

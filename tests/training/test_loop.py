@@ -198,7 +198,7 @@ def test_a_trained_iou_head_moves(trainable, labelled_images, tmp_path):
 
 def test_resume_keeps_the_iou_head_setting(trainable, labelled_images, tmp_path):
     head = _iou_head(trainable.module)
-    config = TrainingConfig(**{**FAST, "steps": 3})
+    config = TrainingConfig(**{**FAST, "steps": 3, "freeze_iou_head": True})
     with pytest.raises(OperationCancelled, match="stopped at step 1"):
         train(
             trainable,

@@ -10,6 +10,7 @@ from napari_sam.errors import InvalidInputError
 from napari_sam.training.config import PromptSettings, RetentionSettings, TrainingConfig
 from napari_sam.training.loop import train
 from napari_sam.training.retention import (
+    adapt_rehearsal,
     add_anchor_gradients,
     blend,
     choose_mix,
@@ -109,6 +110,46 @@ def test_rehearsal_draws_its_share_of_the_steps(trainable, labelled_images, tmp_
     assert 3 <= len(rehearsed) <= 9  # binomial(12, 0.5)
     assert {h["image"] for h in rehearsed} <= {i.name for i in labelled_images[1:]}
     assert {h["image"] for h in result.history if not h["rehearsal"]} == {labelled_images[0].name}
+
+
+def test_adaptive_rehearsal_follows_the_reference_validation():
+    adaptive = RetentionSettings(rehearsal=0.5, adaptive=True, tolerance=0.005)
+    base = 0.80
+    assert adapt_rehearsal(0.5, 0.82, base, adaptive) == 0.25  # safe: rehearse less
+    assert adapt_rehearsal(0.5, 0.79, base, adaptive) == 0.75  # slipping: rehearse more
+    assert adapt_rehearsal(0.5, 0.81, base, adaptive) == 0.5  # within the band: keep
+    assert adapt_rehearsal(0.5, 0.796, base, adaptive) == 0.5
+    assert adapt_rehearsal(1 / 16, 0.9, base, adaptive) == 1 / 16  # bounded below ...
+    assert adapt_rehearsal(0.75, 0.5, base, adaptive) == 0.75  # ... and above
+    assert adapt_rehearsal(0.5, None, base, adaptive) == 0.5  # nothing measured
+    assert adapt_rehearsal(0.5, 0.9, base, RetentionSettings(rehearsal=0.5)) == 0.5  # fixed
+    assert adapt_rehearsal(0.0, 0.5, base, adaptive) == 0.0  # rehearsal off stays off
+
+
+def test_training_moves_the_rehearsal_share_after_each_validation(
+    trainable, labelled_images, tmp_path
+):
+    retention = RetentionSettings(rehearsal=0.5, adaptive=True, tolerance=0.0, mix=False)
+    config = TrainingConfig(
+        steps=6, validate_every=2, patience=10, learning_rate=3e-3, retention=retention, **FAST
+    )
+    result = train(
+        trainable,
+        labelled_images[:1],
+        labelled_images[1:2],
+        tmp_path,
+        config,
+        reference_images=labelled_images[2:3],
+        rehearsal_images=labelled_images[3:],
+    )
+    base = result.base_scores["reference"]
+    share = 0.5
+    for record in result.history:  # each step used the share the last validation left
+        assert record["rehearsal_share"] == share
+        share = adapt_rehearsal(share, record["reference_validation"], base, retention)
+    saved = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert saved["rehearsal_share"] == share
+    assert len({h["rehearsal_share"] for h in result.history}) > 1  # it did move
 
 
 def test_joint_rehearsal_trains_on_both_every_step(trainable, labelled_images, tmp_path):

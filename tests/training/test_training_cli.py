@@ -101,8 +101,8 @@ def test_train_prints_before_after_and_fills_the_card(tmp_path, discs, tiny_cli,
     assert set(card["metrics"]) == {"test", "reference", "regression_check"}
     assert card["metrics"]["regression_check"]["passed"] is True
     assert (out / "evaluation.csv").read_text().count("\n") == 1 + 4 * 6
-    assert card["training"]["settings"]["freeze_iou_head"] is True and card["iou_head"].startswith(
-        "released"
+    assert card["training"]["settings"]["freeze_iou_head"] is False and card["iou_head"].startswith(
+        "trained"
     )
     assert card["training"]["settings"]["validation_objects"] == TrainingConfig().validation_objects
 
@@ -172,7 +172,7 @@ def test_bad_z_range_is_an_error(tmp_path, discs, capsys):
 def test_iou_head_flags_are_parsed():
     parse = build_parser().parse_args
     base = ["train", "--out", "x"]
-    assert parse(base).freeze_iou_head is True  # the default: segment-everything keeps working
+    assert parse(base).freeze_iou_head is False  # the default: trained, then shifted back
     assert parse(base + ["--train-iou-head"]).freeze_iou_head is False
     assert parse(base + ["--freeze-iou-head"]).freeze_iou_head is True
     assert parse(base + ["--validation-objects", "40"]).validation_objects == 40

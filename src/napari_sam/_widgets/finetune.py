@@ -110,10 +110,10 @@ class FineTuneWidget(HeadLearning, QWidget):
         self.freeze_iou_box = QCheckBox("keep the released IoU head")
         self.freeze_iou_box.setChecked(defaults.freeze_iou_head)
         self.freeze_iou_box.setToolTip(
-            "Train the masks but not the IoU prediction (the score of each mask). Trained on a few "
-            "images, the IoU head learns to predict lower scores, and segment-everything, which "
-            f"keeps masks scored above {EverythingSettings().pred_iou_thresh}, then finds nothing. "
-            "Untick to train it as in the SAM paper."
+            "Train the masks but not the IoU prediction (the score that picks which of a click's "
+            "three masks is shown). Unticked (the default, as in the SAM paper), it learns which "
+            "mask your objects are, and its scores are shifted back so that segment-everything's "
+            f"threshold ({EverythingSettings().pred_iou_thresh}) passes as many masks as before."
         )
         self.keep_box = QCheckBox("keep the development nuclei")
         self.keep_box.setChecked(True)

@@ -272,7 +272,7 @@ def add_iou_head_arguments(train: argparse.ArgumentParser, freeze: bool) -> None
         action="store_true",
         help="keep the released IoU head"
         + (" (default)" if freeze else "")
-        + ": segment-everything's pred_iou_thresh stays valid",
+        + ": the released ranking of a click's three masks",
     )
     iou_head.add_argument(
         "--train-iou-head",
@@ -280,8 +280,8 @@ def add_iou_head_arguments(train: argparse.ArgumentParser, freeze: bool) -> None
         action="store_false",
         help="train the IoU head too"
         + ("" if freeze else " (default)")
-        + " (the SAM paper's recipe; it learns the new labels' lower IoU, so "
-        "segment-everything then needs a lower pred_iou_thresh)",
+        + " (the SAM paper's recipe: it learns which of a click's masks your objects are; "
+        "the calibration shifts its scores back to segment-everything's pred_iou_thresh)",
     )
     train.set_defaults(freeze_iou_head=freeze)
 

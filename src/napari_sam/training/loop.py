@@ -41,6 +41,7 @@ from napari_sam.training.optimization import (
     set_learning_rate,
 )
 from napari_sam.training.retention import (
+    adapt_rehearsal,
     add_anchor_gradients,
     released_decoder,
     trained_snapshot,
@@ -224,6 +225,12 @@ def _run_steps(
             measured = checks.scores(trainable)
             score, reference_score = measured["validation"], measured["reference"]
             state.observe(score, sam, config.min_improvement, _within(state, config, measured))
+            state.rehearsal_share = adapt_rehearsal(
+                _share(state, config),
+                reference_score,
+                (state.base_scores or {}).get("reference"),
+                config.retention,
+            )
         record.update(
             validation=score,
             reference_validation=reference_score,
@@ -280,6 +287,11 @@ def _within(state: LoopState, config: TrainingConfig, measured: dict) -> bool:
     return measured["reference"] >= base - config.retention.tolerance
 
 
+def _share(state: LoopState, config: TrainingConfig) -> float:
+    """The rehearsal share of the next step (adaptive rehearsal moves it from the setting)."""
+    return config.retention.rehearsal if state.rehearsal_share is None else state.rehearsal_share
+
+
 def _minutes(state: LoopState) -> float:
     """Wall minutes of the steps and validations so far (a resumed run counts its earlier part)."""
     return sum(record.get("seconds", 0.0) for record in state.history) / 60
@@ -301,7 +313,8 @@ def _one_step(
     """Draw an image and its objects, run the prompting iterations, update the weights.
 
     ``pools`` is (training images, rehearsal images). When there are rehearsal images, a
-    share ``config.retention.rehearsal`` of the steps draws from them instead; with
+    share of the steps draws from them instead (``config.retention.rehearsal``, or
+    where adaptive rehearsal has moved it, ``state.rehearsal_share``); with
     ``retention.joint`` every step draws a training image *and* a rehearsal image
     (``rehearsal * objects_per_step`` of its objects) and adds both losses. Rehearsal
     trains towards ``teacher``'s outputs when one is given (distilled rehearsal), else
@@ -309,7 +322,8 @@ def _one_step(
     """
     rng, retention = state.rng, config.retention
     joint = retention.joint and bool(pools[1])
-    rehearsing = not retention.joint and bool(pools[1]) and bool(rng.random() < retention.rehearsal)
+    share = _share(state, config)
+    rehearsing = not retention.joint and bool(pools[1]) and bool(rng.random() < share)
     set_learning_rate(
         optimizer,
         config.learning_rate,
@@ -336,9 +350,10 @@ def _one_step(
         "last_iou": result.last_iou,
         "objects": result.objects,
         "rehearsal": rehearsing,
+        "rehearsal_share": share,
     }
     if joint:  # the rehearsal image's gradient adds to the training image's
-        objects = max(1, round(retention.rehearsal * config.objects_per_step))
+        objects = max(1, round(share * config.objects_per_step))
         kept_image, kept_prepared, kept_batch = _draw(pools[1], sam, rng, config, objects)
         kept = run_prompting(
             sam,

@@ -22,8 +22,10 @@ CARD_FORMAT = "napari-sam model card 1"
 IOU_HEAD_NOTES = {  # keyed by TrainingConfig.freeze_iou_head
     True: "released (frozen while training): predicted IoUs keep the base model's scale, "
     "segment-everything's default pred_iou_thresh applies",
-    False: "trained: predicted IoUs follow the training labels and are lower than the base "
-    "model's; segment-everything may need a lower pred_iou_thresh (docs/training.md)",
+    False: "trained: it ranks a click's three masks for the training labels; with the logit "
+    "calibration on, its predictions are shifted so that as many masks pass "
+    "segment-everything's pred_iou_thresh as with the base model "
+    "(training.logit_calibration.iou_shift)",
 }
 
 

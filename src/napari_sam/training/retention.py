@@ -11,6 +11,9 @@ label-free whole cells, it lost about a tenth of its mean IoU on fluorescent nuc
   own outputs for the same prompts (:func:`released_decoder`, distillation as in
   "learning without forgetting", Li and Hoiem, ECCV 2016), which keeps a domain without
   learning its labels; with ``joint`` every step trains on one image of each kind.
+  With ``adaptive`` the share follows the reference validation (:func:`adapt_rehearsal`):
+  it falls while the domains to keep are safe and rises when they slip, so the user's
+  domain gets the steps the constraint allows.
 - **The step guard** (``guard_steps``): the kept step is the best on the user's
   validation among the steps whose reference validation is within ``tolerance``
   (:meth:`~napari_sam.training.checkpoints.LoopState.observe`).
@@ -37,13 +40,33 @@ from dataclasses import dataclass
 import torch
 
 from napari_sam.errors import InvalidInputError
-from napari_sam.training.config import RetentionSettings
+from napari_sam.training.config import ADAPTIVE_SHARES, RetentionSettings
 from napari_sam.training.datasets import LabelledImage, split_images
 
 
 def trained_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the parameters that train (``requires_grad``), by name."""
     return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def adapt_rehearsal(
+    share: float, reference: float | None, base: float | None, settings: RetentionSettings
+) -> float:
+    """The rehearsal share after a validation that measured ``reference`` (adaptive).
+
+    Halved while ``reference`` is more than ``2 * tolerance`` above the released model's
+    ``base``, doubled while it is more than ``tolerance`` below, kept in between; always
+    within :data:`~napari_sam.training.config.ADAPTIVE_SHARES`. Unchanged without the
+    setting or without a reference measurement.
+    """
+    if not settings.adaptive or reference is None or base is None or share <= 0:
+        return share
+    low, high = ADAPTIVE_SHARES
+    if reference > base + 2 * settings.tolerance:
+        return max(share / 2, low)
+    if reference < base - settings.tolerance:
+        return min(share * 2, high)
+    return share
 
 
 def add_anchor_gradients(
