@@ -122,7 +122,8 @@ def test_adaptive_rehearsal_follows_the_reference_validation():
     assert adapt_rehearsal(1 / 16, 0.9, base, adaptive) == 1 / 16  # bounded below ...
     assert adapt_rehearsal(0.75, 0.5, base, adaptive) == 0.75  # ... and above
     assert adapt_rehearsal(0.5, None, base, adaptive) == 0.5  # nothing measured
-    assert adapt_rehearsal(0.5, 0.9, base, RetentionSettings(rehearsal=0.5)) == 0.5  # fixed
+    fixed = RetentionSettings(rehearsal=0.5, adaptive=False)
+    assert adapt_rehearsal(0.5, 0.9, base, fixed) == 0.5
     assert adapt_rehearsal(0.0, 0.5, base, adaptive) == 0.0  # rehearsal off stays off
 
 

@@ -236,9 +236,10 @@ def test_train_without_tuning_flags_runs_the_default_config():
         (["--layer-decay", "0.5", "--drop-path", "0.1"], {"layer_decay": 0.5, "drop_path": 0.1}),
         (["--crop", "64", "--flips"], {"crop_size": 64, "flips": True}),
         (
-            ["--train-iou-head", "--no-calibration"],
-            {"freeze_iou_head": False, "calibrate_logits": False},
+            ["--freeze-iou-head", "--no-calibration"],
+            {"freeze_iou_head": True, "calibrate_logits": False},
         ),
+        (["--fixed-rehearsal"], {"retention": RetentionSettings(adaptive=False)}),
         (
             ["--validate-every", "3", "--validation-objects", "5", "--patience", "2"],
             {"validate_every": 3, "validation_objects": 5, "patience": 2},

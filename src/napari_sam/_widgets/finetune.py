@@ -118,8 +118,9 @@ class FineTuneWidget(HeadLearning, QWidget):
         self.keep_box = QCheckBox("keep the development nuclei")
         self.keep_box.setChecked(True)
         self.keep_box.setToolTip(
-            "Do not forget what the released model does well: half of the steps train on the "
-            "development nuclei (fetched once), their validation score is plotted beside "
+            "Do not forget what the released model does well: a share of the steps trains on the "
+            "development nuclei (fetched once; half at first, then less while the nuclei keep "
+            "their validation score, more when they slip), their score is plotted beside "
             "yours, and the saved weights are a mix of the trained and the released ones, "
             f"chosen so that the nuclei lose at most {defaults.retention.tolerance} there "
             "(docs/training.md)."

@@ -216,6 +216,7 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
         retention=RetentionSettings(
             rehearsal=args.rehearsal,
             rehearsal_targets=args.rehearsal_targets,
+            adaptive=args.adaptive,
             joint=args.joint,
             anchor=args.anchor,
             mix=args.mix,

@@ -213,6 +213,16 @@ def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingCo
         "(--keep-folder/--keep-pair, else the development nuclei; default %(default)s)",
     )
     add(
+        "--fixed-rehearsal",
+        dest="adaptive",
+        action="store_false",
+        default=keep.adaptive,
+        help="keep SHARE for the whole run; by default it is where rehearsal starts, and "
+        "after each validation it halves while the domains to keep score more than "
+        f"{2 * keep.tolerance} above the released model and doubles while they score more "
+        f"than {keep.tolerance} below it",
+    )
+    add(
         "--rehearse-on",
         dest="rehearsal_targets",
         choices=REHEARSAL_TARGETS,
