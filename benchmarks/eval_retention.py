@@ -85,7 +85,7 @@ OVERRIDES: dict[str, dict] = {
 }
 LABELS = {
     "plain": "plain (no rehearsal)",
-    "rehearsal": "rehearsal 0.5 (default)",
+    "rehearsal": "rehearsal 0.5",
     "rehearsal_quarter": "rehearsal 0.25",
     "anchor": "anchor 1.0",
     "rehearsal_anchor": "rehearsal 0.5 + anchor 1.0",
@@ -94,7 +94,7 @@ LABELS = {
     "joint": "joint rehearsal 0.5",
     "rehearsal_iou": "rehearsal 0.5, IoU head trained",
     "rehearsal_quarter_iou": "rehearsal 0.25, IoU head trained",
-    "adaptive_iou": "adaptive rehearsal from 0.5, IoU head trained",
+    "adaptive_iou": "adaptive rehearsal from 0.5, IoU head trained (default)",
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 # segment-everything with its defaults, scored as AP@0.5 (the prompts measured are minimal)
@@ -145,6 +145,7 @@ def run(
     store: EmbeddingStore,
     guard: bool = True,
     automatic: bool = False,
+    seed: int = 0,
 ) -> None:
     user, reference = pair_domains(pair)
     entry = results.setdefault(pair, {})
@@ -160,7 +161,9 @@ def run(
         entry["released"]["automatic"] = automatic_ap(model, user, reference, store)
     trainable = load_trainable("vit_t")
     retention = dataclasses.replace(METHODS[method], guard_steps=guard)
-    config = TrainingConfig(retention=retention, name=method, **OVERRIDES.get(method, {}))
+    config = TrainingConfig(
+        retention=retention, name=method, seed=seed, **OVERRIDES.get(method, {})
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         result = train(
@@ -202,7 +205,8 @@ def run(
             "user": measure(kept, user[2], store),
             "reference": measure(kept, reference[2], store),
         }
-    entry[method if guard else f"{method}_unguarded"] = row
+    key = method if guard else f"{method}_unguarded"
+    entry[key if seed == 0 else f"{key}_seed{seed}"] = row
     save(results)
 
 
@@ -223,32 +227,62 @@ def report(results: dict) -> None:
             "| ref mean loss | validation: user, ref change | steps (kept) | minutes |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        base_user = (released["user"]["point"] + released["user"]["box"]) / 2
-        base_ref = (released["reference"]["point"] + released["reference"]["box"]) / 2
+        base = (
+            (released["user"]["point"] + released["user"]["box"]) / 2,
+            (released["reference"]["point"] + released["reference"]["box"]) / 2,
+        )
         print(
             f"| released | | {released['user']['point']:.3f} | {released['user']['box']:.3f} | | "
             f"{released['reference']['point']:.3f} | {released['reference']['box']:.3f} | | | | |"
         )
-        for method in [m for m in METHODS for m in (m, f"{m}_unguarded")]:
-            row = entry.get(method)
-            if not row:
-                continue
-            for label, key in (("as trained", "kept"), ("mixed", "mixed")):
-                if key not in row:
-                    continue
-                u, r = row[key]["user"], row[key]["reference"]
-                mixed = key == "mixed" and row["mix"]
-                alpha = f" (alpha {row['mix']['alpha']:.2f})" if mixed else ""
-                name = LABELS[method.removesuffix("_unguarded")]
-                if method.endswith("_unguarded"):
-                    name = f"{name.removesuffix(' (default)')}, no step guard"
-                print(
-                    f"| {name} | {label}{alpha} | {u['point']:.3f} | {u['box']:.3f} | "
-                    f"{(u['point'] + u['box']) / 2 - base_user:+.3f} | {r['point']:.3f} | "
-                    f"{r['box']:.3f} | {(r['point'] + r['box']) / 2 - base_ref:+.3f} | "
-                    f"{_validation(row, key)} | {row['steps']} ({row['best_step']}) | "
-                    f"{row['seconds'] / 60:.1f} |"
-                )
+        for key, row in _rows(entry):
+            for label, weights in (("as trained", "kept"), ("mixed", "mixed")):
+                if weights in row:
+                    print(_table_row(_name(key), label, row, weights, base))
+        _automatic_report(entry)
+
+
+def _rows(entry: dict):
+    """(key, row) of every stored run, in the order of METHODS, unguarded and seeds beside."""
+    for method in METHODS:
+        for key in (method, f"{method}_unguarded", *(f"{method}_seed{n}" for n in range(1, 5))):
+            if entry.get(key):
+                yield key, entry[key]
+
+
+def _name(key: str) -> str:
+    method, _, seed = key.partition("_seed")
+    name = LABELS[method.removesuffix("_unguarded")]
+    if method.endswith("_unguarded"):
+        name = f"{name.removesuffix(' (default)')}, no step guard"
+    return f"{name}, seed {seed}" if seed else name
+
+
+def _table_row(name: str, label: str, row: dict, weights: str, base: tuple) -> str:
+    u, r = row[weights]["user"], row[weights]["reference"]
+    alpha = f" (alpha {row['mix']['alpha']:.2f})" if weights == "mixed" and row["mix"] else ""
+    return (
+        f"| {name} | {label}{alpha} | {u['point']:.3f} | {u['box']:.3f} | "
+        f"{(u['point'] + u['box']) / 2 - base[0]:+.3f} | {r['point']:.3f} | "
+        f"{r['box']:.3f} | {(r['point'] + r['box']) / 2 - base[1]:+.3f} | "
+        f"{_validation(row, weights)} | {row['steps']} ({row['best_step']}) | "
+        f"{row['seconds'] / 60:.1f} |"
+    )
+
+
+def _automatic_report(entry: dict) -> None:
+    """Segment-everything AP@0.5 of the saved weights, where ``--automatic`` measured it."""
+    released = entry["released"].get("automatic")
+    rows = [
+        (key, row["mixed"]["automatic"]) for key, row in _rows(entry) if "automatic" in row["mixed"]
+    ]
+    if not released or not rows:
+        return
+    print("\n| segment-everything AP@0.5, test | your domain | domain to keep |")
+    print("|---|---|---|")
+    print(f"| released | {released['user']:.3f} | {released['reference']:.3f} |")
+    for key, ap in rows:
+        print(f"| {_name(key)}, saved weights | {ap['user']:.3f} | {ap['reference']:.3f} |")
 
 
 def _validation(row: dict, key: str) -> str:
@@ -272,6 +306,7 @@ def main() -> None:
     parser.add_argument(
         "--automatic", action="store_true", help="also segment everything (AP@0.5), slower"
     )
+    parser.add_argument("--seed", type=int, default=0, help="training seed (stored as _seedN)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -279,7 +314,7 @@ def main() -> None:
     if args.pair and args.method:
         torch.set_num_threads(args.threads)
         store = EmbeddingStore(Path(tempfile.gettempdir()) / "napari-sam-retention-embeddings")
-        run(args.pair, args.method, results, store, not args.no_guard, args.automatic)
+        run(args.pair, args.method, results, store, not args.no_guard, args.automatic, args.seed)
     report(results)
 
 

@@ -116,9 +116,10 @@ def test_adaptive_rehearsal_follows_the_reference_validation():
     adaptive = RetentionSettings(rehearsal=0.5, adaptive=True, tolerance=0.005)
     base = 0.80
     assert adapt_rehearsal(0.5, 0.82, base, adaptive) == 0.25  # safe: rehearse less
-    assert adapt_rehearsal(0.5, 0.79, base, adaptive) == 0.75  # slipping: rehearse more
     assert adapt_rehearsal(0.5, 0.81, base, adaptive) == 0.5  # within the band: keep
-    assert adapt_rehearsal(0.5, 0.796, base, adaptive) == 0.5
+    assert adapt_rehearsal(0.5, 0.80, base, adaptive) == 0.5
+    assert adapt_rehearsal(0.125, 0.797, base, adaptive) == 0.25  # slipping: rehearse more
+    assert adapt_rehearsal(0.125, 0.79, base, adaptive) == 0.75  # forgetting: the most
     assert adapt_rehearsal(1 / 16, 0.9, base, adaptive) == 1 / 16  # bounded below ...
     assert adapt_rehearsal(0.75, 0.5, base, adaptive) == 0.75  # ... and above
     assert adapt_rehearsal(0.5, None, base, adaptive) == 0.5  # nothing measured

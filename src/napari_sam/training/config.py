@@ -80,7 +80,8 @@ class RetentionSettings:
     joint: bool = False
     # Adaptive rehearsal: after each validation the share halves while the reference
     # validation is comfortably above the released model's (more than twice the
-    # tolerance) and doubles while it is below the tolerance, between ADAPTIVE_SHARES;
+    # tolerance), doubles while it is below it and jumps to the most when it is more than
+    # the tolerance below (retention.adapt_rehearsal), between ADAPTIVE_SHARES;
     # ``rehearsal`` is where it starts. The reference set steers the training: on both
     # domain pairs of docs/training.md it gave the best validation gain within tolerance.
     adaptive: bool = True

@@ -54,10 +54,12 @@ def adapt_rehearsal(
 ) -> float:
     """The rehearsal share after a validation that measured ``reference`` (adaptive).
 
-    Halved while ``reference`` is more than ``2 * tolerance`` above the released model's
-    ``base``, doubled while it is more than ``tolerance`` below, kept in between; always
-    within :data:`~napari_sam.training.config.ADAPTIVE_SHARES`. Unchanged without the
-    setting or without a reference measurement.
+    With the released model's ``base`` score and ``t = settings.tolerance``: halved while
+    ``reference`` is more than ``2 t`` above ``base`` (safe), kept from ``base`` to
+    ``base + 2 t``, doubled below ``base`` (slipping, before the step guard would reject
+    the step) and set to the most below ``base - t`` (forgetting). Always within
+    :data:`~napari_sam.training.config.ADAPTIVE_SHARES`. Unchanged without the setting or
+    without a reference measurement.
     """
     if not settings.adaptive or reference is None or base is None or share <= 0:
         return share
@@ -65,6 +67,8 @@ def adapt_rehearsal(
     if reference > base + 2 * settings.tolerance:
         return max(share / 2, low)
     if reference < base - settings.tolerance:
+        return high
+    if reference < base:
         return min(share * 2, high)
     return share
 
