@@ -219,8 +219,8 @@ def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingCo
         default=keep.adaptive,
         help="keep SHARE for the whole run; by default it is where rehearsal starts, and "
         "after each validation it halves while the domains to keep score more than "
-        f"{2 * keep.tolerance} above the released model and doubles while they score more "
-        f"than {keep.tolerance} below it",
+        f"{2 * keep.tolerance} above the released model, doubles while they score below "
+        f"it and jumps to the most (3/4) when they lose more than {keep.tolerance}",
     )
     add(
         "--rehearse-on",
