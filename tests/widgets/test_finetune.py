@@ -88,8 +88,8 @@ def test_fine_tunes_and_switches_the_annotator(make_napari_viewer, qtbot, tmp_pa
     assert annotator.model_name == str(result.weights)
     assert "1 annotator(s) now use" in widget.status.text()
     card = json.loads(result.card.read_text())
-    assert widget.freeze_iou_box.isChecked() and "0.88" in widget.freeze_iou_box.toolTip()
-    assert card["training"]["settings"]["freeze_iou_head"] is True
+    assert not widget.freeze_iou_box.isChecked() and "0.88" in widget.freeze_iou_box.toolTip()
+    assert card["training"]["settings"]["freeze_iou_head"] is False
     widget.close()
     viewer.add_image(np.zeros((4, 4)), name="later")  # no callback into the closed widget
     assert widget.image_box.findText("later") == -1
@@ -147,14 +147,14 @@ def test_cancel_keeps_a_resumable_checkpoint(make_napari_viewer, qtbot, tmp_path
     import torch
 
     _, widget = _widget(make_napari_viewer, tmp_path)
-    widget.freeze_iou_box.setChecked(False)
+    widget.freeze_iou_box.setChecked(True)
     widget.run()
     widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.result is None and "Cancelled" in widget.status.text()
     (checkpoint,) = tmp_path.glob("*/checkpoint.pt")
     assert (
-        torch.load(checkpoint, weights_only=True)["config"]["freeze_iou_head"] is False
+        torch.load(checkpoint, weights_only=True)["config"]["freeze_iou_head"] is True
     )  # the box is read
 
 
