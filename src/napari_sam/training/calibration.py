@@ -34,7 +34,7 @@ from napari_sam.training.embeddings import EmbeddingStore
 STABILITY_OFFSET = 1.0  # segment-everything's default stability_offset
 MAX_SCALE = 8.0  # never sharpen beyond this (a model that flat is better left alone)
 IOU_THRESHOLD = 0.88  # segment-everything's default pred_iou_thresh
-MAX_IOU_SHIFT = 0.5  # never move predicted IoUs further than this
+MAX_IOU_SHIFT = 0.3  # never move predicted IoUs further than this
 CALIBRATION_IMAGES = 12  # images measured, spread over the list
 CALIBRATION_OBJECTS = 16  # objects per image (a fixed draw)
 
@@ -111,26 +111,6 @@ def click_predictions(
     if not chunks:
         return torch.zeros((0, 256, 256)), torch.zeros((0, 3))
     return torch.cat(chunks), torch.cat(scores)
-
-
-def calibration_clicks(
-    model,
-    images: list[LabelledImage],
-    keep_images: list[LabelledImage] | None = None,
-    store: EmbeddingStore | None = None,
-    seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`click_predictions` of the training images, then of the images to keep.
-
-    Calibrating on both keeps segment-everything's filters where they were on the domains
-    to keep too, not only on the user's (each list gets its own up to
-    :data:`CALIBRATION_IMAGES` images).
-    """
-    logits, scores = click_predictions(model, images, store, seed=seed)
-    if keep_images:
-        kept_logits, kept_scores = click_predictions(model, keep_images, store, seed=seed)
-        logits, scores = torch.cat([logits, kept_logits]), torch.cat([scores, kept_scores])
-    return logits, scores
 
 
 def stability_each(logits: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -261,7 +241,6 @@ def calibrate(
     store: EmbeddingStore | None = None,
     seed: int = 0,
     base_scores: torch.Tensor | None = None,
-    keep_images: list[LabelledImage] | None = None,
 ) -> LogitCalibration:
     """Measure the fine-tuned ``trainable`` on the base model's prompts and fold the scale in.
 
@@ -278,15 +257,10 @@ def calibrate(
         :func:`stability_each` of :func:`point_logits` of the base model, same ``seed``.
     base_scores : torch.Tensor, shape (n, 3), optional
         The base model's predicted IoUs for the same clicks (:func:`click_predictions`).
-    keep_images : list of LabelledImage, optional
-        Images of the domains to keep, measured after ``images``
-        (:func:`calibration_clicks`), as they were for the base model.
     """
     from napari_sam.training.network import inference_model
 
-    logits, scores = calibration_clicks(
-        inference_model(trainable), images, keep_images, store, seed
-    )
+    logits, scores = click_predictions(inference_model(trainable), images, store, seed=seed)
     if len(logits) != len(base_stability):
         raise ValueError(
             f"{len(logits)} prompts now, {len(base_stability)} for the base model: "

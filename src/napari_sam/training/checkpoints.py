@@ -37,7 +37,6 @@ class LoopState:
     base_stability: list[float] | None = None  # base model's stability per calibration click
     base_iou_scores: list[list[float]] | None = None  # its 3 predicted IoUs per click
     rehearsal_share: float | None = None  # adaptive rehearsal's share now (None: the setting)
-    calibrated_on_keep: bool = False  # the calibration clicks include the rehearsal images
     initial_state: dict | None = None  # trained tensors before the first step (anchor, mix)
     base_scores: dict | None = None  # the released model's validation scores (step 0)
     # whether best_step kept the reference validation within tolerance (True without a guard)
@@ -96,7 +95,6 @@ def save_checkpoint(
         "base_stability": state.base_stability,
         "base_iou_scores": state.base_iou_scores,
         "rehearsal_share": state.rehearsal_share,
-        "calibrated_on_keep": state.calibrated_on_keep,
         "initial_state": state.initial_state,
         "base_scores": state.base_scores,
         "best_within": state.best_within,
@@ -158,7 +156,6 @@ def load_checkpoint(
         base_stability=payload.get("base_stability"),  # absent before calibration existed
         base_iou_scores=payload.get("base_iou_scores"),  # absent before IoU calibration
         rehearsal_share=payload.get("rehearsal_share"),  # absent before adaptive rehearsal
-        calibrated_on_keep=payload.get("calibrated_on_keep", False),
         initial_state=payload.get("initial_state"),  # absent before retention existed
         base_scores=payload.get("base_scores"),
         best_within=payload.get("best_within", True),  # absent before the step guard existed

@@ -72,16 +72,11 @@ def finish_run(
     config,
     state: LoopState,
     stopped,
-    images: tuple[list, list],
+    train_images,
     validation_images,
     store: EmbeddingStore,
     checks: Checks,
 ) -> TrainingResult:
-    """Load the kept weights, mix, calibrate, save them and their card.
-
-    ``images`` is (training images, images to keep that the calibration measured).
-    """
-    train_images, keep_images = images
     if state.best_state is not None:
         trainable.module.load_state_dict(state.best_state, strict=False)
     unmixed = trained_snapshot(trainable.module)
@@ -98,7 +93,6 @@ def finish_run(
             store,
             config.seed,
             base_scores,
-            keep_images,
         )
         log.info(
             "logit scale %.2f: median stability %.3f -> %.3f (base model %.3f); IoU shift %+.3f",

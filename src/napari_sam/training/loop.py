@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from napari_sam.errors import InvalidInputError, OperationCancelled
-from napari_sam.training.calibration import calibration_clicks, stability_each
+from napari_sam.training.calibration import click_predictions, stability_each
 from napari_sam.training.checkpoints import (
     CHECKPOINT_NAME,
     LoopState,
@@ -140,6 +140,15 @@ def train(
     frozen = (
         inference_model(trainable) if config.trainable in ("decoder", "decoder+prompt") else None
     )
+    if config.calibrate_logits and state.step == 0 and not trainable.base_id.startswith("random-"):
+        base, base_scores = click_predictions(
+            frozen or inference_model(trainable),
+            train_images,
+            store if frozen is not None else EmbeddingStore(),
+            seed=config.seed,
+        )
+        state.base_stability = [float(v) for v in stability_each(base)]
+        state.base_iou_scores = base_scores.tolist()
     if state.initial_state is None and state.step == 0:
         state.initial_state = trained_snapshot(sam)
     validation = ValidationSet.build(validation_images, config) if validation_images else None
@@ -150,17 +159,6 @@ def train(
     if state.base_scores is None and state.step == 0 and validation is not None:
         state.base_scores = checks.scores(trainable)
     rehearsal = list(rehearsal_images or []) if config.retention.rehearsal > 0 else []
-    if config.calibrate_logits and state.step == 0 and not trainable.base_id.startswith("random-"):
-        base, base_scores = calibration_clicks(
-            frozen or inference_model(trainable),
-            train_images,
-            rehearsal,
-            store if frozen is not None else EmbeddingStore(),
-            config.seed,
-        )
-        state.base_stability = [float(v) for v in stability_each(base)]
-        state.base_iou_scores = base_scores.tolist()
-        state.calibrated_on_keep = bool(rehearsal)
     teacher = (
         released_decoder(sam, state.initial_state)
         if rehearsal and config.retention.rehearsal_targets == "released"
@@ -189,7 +187,7 @@ def train(
         config,
         state,
         stopped,
-        (train_images, rehearsal if state.calibrated_on_keep else []),
+        train_images,
         validation_images,
         store if frozen is not None else EmbeddingStore(),
         checks,
