@@ -296,7 +296,8 @@ def _automatic_report(entry: dict) -> None:
     print("|---|---|---|")
     print(f"| released | {released['user']:.3f} | {released['reference']:.3f} |")
     for key, ap in rows:
-        print(f"| {_name(key)}, saved weights | {ap['user']:.3f} | {ap['reference']:.3f} |")
+        note = f" ({ap['note']})" if ap.get("note") else ""
+        print(f"| {_name(key)}, saved weights{note} | {ap['user']:.3f} | {ap['reference']:.3f} |")
 
 
 def _validation(row: dict, key: str) -> str:
