@@ -15,7 +15,6 @@ from napari_sam.training.calibration import (
     fit_iou_shift,
     fit_logit_scale,
     passing_share,
-    point_logits,
     stability_each,
 )
 from napari_sam.training.config import PromptSettings, TrainingConfig
@@ -62,9 +61,9 @@ def test_sharper_logits_are_left_alone():
 
 def test_the_folded_scale_multiplies_the_logits_and_keeps_every_mask(trainable, labelled_images):
     store = EmbeddingStore()
-    before = point_logits(inference_model(trainable), labelled_images, store)
+    before = click_predictions(inference_model(trainable), labelled_images, store)[0]
     apply_logit_scale(trainable.module, 3.0)
-    after = point_logits(inference_model(trainable), labelled_images, store)
+    after = click_predictions(inference_model(trainable), labelled_images, store)[0]
     assert len(before) == sum(len(image.object_ids(20)) for image in labelled_images)
     assert torch.allclose(after, 3.0 * before, rtol=1e-4, atol=1e-4)
     assert torch.equal(after > 0, before > 0)

@@ -29,6 +29,19 @@ FAST = {
 }
 
 
+def _train_with_reference(trainable, images, folder, config, reference, rehearsal=None):
+    """Train on the first image, validate on the second, with reference (and rehearsal) images."""
+    return train(
+        trainable,
+        images[:1],
+        images[1:2],
+        folder,
+        config,
+        reference_images=reference,
+        rehearsal_images=rehearsal,
+    )
+
+
 def _choose(scores, grid=(0.0, 0.5, 1.0), tolerance=0.005, known=None, min_improvement=0.0):
     """choose_mix over a table of (user, reference) scores by alpha; returns (choice, loads)."""
     loaded = []
@@ -135,14 +148,8 @@ def test_training_moves_the_rehearsal_share_after_each_validation(
     config = TrainingConfig(
         steps=6, validate_every=2, patience=10, learning_rate=3e-3, retention=retention, **FAST
     )
-    result = train(
-        trainable,
-        labelled_images[:1],
-        labelled_images[1:2],
-        tmp_path,
-        config,
-        reference_images=labelled_images[2:3],
-        rehearsal_images=labelled_images[3:],
+    result = _train_with_reference(
+        trainable, labelled_images, tmp_path, config, labelled_images[2:3], labelled_images[3:]
     )
     base = result.base_scores["reference"]
     share = 0.5
@@ -190,13 +197,8 @@ def test_training_with_a_reference_mixes_and_records_both_curves(
 ):
     released = {k: v.clone() for k, v in trainable.module.mask_decoder.state_dict().items()}
     config = TrainingConfig(steps=4, validate_every=2, learning_rate=1e-3, **FAST)
-    result = train(
-        trainable,
-        labelled_images[:1],
-        labelled_images[1:2],
-        tmp_path,
-        config,
-        reference_images=labelled_images[2:],
+    result = _train_with_reference(
+        trainable, labelled_images, tmp_path, config, labelled_images[2:]
     )
     assert set(result.base_scores) == {"validation", "reference"}
     validated = [h for h in result.history if h["validation"] is not None]
@@ -246,13 +248,8 @@ def test_training_keeps_the_best_step_within_the_tolerance(trainable, labelled_i
     config = TrainingConfig(
         steps=8, validate_every=1, patience=10, learning_rate=3e-3, retention=retention, **FAST
     )
-    result = train(
-        trainable,
-        labelled_images[:1],
-        labelled_images[1:2],
-        tmp_path,
-        config,
-        reference_images=labelled_images[2:],
+    result = _train_with_reference(
+        trainable, labelled_images, tmp_path, config, labelled_images[2:]
     )
     floor = result.base_scores["reference"]
     validated = [h for h in result.history if h["validation"] is not None]

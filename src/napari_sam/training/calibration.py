@@ -1,4 +1,4 @@
-"""Keep the released model's logit sharpness after fine-tuning (stability calibration).
+"""Keep segment-everything's filters where they were after fine-tuning (calibration).
 
 Segment-everything keeps a mask only when its *stability score* is high: the IoU of the
 mask thresholded at logit +1 and at -1
@@ -19,6 +19,13 @@ and takes the median (about 2 after 10-25 steps in docs/training.md). The stabil
 logits ``s * L`` at offset 1 is that of ``L`` at offset ``1 / s``, so the search needs
 one decoder pass. :func:`~napari_sam.training.loop.train` measures the base model before
 its first step and calibrates the kept weights at the end.
+
+The IoU filter (``pred_iou_thresh``, 0.88) has the same problem when the IoU head trains:
+it learns the training labels' IoU, about 0.8 where their outlines differ from SAM's, and
+segment-everything then keeps nothing. :func:`fit_iou_shift` adds one number to every
+predicted IoU (the head's last bias) so that as many of the clicks' candidates pass the
+threshold as with the base model; the order of a click's candidates, and so the mask it
+shows, does not change.
 """
 
 from __future__ import annotations
@@ -37,26 +44,6 @@ IOU_THRESHOLD = 0.88  # segment-everything's default pred_iou_thresh
 MAX_IOU_SHIFT = 0.3  # never move predicted IoUs further than this
 CALIBRATION_IMAGES = 12  # images measured, spread over the list
 CALIBRATION_OBJECTS = 16  # objects per image (a fixed draw)
-
-
-def point_logits(
-    model,
-    images: list[LabelledImage],
-    store: EmbeddingStore | None = None,
-    objects: int = CALIBRATION_OBJECTS,
-    seed: int = 0,
-    min_area: int = 20,
-) -> torch.Tensor:
-    """Low-resolution logits of the mask a user is shown for a click on each object.
-
-    The click is the object's most interior pixel and the mask the one of three with the
-    highest predicted IoU, as in :mod:`~napari_sam.training.evaluation`.
-
-    Returns
-    -------
-    torch.Tensor, shape (n, 256, 256) float32
-    """
-    return click_predictions(model, images, store, objects, seed, min_area)[0]
 
 
 def click_predictions(
@@ -139,7 +126,7 @@ def fit_logit_scale(
     Parameters
     ----------
     logits : torch.Tensor, shape (n, 256, 256)
-        The fine-tuned model's logits (:func:`point_logits`).
+        The fine-tuned model's logits (the shown masks of :func:`click_predictions`).
     base_stability : torch.Tensor, shape (n,)
         :func:`stability_each` of the base model's logits for the same prompts.
 
@@ -254,7 +241,8 @@ def calibrate(
     images : list of LabelledImage
         The images ``base_stability`` was measured on, in the same order.
     base_stability : torch.Tensor, shape (n,)
-        :func:`stability_each` of :func:`point_logits` of the base model, same ``seed``.
+        :func:`stability_each` of the shown masks' logits (:func:`click_predictions`) of
+        the base model, same ``seed``.
     base_scores : torch.Tensor, shape (n, 3), optional
         The base model's predicted IoUs for the same clicks (:func:`click_predictions`).
     """
