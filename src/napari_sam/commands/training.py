@@ -137,6 +137,12 @@ def run_train(args: argparse.Namespace) -> int:
             f"{c.tuned_median:.3f} -> {c.calibrated_median:.3f} "
             f"(base model {c.base_median:.3f}, {c.prompts} clicks)"
         )
+        if c.iou_pass_base is not None:
+            print(
+                f"predicted IoUs {c.iou_shift:+.3f}: masks passing segment-everything's "
+                f"0.88 {c.iou_pass_tuned:.0%} -> {c.iou_pass_calibrated:.0%} "
+                f"(base model {c.iou_pass_base:.0%})"
+            )
     _report(rows, Path(args.out), "evaluation")
     for name in measured:
         add_metrics(
