@@ -57,7 +57,7 @@ from pathlib import Path
 
 import torch
 
-from napari_sam.training.config import EvaluationSettings, TrainingConfig
+from napari_sam.training.config import EvaluationSettings, LossWeights, TrainingConfig
 from napari_sam.training.embeddings import EmbeddingStore
 from napari_sam.training.evaluation import evaluate
 from napari_sam.training.image_sets import load_image_set
@@ -89,12 +89,20 @@ METHODS = {
     "rehearsal_iou": RetentionSettings(rehearsal=0.5, **_FIXED),
     "rehearsal_quarter_iou": RetentionSettings(rehearsal=0.25, **_FIXED),
     "adaptive_iou": RetentionSettings(rehearsal=0.5, adaptive=True),
+    "adaptive_keep_iou": RetentionSettings(rehearsal=0.5, adaptive=True, keep_iou_head=True),
+    "adaptive_band_iou": RetentionSettings(rehearsal=0.5, adaptive=True),
+    "adaptive_keep_band_iou": RetentionSettings(rehearsal=0.5, adaptive=True, keep_iou_head=True),
+    "adaptive_free_band_iou": RetentionSettings(
+        rehearsal=0.5, adaptive=True, keep_iou_head=True, free_points=16
+    ),
 }
 # the IoU head: trained by the methods named "*_iou" (the default since they were
 # measured), frozen as released by the others (the default when they were measured)
 OVERRIDES: dict[str, dict] = {
     method: {"freeze_iou_head": not method.endswith("_iou")} for method in METHODS
 }
+for _banded in ("adaptive_band_iou", "adaptive_keep_band_iou", "adaptive_free_band_iou"):
+    OVERRIDES[_banded]["losses"] = LossWeights(iou_band=1)
 LABELS = {
     "plain": "plain (no rehearsal)",
     "rehearsal": "rehearsal 0.5",
@@ -107,6 +115,10 @@ LABELS = {
     "rehearsal_iou": "rehearsal 0.5, IoU head trained",
     "rehearsal_quarter_iou": "rehearsal 0.25, IoU head trained",
     "adaptive_iou": "adaptive rehearsal from 0.5, IoU head trained (default)",
+    "adaptive_keep_iou": "adaptive from 0.5, IoU head trained, kept on rehearsal",
+    "adaptive_band_iou": "adaptive from 0.5, IoU head trained on the banded IoU",
+    "adaptive_keep_band_iou": "adaptive from 0.5, IoU head on the banded IoU, kept on rehearsal",
+    "adaptive_free_band_iou": "... and 16 free points distilled per rehearsal step",
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 # segment-everything with its defaults, scored as AP@0.5 (the prompts measured are minimal)
@@ -160,6 +172,7 @@ def run(
     guard: bool = True,
     automatic: bool = False,
     seed: int = 0,
+    save_weights: Path | None = None,
 ) -> None:
     user, reference = pair_domains(pair)
     entry = results.setdefault(pair, {})
@@ -192,6 +205,8 @@ def run(
         )
     seconds = time.perf_counter() - started
     mixed = inference_model(trainable, f"{method}-mixed")
+    if save_weights is not None:
+        torch.save(trainable.module.state_dict(), save_weights)
     row = {
         "seconds": seconds,
         "steps": result.steps,
@@ -200,6 +215,7 @@ def run(
         "stopped": result.stopped,
         "released_validation": result.base_scores,
         "mix": None if result.mix is None else result.mix.to_dict(),
+        "calibration": None if result.calibration is None else result.calibration.to_dict(),
         "curve": [
             [h["step"], h["validation"], h.get("reference_validation"), h.get("rehearsal_share")]
             for h in result.history
@@ -323,13 +339,23 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="training seed (stored as _seedN)")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--save-weights", type=Path, help="also save the saved weights here")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     if args.pair and args.method:
         torch.set_num_threads(args.threads)
         store = EmbeddingStore(Path(tempfile.gettempdir()) / "napari-sam-retention-embeddings")
-        run(args.pair, args.method, results, store, not args.no_guard, args.automatic, args.seed)
+        run(
+            args.pair,
+            args.method,
+            results,
+            store,
+            not args.no_guard,
+            args.automatic,
+            args.seed,
+            args.save_weights,
+        )
     report(results)
 
 

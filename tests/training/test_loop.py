@@ -196,6 +196,21 @@ def test_a_trained_iou_head_moves(trainable, labelled_images, tmp_path):
     )  # older cards
 
 
+def test_rehearsal_needs_the_released_decoder_only_to_keep_something():
+    from napari_sam.training.config import RetentionSettings
+    from napari_sam.training.retention import needs_released_decoder
+
+    def needs(rehearsal=(1,), freeze=False, **retention):
+        config = TrainingConfig(freeze_iou_head=freeze, retention=RetentionSettings(**retention))
+        return needs_released_decoder(list(rehearsal), config)
+
+    assert not needs()  # labels: no teacher
+    assert needs(rehearsal_targets="released") and needs(keep_iou_head=True)
+    assert not needs(keep_iou_head=True, freeze=True)  # a frozen head keeps its scale
+    assert needs(free_points=8, freeze=True)
+    assert not needs(rehearsal=(), rehearsal_targets="released")
+
+
 def test_resume_keeps_the_iou_head_setting(trainable, labelled_images, tmp_path):
     head = _iou_head(trainable.module)
     config = TrainingConfig(**{**FAST, "steps": 3, "freeze_iou_head": True})

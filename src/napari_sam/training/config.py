@@ -27,6 +27,9 @@ class LossWeights:
     focal: float = 20.0  # focal loss weight
     dice: float = 1.0  # dice loss weight
     iou: float = 1.0  # weight of the IoU-head MSE
+    # Low-resolution pixels (4 of the encoder's 1024 frame) at each side of a label's
+    # boundary that the IoU head's target ignores (losses.banded_iou); 0: plain IoU.
+    iou_band: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,14 @@ class RetentionSettings:
     # What a rehearsal step asks for: the objects' labels ("labels"), or what the released
     # model gave for the same prompts ("released": keeping without learning those domains).
     rehearsal_targets: str = "labels"
+    # With label targets and a trained IoU head: on rehearsal steps the IoU head trains
+    # towards the released head's predictions for the same prompts, not the masks' IoU
+    # against the labels, so it keeps the released scale on the domains to keep.
+    keep_iou_head: bool = False
+    # Points drawn anywhere in a rehearsal image (segment-everything's grid prompts, most
+    # on background), trained towards the released decoder's masks and predicted IoUs on
+    # each rehearsal step (steps.distil_free_points); 0: none.
+    free_points: int = 0
     # Joint rehearsal: every step trains on one of your images *and* one rehearsal image
     # (rehearsal * objects_per_step of its objects), adding both losses, instead of giving
     # a share of the steps to rehearsal; your domain keeps all its steps, each costs more.
@@ -107,6 +118,8 @@ class RetentionSettings:
                 f"rehearsal_targets must be one of {', '.join(REHEARSAL_TARGETS)}; "
                 f"got {self.rehearsal_targets!r}."
             )
+        if self.free_points < 0:
+            raise InvalidInputError(f"free_points must be at least 0; got {self.free_points}.")
         if self.anchor < 0:
             raise InvalidInputError(f"anchor must be at least 0; got {self.anchor}.")
         if not self.mix_grid or any(not 0.0 <= a <= 1.0 for a in self.mix_grid):
@@ -212,12 +225,13 @@ class TrainingConfig:
         """Inverse of :meth:`to_dict`."""
         values = dict(values)
         values["prompts"] = PromptSettings(**values["prompts"])
-        values["losses"] = LossWeights(**values["losses"])
+        values["losses"] = LossWeights(**{"iou_band": 0, **values["losses"]})
         values["decay_at"] = tuple(values["decay_at"])
         # runs from before retention existed had none
         retention = dict(values.get("retention") or {"mix": False, "rehearsal": 0.0})
         retention.setdefault("guard_steps", False)  # runs from before the step guard
         retention.setdefault("adaptive", False)  # ... and before adaptive rehearsal
+        retention.setdefault("keep_iou_head", False)  # ... and before keeping the IoU head
         retention["mix_grid"] = tuple(retention.get("mix_grid", ()) or RetentionSettings().mix_grid)
         values["retention"] = RetentionSettings(**retention)
         values.setdefault(

@@ -43,11 +43,12 @@ from napari_sam.training.optimization import (
 from napari_sam.training.retention import (
     adapt_rehearsal,
     add_anchor_gradients,
+    needs_released_decoder,
     released_decoder,
     trained_snapshot,
 )
 from napari_sam.training.sampling import prepare_image, sample_objects
-from napari_sam.training.steps import run_prompting
+from napari_sam.training.steps import distil_free_points, run_prompting
 from napari_sam.training.validation import ValidationSet
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def train(
     rehearsal = list(rehearsal_images or []) if config.retention.rehearsal > 0 else []
     teacher = (
         released_decoder(sam, state.initial_state)
-        if rehearsal and config.retention.rehearsal_targets == "released"
+        if needs_released_decoder(rehearsal, config)
         else None
     )
     generator = torch.Generator().manual_seed(config.seed)
@@ -333,15 +334,17 @@ def _one_step(
         pools[1] if rehearsing else pools[0], sam, rng, config, config.objects_per_step
     )
     _set_modes(sam, config.trainable)
+    embedding = _embed(sam, frozen, store, image, prepared)
     result = run_prompting(
         sam,
-        _embed(sam, frozen, store, image, prepared),
+        embedding,
         batch,
         config.prompts,
         rng,
         prepared.input_size,
         config.loss_weights,
         teacher=teacher if rehearsing else None,
+        teacher_masks=retention.rehearsal_targets == "released",
     )
     record = {
         "image": image.name,
@@ -352,6 +355,16 @@ def _one_step(
         "rehearsal": rehearsing,
         "rehearsal_share": share,
     }
+    if rehearsing and retention.free_points:  # the decoder only: the embedding is detached
+        record["free_points_loss"] = distil_free_points(
+            sam,
+            embedding.detach(),
+            teacher,
+            retention.free_points,
+            rng,
+            prepared.input_size,
+            config.loss_weights,
+        )
     if joint:  # the rehearsal image's gradient adds to the training image's
         objects = max(1, round(share * config.objects_per_step))
         kept_image, kept_prepared, kept_batch = _draw(pools[1], sam, rng, config, objects)
@@ -364,6 +377,7 @@ def _one_step(
             kept_prepared.input_size,
             config.loss_weights,
             teacher=teacher,
+            teacher_masks=retention.rehearsal_targets == "released",
         )
         record.update(rehearsal_image=kept_image.name, rehearsal_loss=kept.loss)
     if state.initial_state is not None:

@@ -92,6 +92,16 @@ class ReleasedDecoder:
     mask_decoder: torch.nn.Module
 
 
+def needs_released_decoder(rehearsal: list, config) -> bool:
+    """Whether rehearsal steps ask anything of the released decoder (``config``: a
+    TrainingConfig): its masks, its IoU scale, or its outputs at free points."""
+    retention = config.retention
+    if not rehearsal:
+        return False
+    keeps_iou = retention.keep_iou_head and not config.freeze_iou_head
+    return retention.rehearsal_targets == "released" or keeps_iou or retention.free_points > 0
+
+
 def released_decoder(sam: torch.nn.Module, initial: dict[str, torch.Tensor]) -> ReleasedDecoder:
     """The prompt encoder and mask decoder of ``sam`` with the released weights ``initial``.
 

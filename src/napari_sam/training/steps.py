@@ -58,6 +58,7 @@ def run_prompting(
     backward: bool = True,
     chunk: int = CHUNK_OBJECTS,
     teacher=None,
+    teacher_masks: bool = True,
 ) -> StepResult:
     """Run every prompting iteration on one image's objects.
 
@@ -85,6 +86,9 @@ def run_prompting(
         prompt's target is the teacher's output for it, not the object's label
         (:func:`~napari_sam.training.losses.distillation_loss`). The prompts still come
         from the labels.
+    teacher_masks : bool
+        With ``teacher``: False keeps the labels as the masks' targets and takes only the
+        IoU head's targets from the teacher (its predictions for the same prompts).
 
     Returns
     -------
@@ -116,12 +120,16 @@ def run_prompting(
             # add up to the batch mean, so the gradient is the whole batch's.
             share = (rows.stop - rows.start) / len(batch)
             logits, predicted_iou = _decode(sam, leaf, image_pe, _rows(state, rows))
-            if teacher is None:
-                loss = prompt_loss(logits, predicted_iou, batch.targets[rows], weights)
-            else:
+            kept = None
+            if teacher is not None:
                 with torch.no_grad():
                     kept = _decode(teacher, leaf.detach(), teacher_pe, _rows(state, rows))
+            if kept is not None and teacher_masks:
                 loss = distillation_loss(logits, predicted_iou, *kept, weights)
+            else:
+                targets = batch.targets[rows]
+                iou_targets = None if kept is None else kept[1]
+                loss = prompt_loss(logits, predicted_iou, targets, weights, iou_targets)
             if backward:
                 (loss.total * (share / settings.iterations)).backward()
             totals += share * np.array((float(loss.total.detach()), loss.mask, loss.iou))
@@ -141,6 +149,41 @@ def run_prompting(
         chosen_iou[-1],
         len(batch),
     )
+
+
+def distil_free_points(
+    sam: torch.nn.Module,
+    embedding: torch.Tensor,
+    teacher,
+    count: int,
+    rng: np.random.Generator,
+    input_size: tuple[int, int],
+    weights: LossWeights | None = None,
+    backward: bool = True,
+) -> float:
+    """Ask for the released outputs at ``count`` points drawn anywhere in the image.
+
+    Segment-everything prompts a grid of single points, most of them on background or
+    between objects, where the labelled objects' prompts never go. On images of the
+    domains to keep these points train towards the teacher's three masks and predicted
+    IoUs (:func:`~napari_sam.training.losses.distillation_loss`), so what the grid gets
+    there stays what the released model gave. Returns the loss (a float); with
+    ``backward`` its gradient is added to the parameters' (and the embedding's, when it
+    requires grad).
+    """
+    weights = weights or LossWeights()
+    height, width = input_size
+    xy = rng.uniform((0, 0), (width, height), size=(count, 2))
+    points = torch.from_numpy(xy).float()[:, None, :]
+    state = PromptState(points, torch.ones((count, 1), dtype=torch.int64), None, None)
+    image_pe = sam.prompt_encoder.dense_positional_encoding()
+    with torch.no_grad():
+        teacher_pe = teacher.prompt_encoder.dense_positional_encoding()
+        kept = _decode(teacher, embedding.detach(), teacher_pe, state)
+    loss = distillation_loss(*_decode(sam, embedding, image_pe, state), *kept, weights)
+    if backward:
+        loss.total.backward()
+    return float(loss.total.detach())
 
 
 def _chunks(count: int, size: int) -> list[slice]:
