@@ -34,6 +34,17 @@ kept weights with the released ones, chosen on the two validation sets:
 * ``joint_distilled``: every step trains on a user image and adds the distilled loss of
   a rehearsal image (8 of its objects): the user's domain keeps all its steps.
 * ``joint``: the same with the rehearsal image's labels as targets.
+* ``rehearsal_iou``, ``rehearsal_quarter_iou``, ``adaptive_iou``: rehearsal 0.5, 0.25
+  and adaptive from 0.5 with the IoU head trained (``adaptive_iou``: the defaults).
+* ``adaptive_keep_iou``: ``adaptive_iou`` with the IoU head trained towards the released
+  head's predictions on rehearsal steps (``keep_iou_head``).
+* ``adaptive_band_iou``: ``adaptive_iou`` with the IoU head's targets the banded IoU
+  (``LossWeights.iou_band`` 1); ``adaptive_keep_band_iou``: both.
+* ``adaptive_free_band_iou``: ``adaptive_keep_band_iou`` and 16 free points per
+  rehearsal step (``free_points``).
+
+``--automatic`` adds segment-everything's AP@0.5 of the saved weights on both test sets;
+``--save-weights FILE`` keeps them; ``--seed N`` stores the run as ``<method>_seedN``.
 
 Every method keeps the best validated step among those whose reference validation is
 within tolerance (the step guard); ``--no-guard`` keeps the best user score of any step,
@@ -118,7 +129,7 @@ LABELS = {
     "adaptive_keep_iou": "adaptive from 0.5, IoU head trained, kept on rehearsal",
     "adaptive_band_iou": "adaptive from 0.5, IoU head trained on the banded IoU",
     "adaptive_keep_band_iou": "adaptive from 0.5, IoU head on the banded IoU, kept on rehearsal",
-    "adaptive_free_band_iou": "... and 16 free points distilled per rehearsal step",
+    "adaptive_free_band_iou": "the same and 16 free points per rehearsal step",
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 # segment-everything with its defaults, scored as AP@0.5 (the prompts measured are minimal)

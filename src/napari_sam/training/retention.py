@@ -14,6 +14,11 @@ label-free whole cells, it lost about a tenth of its mean IoU on fluorescent nuc
   With ``adaptive`` the share follows the reference validation (:func:`adapt_rehearsal`):
   it falls while the domains to keep are safe and rises when they slip, so the user's
   domain gets the steps the constraint allows.
+  Two options ask the released decoder for less than its masks on those steps (measured
+  in docs/training.md, off by default): ``keep_iou_head`` trains the IoU head towards the
+  released head's predictions while the masks follow the labels, and ``free_points``
+  adds points drawn anywhere in the image (segment-everything's grid prompts, mostly on
+  background) trained towards the released masks and IoUs.
 - **The step guard** (``guard_steps``): the kept step is the best on the user's
   validation among the steps whose reference validation is within ``tolerance``
   (:meth:`~napari_sam.training.checkpoints.LoopState.observe`).
