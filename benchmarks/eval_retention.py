@@ -42,6 +42,8 @@ kept weights with the released ones, chosen on the two validation sets:
   (``LossWeights.iou_band`` 1); ``adaptive_keep_band_iou``: both.
 * ``adaptive_free_band_iou``: ``adaptive_keep_band_iou`` and 16 free points per
   rehearsal step (``free_points``).
+* ``adaptive_half_head_iou``: ``adaptive_iou`` whose saved weights keep half of the IoU
+  head's change, its shift included (``iou_head_mix`` 0.5).
 
 ``--automatic`` adds segment-everything's AP@0.5 of the saved weights on both test sets;
 ``--save-weights FILE`` keeps them; ``--seed N`` stores the run as ``<method>_seedN``.
@@ -106,6 +108,7 @@ METHODS = {
     "adaptive_free_band_iou": RetentionSettings(
         rehearsal=0.5, adaptive=True, keep_iou_head=True, free_points=16
     ),
+    "adaptive_half_head_iou": RetentionSettings(rehearsal=0.5, adaptive=True, iou_head_mix=0.5),
 }
 # the IoU head: trained by the methods named "*_iou" (the default since they were
 # measured), frozen as released by the others (the default when they were measured)
@@ -130,6 +133,7 @@ LABELS = {
     "adaptive_band_iou": "adaptive from 0.5, IoU head trained on the banded IoU",
     "adaptive_keep_band_iou": "adaptive from 0.5, IoU head on the banded IoU, kept on rehearsal",
     "adaptive_free_band_iou": "the same and 16 free points per rehearsal step",
+    "adaptive_half_head_iou": "adaptive from 0.5, IoU head trained, half its change saved",
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 # segment-everything with its defaults, scored as AP@0.5 (the prompts measured are minimal)

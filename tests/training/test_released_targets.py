@@ -171,3 +171,40 @@ def test_rehearsal_steps_distil_free_points(trainable, labelled_images, tmp_path
         assert ("free_points_loss" in record) == record["rehearsal"]
         if record["rehearsal"]:
             assert record["free_points_loss"] > 0
+
+
+def test_the_saved_weights_keep_the_asked_share_of_the_iou_heads_change(
+    trainable, labelled_images, tmp_path
+):
+    from napari_sam.engine.model.weights import read_state_dict
+    from napari_sam.training.retention import IOU_HEAD_PREFIXES, mix_iou_head
+
+    sam = trainable.module
+    released = {k: v.clone() for k, v in sam.state_dict().items()}
+    config = TrainingConfig(
+        steps=3,
+        objects_per_step=2,
+        prompts=PromptSettings(iterations=1, quiet_iterations=0),
+        validation_objects=1,
+        checkpoint_every=50,
+        warmup_steps=1,
+        calibrate_logits=False,
+        retention=RetentionSettings(rehearsal=0.0, mix=False, iou_head_mix=0.0),
+    )
+    result = train(trainable, labelled_images[:1], labelled_images[1:2], tmp_path, config)
+    saved = read_state_dict(result.weights)
+    head = [k for k in saved if k.startswith(IOU_HEAD_PREFIXES)]
+    masks = [k for k in saved if k.startswith("mask_decoder.output_hypernetworks_mlps.")]
+    assert head and masks
+    # alpha 0: the released IoU head, exactly, beside a trained mask decoder
+    assert all(torch.equal(saved[k], released[k]) for k in head)
+    assert any(not torch.equal(saved[k], released[k]) for k in masks)
+    # alpha 0.5 halves the change of the IoU head tensors and of nothing else
+    moved = {k: v + 1.0 for k, v in released.items() if k.startswith(IOU_HEAD_PREFIXES)}
+    sam.load_state_dict({**released, **moved})
+    mix_iou_head(sam, {k: released[k] for k in head}, 0.5)
+    now = sam.state_dict()
+    assert all(torch.allclose(now[k], released[k] + 0.5) for k in head)
+    assert all(torch.equal(now[k], released[k]) for k in masks)
+    mix_iou_head(sam, {}, 0.5)  # a frozen head: nothing to mix
+    assert all(torch.allclose(sam.state_dict()[k], released[k] + 0.5) for k in head)

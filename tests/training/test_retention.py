@@ -106,12 +106,21 @@ def test_settings_refuse_bad_values():
         RetentionSettings(anchor=-1)
     with pytest.raises(InvalidInputError, match="mix_grid"):
         RetentionSettings(mix_grid=(0.0, 1.5))
+    with pytest.raises(InvalidInputError, match="iou_head_mix"):
+        RetentionSettings(iou_head_mix=1.5)
+    with pytest.raises(InvalidInputError, match="free_points"):
+        RetentionSettings(free_points=-1)
     # cards from before retention existed trained without a mix
     values = TrainingConfig().to_dict()
     del values["retention"]
     old = TrainingConfig.from_dict(values).retention
     assert old.mix is False and old.rehearsal == 0.0
     assert TrainingConfig.from_dict(TrainingConfig().to_dict()) == TrainingConfig()
+    # ... and before the IoU head's options: labels' IoU, nothing kept on rehearsal
+    values = TrainingConfig().to_dict()
+    del values["losses"]["iou_band"], values["retention"]["keep_iou_head"]
+    old = TrainingConfig.from_dict(values)
+    assert old.losses.iou_band == 0 and old.retention.keep_iou_head is False
 
 
 def test_rehearsal_draws_its_share_of_the_steps(trainable, labelled_images, tmp_path):

@@ -85,6 +85,10 @@ class RetentionSettings:
     # on background), trained towards the released decoder's masks and predicted IoUs on
     # each rehearsal step (steps.distil_free_points); 0: none.
     free_points: int = 0
+    # Share of the trained IoU head's change (its calibration shift included) that the
+    # saved weights keep, the rest back to the released head (retention.mix_iou_head):
+    # segment-everything on the domains to keep follows the released head more closely.
+    iou_head_mix: float = 1.0
     # Joint rehearsal: every step trains on one of your images *and* one rehearsal image
     # (rehearsal * objects_per_step of its objects), adding both losses, instead of giving
     # a share of the steps to rehearsal; your domain keeps all its steps, each costs more.
@@ -118,6 +122,8 @@ class RetentionSettings:
                 f"rehearsal_targets must be one of {', '.join(REHEARSAL_TARGETS)}; "
                 f"got {self.rehearsal_targets!r}."
             )
+        if not 0.0 <= self.iou_head_mix <= 1.0:
+            raise InvalidInputError(f"iou_head_mix must be in [0, 1]; got {self.iou_head_mix}.")
         if self.free_points < 0:
             raise InvalidInputError(f"free_points must be at least 0; got {self.free_points}.")
         if self.anchor < 0:

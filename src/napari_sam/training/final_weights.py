@@ -20,7 +20,13 @@ from napari_sam.training.config import TrainingConfig
 from napari_sam.training.embeddings import EmbeddingStore
 from napari_sam.training.network import save_weights
 from napari_sam.training.records import write_training_card
-from napari_sam.training.retention import MixChoice, blend, choose_mix, trained_snapshot
+from napari_sam.training.retention import (
+    MixChoice,
+    blend,
+    choose_mix,
+    mix_iou_head,
+    trained_snapshot,
+)
 from napari_sam.training.validation import ValidationSet
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,8 @@ def finish_run(
             "logits not calibrated: the run started from random weights, or resumed a "
             "checkpoint written before calibration existed"
         )
+    if not config.freeze_iou_head and state.initial_state is not None:
+        mix_iou_head(trainable.module, state.initial_state, config.retention.iou_head_mix)
     name = f"{config.name}_{trainable.architecture_name}"
     weights = save_weights(trainable.module, output / f"{name}.pt")
     best_step = state.best_step if state.best_state is not None else state.step

@@ -132,6 +132,25 @@ def blend(
     return {name: torch.lerp(initial[name], value, alpha) for name, value in tuned.items()}
 
 
+# the IoU head's tensors: the token it reads and the MLP that turns it into scores
+IOU_HEAD_PREFIXES = ("mask_decoder.iou_token.", "mask_decoder.iou_prediction_head.")
+
+
+def mix_iou_head(module: torch.nn.Module, initial: dict[str, torch.Tensor], alpha: float) -> None:
+    """Keep ``alpha`` of the IoU head's change since ``initial`` (the released tensors).
+
+    Applied to the saved weights after the calibration, so the IoU shift folded into the
+    head's last bias is kept in the same share. Nothing changes at ``alpha = 1`` or when
+    ``initial`` holds no IoU head tensors (the head was frozen).
+    """
+    names = [name for name in initial if name.startswith(IOU_HEAD_PREFIXES)]
+    if alpha >= 1.0 or not names:
+        return
+    current = module.state_dict()
+    mixed = {name: torch.lerp(initial[name], current[name], alpha) for name in names}
+    module.load_state_dict(mixed, strict=False)
+
+
 @dataclass(frozen=True)
 class MixChoice:
     """The chosen mix and what each measured mix scored on validation."""
