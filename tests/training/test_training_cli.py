@@ -240,6 +240,7 @@ def test_train_without_tuning_flags_runs_the_default_config():
             {"freeze_iou_head": True, "calibrate_logits": False},
         ),
         (["--fixed-rehearsal"], {"retention": RetentionSettings(adaptive=False)}),
+        (["--iou-head-mix", "0.5"], {"retention": RetentionSettings(iou_head_mix=0.5)}),
         (
             ["--validate-every", "3", "--validation-objects", "5", "--patience", "2"],
             {"validate_every": 3, "validation_objects": 5, "patience": 2},

@@ -143,6 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
                 f"0.88 {c.iou_pass_tuned:.0%} -> {c.iou_pass_calibrated:.0%} "
                 f"(base model {c.iou_pass_base:.0%})"
             )
+        if args.iou_head_mix < 1 and not args.freeze_iou_head:
+            print(f"saved with {args.iou_head_mix:.0%} of the IoU head's change, shift included")
     _report(rows, Path(args.out), "evaluation")
     for name in measured:
         add_metrics(
@@ -227,6 +229,7 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
             anchor=args.anchor,
             mix=args.mix,
             guard_steps=args.guard_steps,
+            iou_head_mix=args.iou_head_mix,
         ),
         validate_every=args.validate_every,
         validation_objects=args.validation_objects,

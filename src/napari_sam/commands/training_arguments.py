@@ -258,6 +258,17 @@ def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingCo
         f"domains to keep lose at most {keep.tolerance} there",
     )
     add(
+        "--iou-head-mix",
+        type=float,
+        default=keep.iou_head_mix,
+        metavar="A",
+        help="share of the trained IoU head's change, its calibration shift included, that "
+        "the saved weights keep; the rest goes back to the released head, so that "
+        "segment-everything on the domains to keep passes the masks it passed before "
+        "(default %(default)s: all of it; 0.5 kept segment-everything on kept nuclei, "
+        "see docs/training.md)",
+    )
+    add(
         "--no-step-guard",
         dest="guard_steps",
         action="store_false",

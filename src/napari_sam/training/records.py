@@ -25,7 +25,9 @@ IOU_HEAD_NOTES = {  # keyed by TrainingConfig.freeze_iou_head
     False: "trained: it ranks a click's three masks for the training labels; with the logit "
     "calibration on, its predictions are shifted so that as many masks pass "
     "segment-everything's pred_iou_thresh as with the base model "
-    "(training.logit_calibration.iou_shift)",
+    "(training.logit_calibration.iou_shift); the saved head keeps "
+    "training.settings.retention.iou_head_mix of its change, shift included, the rest "
+    "goes back to the released head",
 }
 
 
