@@ -7,6 +7,16 @@ from napari_sam.training.config import PromptSettings, RetentionSettings, Traini
 from napari_sam.training.loop import train
 from napari_sam.training.retention import trained_snapshot
 
+# a short run: tiny steps, one prompt each, no calibration
+SHORT = {
+    "objects_per_step": 2,
+    "prompts": PromptSettings(iterations=1, quiet_iterations=0),
+    "validation_objects": 1,
+    "checkpoint_every": 50,
+    "warmup_steps": 1,
+    "calibrate_logits": False,
+}
+
 
 def _moved_student(trainable, labelled_images):
     """(sam, prepared image, batch, embedding, teacher): the decoder moved off the teacher."""
@@ -148,13 +158,8 @@ def test_free_points_ask_for_the_released_outputs_anywhere(trainable, labelled_i
 def test_rehearsal_steps_distil_free_points(trainable, labelled_images, tmp_path):
     config = TrainingConfig(
         steps=6,
-        objects_per_step=2,
-        prompts=PromptSettings(iterations=1, quiet_iterations=0),
-        validation_objects=1,
         validate_every=3,
-        checkpoint_every=50,
-        warmup_steps=1,
-        calibrate_logits=False,
+        **SHORT,
         retention=RetentionSettings(rehearsal=0.5, free_points=4, adaptive=False, mix=False),
     )
     result = train(
@@ -183,12 +188,7 @@ def test_the_saved_weights_keep_the_asked_share_of_the_iou_heads_change(
     released = {k: v.clone() for k, v in sam.state_dict().items()}
     config = TrainingConfig(
         steps=3,
-        objects_per_step=2,
-        prompts=PromptSettings(iterations=1, quiet_iterations=0),
-        validation_objects=1,
-        checkpoint_every=50,
-        warmup_steps=1,
-        calibrate_logits=False,
+        **SHORT,
         retention=RetentionSettings(rehearsal=0.0, mix=False, iou_head_mix=0.0),
     )
     result = train(trainable, labelled_images[:1], labelled_images[1:2], tmp_path, config)
