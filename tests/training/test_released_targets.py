@@ -2,20 +2,11 @@
 
 import pytest
 import torch
+from test_retention import FAST as SHORT  # a short run: tiny steps, no calibration
 
 from napari_sam.training.config import PromptSettings, RetentionSettings, TrainingConfig
 from napari_sam.training.loop import train
 from napari_sam.training.retention import trained_snapshot
-
-# a short run: tiny steps, one prompt each, no calibration
-SHORT = {
-    "objects_per_step": 2,
-    "prompts": PromptSettings(iterations=1, quiet_iterations=0),
-    "validation_objects": 1,
-    "checkpoint_every": 50,
-    "warmup_steps": 1,
-    "calibrate_logits": False,
-}
 
 
 def _moved_student(trainable, labelled_images):
