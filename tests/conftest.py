@@ -10,6 +10,7 @@ it elsewhere, reported once at the end of the session (tests/reference_data.py).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ from tiny_sam import tiny_architecture as _tiny_architecture
 
 TINY_ARCHITECTURE = _tiny_architecture()
 MISSING_DATA = pytest.StashKey[MissingData]()
+# "auto" stays fp32 in the whole suite (and in the processes it starts), so that results
+# do not depend on whether the machine running it has AMX; bf16 is tested by name, and
+# auto's choice with faked CPUs (engine/model/test_precision.py).
+os.environ["NAPARI_SAM_NO_AUTO_BF16"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -126,8 +126,9 @@ def test_auto_is_resolved_on_the_workers_cpu(tiny_registered, monkeypatch):
     from napari_sam.engine.model import precision
     from napari_sam.engine.model.precision import CpuCapability
 
-    monkeypatch.setattr(precision, "AUTO_CHOOSES_BF16", True)  # the switch issue 18 awaits
+    monkeypatch.delenv(precision.NO_AUTO_BF16)  # the suite keeps auto at fp32 (conftest)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(True, "amx_bf16"))
     assert load_predictor(ModelChoice(NAME)).precision == "bf16"
-    monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(False, "x86"))
+    monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(True, "avx512_bf16"))
     assert load_predictor(ModelChoice(NAME)).precision == "fp32"

@@ -99,3 +99,47 @@ def test_a_signature_needs_a_resolved_precision(volume, fp32):
     payload = signature.to_dict()
     del payload["precision"]
     assert CacheSignature.from_dict(payload) == signature  # no field: fp32
+
+
+def test_auto_takes_the_precision_an_existing_cache_records(tmp_path, volume, tiny_model, bf16):
+    """A cache made where auto means bf16 opens where it means fp32 (this suite's auto),
+    and its planes are reused; fp32 asked for by name is still a mismatch."""
+    from napari_sam.batch.embedding import cache_precision
+
+    path = tmp_path / "made_on_amx.zarr"
+    assert cache_precision(path) == "auto"  # nothing there yet
+    embed_volume(open_cached_session(volume, path, model=bf16))
+    assert cache_precision(path) == "bf16"
+    assert cache_precision(path, "fp32") == "fp32"
+    session = open_cached_session(volume, path, model=tiny_model)  # precision="auto"
+    assert session.predictor.precision == session.cache.signature.precision == "bf16"
+    assert embed_volume(session).reused == 2
+    with pytest.raises(CacheMismatchError, match=r"precision: cache has 'bf16', expected 'fp32'"):
+        open_cached_session(volume, path, model=tiny_model, precision="fp32")
+
+
+def test_auto_where_it_means_bf16_opens_an_fp32_cache(
+    tmp_path, volume, tiny_model, fp32, monkeypatch
+):
+    from napari_sam.engine.model import precision
+    from napari_sam.engine.model.precision import CpuCapability
+
+    path = tmp_path / "made_on_avx2.zarr"
+    embed_volume(open_cached_session(volume, path, model=fp32))
+    monkeypatch.delenv(precision.NO_AUTO_BF16)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(True, "amx_bf16"))
+    assert Predictor(tiny_model).precision == "bf16"  # auto on this faked CPU
+    session = open_cached_session(volume, path, model=tiny_model)
+    assert session.predictor.precision == "fp32"
+    assert embed_volume(session).reused == 2
+
+
+def test_a_damaged_cache_records_no_precision(tmp_path):
+    from napari_sam.io.embedding_cache import recorded_precision
+
+    folder = tmp_path / "not_a_cache.zarr"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert recorded_precision(folder) is None
+    assert recorded_precision(tmp_path / "missing.zarr") is None

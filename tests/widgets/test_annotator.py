@@ -32,7 +32,7 @@ def open_widget(viewer, qtbot, predictor, image, name="nuclei", labels=None):
     if labels is not None:
         viewer.add_labels(labels, name="existing")
     widget = open_annotator(viewer, image=name, start=False)
-    widget._shared_model = lambda: predictor  # one model for the whole module
+    widget._shared_model = lambda *_: predictor  # one model for the whole module
     if labels is not None:
         widget.labels_box.setCurrentText("existing")
     widget.start()
@@ -150,7 +150,7 @@ def test_cancel_stops_the_encoding(make_napari_viewer, qtbot, dsb, shared_predic
     from napari_sam._widgets import open_annotator
 
     widget = open_annotator(viewer, image="nuclei", start=False)
-    widget._shared_model = lambda: shared_predictor
+    widget._shared_model = lambda *_: shared_predictor
     widget.start()
     assert widget.worker is not None
     qtbot.waitUntil(lambda: widget.jobs.kind == "encode", timeout=60_000)  # model loaded
@@ -236,7 +236,7 @@ def test_a_cached_volume_is_never_encoded_again(
         from napari_sam._widgets import open_annotator
 
         widget = open_annotator(viewer, image="stack", start=False)
-        widget._shared_model = lambda: shared_predictor
+        widget._shared_model = lambda *_: shared_predictor
         widget.cache_edit.setText(str(tmp_path / "c.zarr"))
         widget.start()
         wait_for_embedding(widget, qtbot)
@@ -269,7 +269,7 @@ def test_large_planes_are_tiled_and_their_tiles_cached(
             viewer.add_image(image, name="nuclei")
             widget = open_annotator(viewer, image="nuclei", start=False)
             assert widget.tiling() == {"tile": None, "halo": None, "upscale": 1.0}
-            widget._shared_model = lambda: shared_predictor
+            widget._shared_model = lambda *_: shared_predictor
             widget.tile_box.setValue(192)
             widget.halo_box.setValue(32)
             widget.cache_edit.setText(str(tmp_path / "tiles.zarr"))

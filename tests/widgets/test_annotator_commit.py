@@ -42,7 +42,7 @@ def widget(make_napari_viewer, qtbot, dsb, predictor):
     viewer = make_napari_viewer()
     viewer.add_image(dsb[0], name="nuclei")
     widget = open_annotator(viewer, image="nuclei", start=False)
-    widget._shared_model = lambda: predictor
+    widget._shared_model = lambda *_: predictor
     widget.start()
     wait_ready(widget, qtbot)
     yield viewer, widget

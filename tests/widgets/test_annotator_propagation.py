@@ -56,7 +56,7 @@ def open_widget(make_napari_viewer, qtbot, predictor):
             viewer.add_labels(labels.copy(), name="existing")  # napari keeps the array
         widget = open_annotator(viewer, image="stack", start=False)
         opened.append(widget)
-        widget._shared_model = lambda: predictor
+        widget._shared_model = lambda *_: predictor
         if labels is not None:
             widget.labels_box.setCurrentText("existing")
         widget.propagation_settings = LOOSE

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 
 from napari_sam.engine.model.precision import PRECISIONS
@@ -27,7 +28,7 @@ def test_both_forms_offer_the_precisions_with_auto_chosen(make_napari_viewer, ti
         box = widget.precision_box
         assert [box.itemText(i) for i in range(box.count())] == list(PRECISIONS)
         assert box.currentText() == "auto"
-        assert "avx512_bf16" in box.toolTip()
+        assert "AMX" in box.toolTip()
         widget.close()
 
 
@@ -64,3 +65,29 @@ def test_everything_widget_reopens_its_session_in_the_precision_chosen(
     bf16 = preview_in("bf16")
     assert bf16.precision == "bf16" and bf16 is not fp32
     assert preview_in("bf16") is bf16  # unchanged choice: the same predictor
+
+
+def test_the_annotator_under_auto_opens_a_cache_in_its_recorded_precision(
+    make_napari_viewer, qtbot, tiny_model, image_300x500, no_bf16_arithmetic, tmp_path
+):
+    """A cache made where auto means bf16 opens where it means fp32 (this suite's auto):
+    the annotator asks for a bf16 predictor instead of stopping at a cache mismatch."""
+    from napari_sam._widgets import open_annotator
+    from napari_sam.batch.embedding import embed_volume, open_cached_session
+    from napari_sam.engine.prediction.predictor import Predictor
+
+    stack = np.stack([image_300x500, image_300x500[::-1]])
+    bf16 = Predictor(tiny_model, precision="bf16")
+    embed_volume(open_cached_session(stack, tmp_path / "c.zarr", bf16))
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="stack")
+    widget = open_annotator(viewer, image="stack", start=False)
+    asked = []
+    widget._shared_model = lambda precision: asked.append(precision) or bf16
+    widget.cache_edit.setText(str(tmp_path / "c.zarr"))
+    assert widget.precision_box.currentText() == "auto"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.session is not None, timeout=60_000)
+    assert asked == ["bf16"]
+    assert widget.session.cache.signature.precision == "bf16"
+    widget.close_session()

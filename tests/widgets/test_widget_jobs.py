@@ -123,7 +123,7 @@ def opened(annotator, qtbot, tiny_model):
 
     viewer, widget = annotator
     predictor = Predictor(tiny_model)
-    widget._shared_model = lambda: predictor
+    widget._shared_model = lambda *_: predictor
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None and widget.session is not None, timeout=WAIT_MS)
     return viewer, widget

@@ -90,11 +90,13 @@ class AnnotatorWidget(PropagationActions, CommitActions, AnnotatorForm):
         """Load the model and open the session (on the torch thread)."""
         from napari_sam.engine.annotation.tiled_session import open_session
 
+        precision = self.precision_box.currentText()
         if cache:
-            from napari_sam.batch.embedding import open_cached_session
+            from napari_sam.batch.embedding import cache_precision, open_cached_session
 
-            return open_cached_session(data, cache, self._shared_model(), **options)
-        return open_session(self._shared_model(), data, **options)
+            model = self._shared_model(cache_precision(cache, precision))
+            return open_cached_session(data, cache, model, **options)
+        return open_session(self._shared_model(precision), data, **options)
 
     def _session_opened(self, session, layer: Image) -> None:
         self.session = session
@@ -115,10 +117,9 @@ class AnnotatorWidget(PropagationActions, CommitActions, AnnotatorForm):
         )
         self._ensure_embedding()
 
-    def _shared_model(self):
-        """The current session's predictor if it holds this model in the precision chosen,
-        else a new one (torch thread)."""
-        precision = self.precision_box.currentText()
+    def _shared_model(self, precision: str):
+        """The current session's predictor if it holds this model in ``precision``, else a
+        new one (torch thread)."""
         if self.session is not None and predictor_fits(
             self.session.predictor, self.model_name, precision
         ):

@@ -10,6 +10,7 @@ automatically unless the caller sets ``tile``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,13 @@ import numpy as np
 
 from napari_sam.engine.annotation.session import AnnotationSession
 from napari_sam.engine.annotation.tiled_session import TiledSession, open_session
-from napari_sam.engine.model.precision import AUTO
+from napari_sam.engine.model.precision import AUTO, check_precision, resolve_precision
 from napari_sam.engine.prediction.predictor import Predictor
 from napari_sam.errors import InvalidInputError
-from napari_sam.io.embedding_cache import EmbeddingCache, cache_signature
+from napari_sam.io.embedding_cache import EmbeddingCache, cache_signature, recorded_precision
 from napari_sam.io.store_lock import StoreLock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,9 @@ def open_cached_session(
     :class:`~napari_sam.engine.model.loading.SamModel` or a ready
     :class:`~napari_sam.engine.prediction.predictor.Predictor` (which keeps its own
     precision); ``precision`` (auto, fp32, bf16) is the encoder's for the others. The
-    cache records the resolved precision: a cache of the other one is a mismatch.
+    cache records the resolved precision: a cache of the other one is a mismatch, except
+    under ``"auto"``, which takes an existing cache's precision (see
+    :func:`cache_precision`).
 
     Raises
     ------
@@ -79,7 +84,10 @@ def open_cached_session(
     StoreInUseError
         The cache must be created or replaced while another run writes it.
     """
-    predictor = model if isinstance(model, Predictor) else Predictor(model, precision=precision)
+    if isinstance(model, Predictor):
+        predictor = model
+    else:
+        predictor = Predictor(model, precision=cache_precision(cache_path, precision))
     session = open_session(predictor, data, channel_axis, channel, capacity, tile, halo, upscale)
     tiling = (
         (session.tile, session.halo, session.upscale)
@@ -106,6 +114,38 @@ def open_cached_session(
         session.store.backend = cache
     session.cache = cache
     return session
+
+
+def cache_precision(cache_path: str | Path, precision: str = AUTO) -> str:
+    """The precision to open the embedding cache at ``cache_path`` with.
+
+    ``"auto"`` resolves per machine (bf16 on CPUs with AMX, fp32 elsewhere), so a cache
+    made under auto on one machine would not open under auto on another. Under
+    ``"auto"`` an existing cache's recorded precision is taken instead: its planes are
+    read as they are, and planes still to encode are encoded in the same precision (on a
+    CPU without native bf16, slowly: logged). ``"fp32"`` and ``"bf16"`` are kept as asked.
+
+    Raises
+    ------
+    InvalidInputError
+        ``precision`` is not auto, fp32 or bf16.
+    """
+    if check_precision(precision) != AUTO:
+        return precision
+    recorded = recorded_precision(cache_path)
+    if recorded is None:
+        return AUTO
+    if recorded != resolve_precision(AUTO, "cpu"):
+        log.warning(
+            "The cache %s holds %s embeddings: planes still to encode are encoded in %s "
+            "too (on this CPU auto means otherwise; %s). Use another cache path to encode "
+            "in this CPU's best precision.",
+            cache_path,
+            recorded,
+            recorded,
+            "bf16 is slower than fp32 here" if recorded == "bf16" else "bf16 is faster here",
+        )
+    return recorded
 
 
 def embed_volume(

@@ -366,6 +366,19 @@ class PlaneTiles:
         return {(int(r), int(c)) for r, c in np.argwhere(flags)}
 
 
+def recorded_precision(path: str | Path) -> str | None:
+    """The precision ("fp32" or "bf16") a cache at ``path`` records; None if no readable
+    cache is there (nothing yet, a damaged cache, another kind of folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    try:
+        payload = claim_store(path, KIND, overwrite=False)
+        return None if payload is None else _signature_of(payload, path).precision
+    except CacheMismatchError:
+        return None  # opening it says what is wrong
+
+
 def _matches(path: Path, signature: CacheSignature) -> bool:
     """True when ``path`` is a readable cache with this signature (read without the lock)."""
     if not path.is_dir():

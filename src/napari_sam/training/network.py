@@ -99,11 +99,12 @@ def inference_model(trainable: TrainableSam, name: str | None = None) -> SamMode
     The model_id is the base model's while the weights are unchanged, else
     ``NAME@HASH`` of the weights, so cached embeddings are never mixed up.
     """
-    from napari_sam.engine.network.fusion import fold_batchnorm
+    from napari_sam.engine.network.fusion import channels_last_weights, fold_batchnorm
 
     module = copy.deepcopy(trainable.module).cpu().eval()
     digest = state_fingerprint(module.state_dict())
     fold_batchnorm(module)
+    channels_last_weights(module)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     unchanged = digest == trainable.initial_fingerprint

@@ -20,10 +20,11 @@ def bf16_embedding(tiny_model, image_300x500):
 def test_default_is_auto_resolved_from_the_cpu(tiny_model, monkeypatch):
     from napari_sam.engine.model import precision
 
-    monkeypatch.setattr(precision, "AUTO_CHOOSES_BF16", True)  # the switch issue 18 awaits
+    monkeypatch.delenv(precision.NO_AUTO_BF16)  # the suite keeps auto at fp32 (conftest)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(True, "amx_bf16"))
     assert Predictor(tiny_model).precision == "bf16"
-    monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(False, "x86"))
+    monkeypatch.setattr(precision, "cpu_capability", lambda: CpuCapability(True, "avx512_bf16"))
     assert Predictor(tiny_model).precision == "fp32"
     assert Predictor(tiny_model, precision="bf16").precision == "bf16"
 

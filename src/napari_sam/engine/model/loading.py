@@ -85,7 +85,7 @@ def load_model(
         The file is unreadable, fails its checksum, does not fit the architecture, or
         (a checkpoint file) holds NaN weights.
     """
-    from napari_sam.engine.network.fusion import fold_batchnorm
+    from napari_sam.engine.network.fusion import channels_last_weights, fold_batchnorm
 
     spec = get_model_spec(model, architecture)
     path = fetch_weights(spec, progress)
@@ -97,6 +97,7 @@ def load_model(
     resolved = resolve_device(device)
     if resolved == "cpu":
         tune_allocator()
+        channels_last_weights(module)
     module = module.to(resolved)
     for parameter in module.parameters():
         parameter.requires_grad_(False)

@@ -1,12 +1,16 @@
 """The encoder's arithmetic: float32 everywhere, or bfloat16 where the CPU computes it natively.
 
 CPUs with AVX-512 BF16 (AMD Zen 4 and 5, Intel Cooper Lake and later Xeons), Intel AMX
-or Arm's BF16 extension multiply bfloat16 at several times their float32 rate; others
-(AVX2-only x86) emulate it, several times slower than float32. ``"auto"`` therefore
-runs the encoder in bfloat16 only on a CPU that says it has one of these, and in
-float32 everywhere else: auto is never slower than float32. The capability is read from
-the CPU's flags (Linux ``/proc/cpuinfo``: ``flags`` on x86, ``Features`` on aarch64);
-where they cannot be read, the CPU counts as having no native bfloat16.
+or Arm's BF16 extension have bfloat16 instructions; others (AVX2-only x86) emulate it,
+several times slower than float32. Having the instructions is not enough: on an Intel
+Xeon our encoder ran 1.43x faster in bfloat16 with AMX, and 0.86x (slower) with AMX
+masked off, using AVX-512 BF16 alone (docs/precision.md). ``"auto"`` therefore runs the
+encoder in bfloat16 only where it was measured faster, on CPUs with AMX
+(:data:`AUTO_BF16_FLAGS`), and in float32 everywhere else: auto is never slower than
+float32 where we measured. ``NAPARI_SAM_NO_AUTO_BF16=1`` keeps ``"auto"`` at float32
+everywhere (the same masks on every machine). The capability is read from the CPU's
+flags (Linux ``/proc/cpuinfo``: ``flags`` on x86, ``Features`` on aarch64); where they
+cannot be read, the CPU counts as having no native bfloat16.
 :func:`capability_from_cpuinfo` is a pure function of that text, so tests fake it.
 The encoder runs under ``torch.autocast`` (:func:`encoder_autocast`) and its embedding
 leaves as float32, so the decoder is the same in both precisions (docs/precision.md).
@@ -16,7 +20,8 @@ Nothing here imports torch until :func:`encoder_autocast` is entered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -37,28 +42,30 @@ CPUINFO = Path("/proc/cpuinfo")
 # Intel AMX tiles, AVX-512 BF16 (x86 ``flags``), Arm's BF16 extension (aarch64 ``Features``).
 X86_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 ARM_BF16_FEATURE = "bf16"
+# The flags under which ``auto`` picks bf16: where bf16 was measured faster than fp32.
+# With AMX: 1.43x on a 2-core Intel Xeon. Not AVX-512 BF16 alone: on the same CPU with
+# AMX masked off bf16 was 0.86x; AMD Zen 4/5 (avx512_bf16, no AMX) and Arm BF16 are not
+# measured with this encoder (docs/precision.md). ``--precision bf16`` asks for it there.
+AUTO_BF16_FLAGS = ("amx_bf16",)
+NO_AUTO_BF16 = "NAPARI_SAM_NO_AUTO_BF16"  # set (to anything but "" or "0"): auto is fp32
 
 
 @dataclass(frozen=True)
 class CpuCapability:
     """What the CPU offers for bfloat16, as read from its flags."""
 
-    native_bf16: bool  # bfloat16 products run at native speed (faster than float32)
+    native_bf16: bool  # the CPU has bfloat16 instructions (not emulated)
     evidence: str  # the flag found, or why none counts, e.g. "avx512_bf16", "no bf16 flag"
+
+    @property
+    def auto_bf16(self) -> bool:
+        """Whether ``"auto"`` encodes in bf16 on this CPU (:data:`AUTO_BF16_FLAGS`)."""
+        return self.native_bf16 and self.evidence in AUTO_BF16_FLAGS
 
     def describe(self) -> str:
         """One line for logs and benchmarks, e.g. "native bf16 (avx512_bf16)"."""
         kind = "native bf16" if self.native_bf16 else "no native bf16"
         return f"{kind} ({self.evidence})"
-
-
-# Whether ``auto`` may pick bf16 on CPUs with native bf16. Off until bf16 keeps every
-# prompt family within the parity bar (mean mask IoU 0.99, worst 0.95 against fp32):
-# boxes, point + negative, the mask a click shows and every stable candidate do; two
-# unstable third candidates of a click do not (worst 0.832). And the flag alone does not
-# predict the gain: on an Intel CPU bf16 paid with AMX (1.36x) but was slower with
-# avx512_bf16 alone (issue 18, docs/precision.md). bf16 stays one flag away.
-AUTO_CHOOSES_BF16 = False
 
 
 def capability_from_cpuinfo(text: str) -> CpuCapability:
@@ -118,7 +125,7 @@ def check_precision(precision: str) -> str:
     if text not in PRECISIONS:
         raise InvalidInputError(
             f"Unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)} "
-            "(auto: bf16 on CPUs with native bf16, fp32 elsewhere)."
+            "(auto: bf16 on CPUs with AMX, fp32 elsewhere)."
         )
     return text
 
@@ -138,11 +145,10 @@ def resolve_precision(precision: str, device: str, capability: CpuCapability | N
     Returns
     -------
     str
-        ``"auto"`` is ``"fp32"`` while :data:`AUTO_CHOOSES_BF16` is off (today: bf16 does
-        not yet keep all of a click's candidates within the parity bar, and its gain
-        without AMX is unmeasured on AMD, docs/precision.md); with it on, ``"bf16"`` on a
-        CPU with native bfloat16 and ``"fp32"`` elsewhere, on GPUs too (no GPU is
-        verified yet).
+        ``"auto"`` is ``"bf16"`` on a CPU where bf16 was measured faster
+        (:attr:`CpuCapability.auto_bf16`: with AMX) and ``"fp32"`` elsewhere: other CPUs,
+        GPUs (no GPU is verified in bf16), and everywhere when the environment variable
+        ``NAPARI_SAM_NO_AUTO_BF16`` is set.
 
     Raises
     ------
@@ -159,12 +165,28 @@ def resolve_precision(precision: str, device: str, capability: CpuCapability | N
         )
     if chosen != AUTO:
         return chosen
-    if not on_cpu:
+    if not on_cpu or auto_bf16_disabled():
         return FP32
-    if not AUTO_CHOOSES_BF16:
-        return FP32
-    capability = cpu_capability() if capability is None else capability
-    return BF16 if capability.native_bf16 else FP32
+    if capability is None:  # this machine: its flags, and what oneDNN may use of them
+        capability = cpu_capability()
+        if not onednn_may_use_amx(os.environ):
+            return FP32
+    return BF16 if capability.auto_bf16 else FP32
+
+
+def onednn_may_use_amx(environ: Mapping[str, str]) -> bool:
+    """False when ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) caps oneDNN below AMX.
+
+    Such a cap turns bf16's matrix products into AVX-512 BF16 ones, measured slower than
+    fp32 (docs/precision.md).
+    """
+    limit = (environ.get("ONEDNN_MAX_CPU_ISA") or environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return limit.strip() in ("", "ALL", "DEFAULT") or "AMX" in limit
+
+
+def auto_bf16_disabled() -> bool:
+    """Whether ``NAPARI_SAM_NO_AUTO_BF16`` keeps ``"auto"`` at fp32 (set, not "" or "0")."""
+    return os.environ.get(NO_AUTO_BF16, "").strip() not in ("", "0")
 
 
 def encoder_precision(precision: str, model: SamModel) -> str:
