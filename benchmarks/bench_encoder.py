@@ -1,6 +1,7 @@
 """Encoder seconds per image: one configuration per process (malloc settings are global).
 
-``python bench_encoder.py ours``: the engine as shipped (batch norm folded, malloc tuned).
+``python bench_encoder.py ours``: the engine as shipped (batch norm folded, channel-last
+convolution weights, malloc tuned), in the precision ``auto`` chooses on this CPU.
 ``python bench_encoder.py eager``: plain fp32 eager PyTorch, unfolded, default malloc,
 as the reference implementation runs.
 ``python bench_encoder.py precision``: the engine in fp32 and in bf16 in the same process
@@ -44,7 +45,7 @@ def main(mode: str) -> None:
         spec = MODELS[name]
         module = build_sam(spec, read_state_dict(fetch_weights(spec), spec.sha256)).eval()
         model = SamModel(module=module, spec=spec, model_id=spec.model_id, device="cpu")
-    predictor = Predictor(model)
+    predictor = Predictor(model, precision="auto" if mode == "ours" else "fp32")
     image, _ = load_dsb2018()
     start = time.perf_counter()
     predictor.set_image(image)
@@ -60,6 +61,7 @@ def main(mode: str) -> None:
                 "benchmark": "encoder",
                 "mode": mode,
                 "model": name,
+                "precision": predictor.precision,
                 "threads": torch.get_num_threads(),
                 "first_call_s": round(first, 3),
                 "median_s": round(statistics.median(times), 3),

@@ -2,6 +2,10 @@
 
 Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Results go to
 ``benchmarks/results/latest.json`` and ``benchmarks/results/latest.md``.
+
+Every benchmark runs in fp32 (``NAPARI_SAM_NO_AUTO_BF16=1``), so that the table compares
+across machines; one more row times the encoder in fp32 and bf16 in one process and
+says what ``auto`` chooses on this CPU (docs/precision.md).
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ def run(*args: str, display: bool = False) -> dict:
     command = [sys.executable, *args]
     if display and not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):
         command = ["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", *command]
-    output = subprocess.run(command, cwd=HERE, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "NAPARI_SAM_NO_AUTO_BF16": "1"}
+    output = subprocess.run(
+        command, cwd=HERE, env=env, check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
     encoder_eager = run("bench_encoder.py", "eager")
     encoder_ours = run("bench_encoder.py", "ours")
+    precision = run("bench_encoder.py", "precision")
     click = run("bench_click.py")
     annotator = run("bench_annotator.py", display=True)
     everything = {
@@ -38,6 +46,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
         "encoder_eager": encoder_eager,
         "encoder_ours": encoder_ours,
+        "encoder_precision": precision,
         "click": click,
         "annotator": annotator,
         "everything": everything,
@@ -51,6 +60,9 @@ def main() -> None:
             "|---|---|---|---|",
             f"| encoder, seconds per image (median of 5) | {encoder_ours['median_s']:.2f} | "
             f"{encoder_eager['median_s']:.2f} | {speedup:.2f}x |",
+            f"| encoder in bf16 (`--precision bf16`; {precision['cpu']}, auto chooses "
+            f"{precision['auto_resolves_to']}), seconds | {precision['bf16_median_s']:.2f} | "
+            f"{precision['fp32_median_s']:.2f} (ours, fp32) | {precision['fp32_over_bf16']:.2f}x |",
             f"| encoder peak RSS, MB | {encoder_ours['peak_rss_mb']:.0f} | "
             f"{encoder_eager['peak_rss_mb']:.0f} | |",
             f"| click to 3 masks at 512x512, ms (median of {click['calls']}) | "

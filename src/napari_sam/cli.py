@@ -231,7 +231,8 @@ def run_demo(args: argparse.Namespace) -> int:
         f"segment everything: {summary.found} objects in {summary.everything_seconds:.1f} s "
         f"({summary.points_decoded} of 1024 grid points decoded), AP@0.5 {summary.ap50:.3f}, "
         f"AP@0.75 {summary.ap75:.3f} against the human labels\n"
-        f"prompted: {summary.objects} nuclei, encoder {summary.encoder_seconds:.2f} s, all boxes "
+        f"prompted: {summary.objects} nuclei, encoder {summary.encoder_seconds:.2f} s "
+        f"({summary.precision}), all boxes "
         f"{summary.box_seconds:.2f} s, one click {summary.click_ms_median:.1f} ms (median); "
         f"mean IoU boxes {summary.box_mean_iou:.3f}, single clicks {summary.point_mean_iou:.3f}\n"
         "wrote " + ", ".join(summary.outputs)

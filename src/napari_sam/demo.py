@@ -34,6 +34,7 @@ class DemoSummary:
     ap75: float  # ... at IoU 0.75
     objects: int  # annotated nuclei prompted
     encoder_seconds: float  # one set_image call
+    precision: str  # the encoder's, as auto chose on this CPU: "fp32" or "bf16"
     box_seconds: float  # all boxes, batched decoder calls
     click_ms_median: float  # one point prompt to full-resolution masks
     box_mean_iou: float  # against the human annotation
@@ -129,6 +130,7 @@ def run_demo(
         ap75=round(ap[0.75], 4),
         objects=len(ids),
         encoder_seconds=round(encoder_seconds, 3),
+        precision=predictor.precision,
         box_seconds=round(box_seconds, 3),
         click_ms_median=round(1000 * float(np.median(click_times)), 2),
         box_mean_iou=round(float(np.mean(box_iou)), 4),

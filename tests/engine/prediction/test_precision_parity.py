@@ -13,7 +13,9 @@ mask a single click shows (its best-scored candidate) and every candidate SAM it
 stable; it does not hold for all three candidates of a click (two of 72 are masks of
 stability 0.02 and 0.07 that move), which are held to the level measured, so that a
 regression still fails. Segment-everything with every grid point decoded keeps AP@0.5
-within 0.01 of fp32's (measured 0.0038).
+within 0.01 of fp32's (measured: the same, 0.6000, with AMX; 0.0038 below emulated).
+The same comparison on 381 objects of five image sets, with a noise floor, is
+benchmarks/eval_precision.py (docs/precision.md); the last tests hold it on one image.
 """
 
 from __future__ import annotations
@@ -30,15 +32,16 @@ ISSUE_BAR = (0.99, 0.95)  # (mean, worst) mask IoU per prompt family, asked for 
 # (mean, worst) bf16 must reach against fp32 and the reference, per family; below the
 # issue's bar where it is not met, under the measured values with room for the rounding
 # of other CPUs' bf16 kernels. Measured on a 2-core Intel Xeon with AMX (native bf16) and
-# with oneDNN limited to AVX2 (emulated, as on AVX2-only CPUs): docs/precision.md.
+# with oneDNN limited to AVX2 (emulated, as on AVX2-only CPUs), with channel-last
+# convolution weights: docs/precision.md.
 BARS = {
-    "box": ISSUE_BAR,  # measured 0.9992 / 0.9942 (AMX), 0.9988 / 0.9942 (AVX2)
-    "box_refined": ISSUE_BAR,  # measured 0.9993 / 0.9940, 0.9991 / 0.9931
-    "point": (0.985, 0.75),  # all three candidates; measured 0.9927 / 0.832, 0.9932 / 0.848
-    "pos_neg": ISSUE_BAR,  # measured 0.9979 / 0.9800, 0.9985 / 0.9849
+    "box": ISSUE_BAR,  # measured 0.9991 / 0.9951 (AMX), 0.9993 / 0.9959 (AVX2)
+    "box_refined": ISSUE_BAR,  # measured 0.9988 / 0.9931, 0.9989 / 0.9931
+    "point": (0.985, 0.75),  # all three candidates; measured 0.9933 / 0.8275, 0.9930 / 0.8504
+    "pos_neg": ISSUE_BAR,  # measured 0.9981 / 0.9775, 0.9985 / 0.9886
 }
 STABLE = 0.95  # SAM's stability threshold for a confident mask (segment-everything's)
-AP_TOLERANCE = 0.01  # |AP@0.5 bf16 - fp32|, every grid point; measured 0.0038 (fp32 0.600)
+AP_TOLERANCE = 0.01  # |AP@0.5 bf16 - fp32|, every grid point; measured 0 (AMX), 0.0038 (AVX2)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +145,7 @@ def clicks(predictors, embeddings, reference):
 
 def test_the_mask_a_click_shows_meets_the_issues_bar(clicks):
     """The best-scored of a click's three candidates (what the annotator shows): measured
-    mean IoU 0.9993, worst 0.9964 against fp32 (the same candidate chosen every time)."""
+    mean IoU 0.9994, worst 0.9975 against fp32 (the same candidate chosen every time)."""
     pairs = list(zip(clicks["bf16"], clicks["fp32"]))
     values = [mask_iou(a.best_mask, b.best_mask) for a, b in pairs]
     score_error = max(float(np.abs(a.scores - b.scores).max()) for a, b in pairs)
@@ -159,7 +162,7 @@ def test_every_stable_candidate_of_a_click_meets_the_issues_bar(clicks):
     barely changes between logit thresholds -1 and +1) keep the issue's bar; the two that
     miss it in the "point" family are unstable (stability 0.02 and 0.07 measured), masks
     segment-everything would reject, whose edges lie where the logits are flat near zero.
-    Measured: 41 of 72 stable, mean 0.9992, worst 0.9958."""
+    Measured: 41 of 72 stable, mean 0.9993, worst 0.9957."""
     values, unstable = [], []
     for ours, base in zip(clicks["bf16"], clicks["fp32"]):
         for j in range(len(base.masks)):
@@ -201,3 +204,68 @@ def test_segment_everything_ap_stays_near_fp32(predictors, embeddings, reference
         )
     assert abs(found["bf16"][0] - found["fp32"][0]) <= AP_TOLERANCE
     assert abs(found["bf16"][1].count - found["fp32"][1].count) <= 3  # measured 123 and 123
+
+
+NOISE_IMAGE = ("scratch_cells", "scratch cells[z=1]")  # label-free cells: the hardest set
+
+
+@pytest.fixture(scope="module")
+def noise_floor(predictors):
+    """{"bf16": ious, "noise": ious} per family on an image outside the reference
+    fixture: bf16, and fp32 after each pixel moved by one grey level (-1, 0, +1 of 255),
+    each against fp32 (the measurement of benchmarks/eval_precision.py, on one image)."""
+    from napari_sam.engine.prediction.preprocess import Normalization
+    from napari_sam.training.evaluation import _box, _neighbour_points, interior_point
+    from napari_sam.training.image_sets import load_image_set
+
+    (item,) = [i for i in load_image_set(NOISE_IMAGE[0]).images if i.name == NOISE_IMAGE[1]]
+    ids = item.object_ids(30)
+    ids = np.sort(np.random.default_rng(0).choice(ids, min(24, len(ids)), replace=False))
+    truth = item.labels[None] == ids[:, None, None]
+    points = np.stack([interior_point(mask) for mask in truth])
+    boxes = np.stack([_box(mask) for mask in truth])
+    negatives = _neighbour_points(item.labels, ids)
+    rgb = item.normalization.apply(item.image)
+    noise = np.random.default_rng(1).integers(-1, 2, rgb.shape[:2])[..., None]
+    noisy = np.clip(rgb.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+    fp32, bf16 = predictors
+    identity = Normalization(0.0, 255.0)
+    embeddings = {
+        "fp32": fp32.encode(rgb, identity),
+        "bf16": bf16.encode(rgb, identity),
+        "noise": fp32.encode(noisy, identity),
+    }
+    masks = {}
+    for name, embedding in embeddings.items():
+        fp32.set_embedding(embedding)
+        click = fp32.predict_batch(points=points[:, None], multimask=True)
+        both = fp32.predict_batch(
+            points=np.stack([points, negatives], axis=1),
+            point_labels=np.tile([1, 0], (len(points), 1)),
+        )
+        masks[name] = {
+            "shown": click.masks[np.arange(len(points)), click.scores.argmax(axis=1)],
+            "box": fp32.predict_batch(boxes=boxes).masks[:, 0],
+            "pos_neg": both.masks[:, 0],
+        }
+    return {
+        name: {f: [mask_iou(a, b) for a, b in zip(masks[name][f], masks["fp32"][f])] for f in m}
+        for name, m in masks.items()
+        if name != "fp32"
+    }
+
+
+@pytest.mark.parametrize("family", ["shown", "box", "pos_neg"])
+def test_bf16_moves_masks_less_than_one_grey_level_of_noise(noise_floor, family):
+    """Measured on this image (AMX): mean IoU loss shown 0.0004 (noise 0.0026), box
+    0.0014 (0.0081), point + negative 0.0051 (0.0182); worst 0.996, 0.993, 0.973 (AVX2,
+    emulated: 0.992, 0.986, 0.969). Over
+    381 objects of five sets bf16 lost 4-15x less than the noise in every family
+    (docs/precision.md)."""
+    bf16, noise = (np.asarray(noise_floor[k][family]) for k in ("bf16", "noise"))
+    print(
+        f"{NOISE_IMAGE[1]}, {family}: bf16 mean {bf16.mean():.4f} worst {bf16.min():.3f}; "
+        f"one grey level mean {noise.mean():.4f} worst {noise.min():.3f}"
+    )
+    assert 1 - bf16.mean() < 1 - noise.mean()
+    assert bf16.mean() >= ISSUE_BAR[0] and bf16.min() >= ISSUE_BAR[1]

@@ -66,11 +66,12 @@ class MLP(nn.Module):
 class Float32Conv2d(nn.Conv2d):
     """A convolution that computes in float32 even under the CPU's ``torch.autocast``.
 
-    Under bfloat16 autocast on a CPU, oneDNN reorders every convolution's weights and
-    activations to bfloat16 blocked layouts on each call; for SAM's encoders those copies
-    cost more than the bfloat16 arithmetic saves (vit_t on a 2-core AMX CPU: encoder
-    0.57 s with bfloat16 convolutions, 0.48 s with float32 ones, fp32 throughout 0.64 s),
-    and float32 convolutions keep the embedding 3.5x closer to fp32's (docs/precision.md).
+    bfloat16 convolutions would be faster (vit_t on a 2-core AMX CPU, channel-last
+    weights: encoder 0.30 s against 0.39 s with float32 convolutions, fp32 throughout
+    0.54-0.60 s), but they move masks as much as one grey level of image noise does,
+    while float32 convolutions keep bf16 within the parity bar for the mask a click
+    shows, boxes and refined boxes (381 objects of five image sets: worst IoU 0.231 and
+    0.881 against 0.979 and 0.975; benchmarks/eval_precision.py, docs/precision.md).
     Outside autocast it is exactly ``nn.Conv2d``; the state-dict keys are the same.
     """
 
