@@ -88,7 +88,9 @@ def reference_style(predictor: Predictor, image: np.ndarray) -> tuple[np.ndarray
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "ours"
     image, truth = load_dsb2018()
-    predictor = Predictor("vit_t", device="cpu")
+    # The reference path is fp32; ours runs in the precision auto chooses on this CPU.
+    precision = "fp32" if mode == "reference_style" else "auto"
+    predictor = Predictor("vit_t", device="cpu", precision=precision)
     start = time.perf_counter()
     if mode == "reference_style":
         labels, decoded = reference_style(predictor, image)
@@ -102,6 +104,7 @@ def main() -> None:
             {
                 "benchmark": "segment_everything",
                 "mode": mode,
+                "precision": predictor.precision,
                 "image": list(image.shape),
                 "seconds": round(seconds, 2),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -21,11 +21,11 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def run(*args: str, display: bool = False) -> dict:
+def run(*args: str, display: bool = False, fp32: bool = True) -> dict:
     command = [sys.executable, *args]
     if display and not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):
         command = ["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", *command]
-    env = {**os.environ, "NAPARI_SAM_NO_AUTO_BF16": "1"}
+    env = {**os.environ, "NAPARI_SAM_NO_AUTO_BF16": "1"} if fp32 else None
     output = subprocess.run(
         command, cwd=HERE, env=env, check=True, capture_output=True, text=True
     ).stdout
@@ -35,7 +35,7 @@ def run(*args: str, display: bool = False) -> dict:
 def main() -> None:
     encoder_eager = run("bench_encoder.py", "eager")
     encoder_ours = run("bench_encoder.py", "ours")
-    precision = run("bench_encoder.py", "precision")
+    precision = run("bench_encoder.py", "precision", fp32=False)  # says what auto chooses
     click = run("bench_click.py")
     annotator = run("bench_annotator.py", display=True)
     everything = {

@@ -107,3 +107,13 @@ def test_a_loaded_model_has_channels_last_convolution_weights(default_weights):
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
     full = [w for w in weights if w.shape[1] > 1 and w.shape[2:] == (3, 3)]
     assert len(full) == 3 and not any(w.is_contiguous() for w in full)  # the stem's, the neck's
+
+
+def test_the_embedding_leaves_in_the_standard_layout():
+    """Channel-last weights make the neck compute channel-last; the embedding is still
+    (B, C, H, W)-contiguous, as the reference's, for every consumer downstream."""
+    torch.manual_seed(0)
+    encoder = TinyViTImageEncoder(TinyViTConfig(img_size=64, **SMALL)).eval()
+    channels_last_weights(encoder)
+    with torch.no_grad():
+        assert encoder(torch.randn(1, 3, 64, 64)).is_contiguous()

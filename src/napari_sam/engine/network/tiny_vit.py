@@ -277,4 +277,6 @@ class TinyViTImageEncoder(nn.Module):
         b, _, c = x.shape
         side = self.out_resolution
         x = x.view(b, side, side, c).permute(0, 3, 1, 2)
-        return self.neck(x)
+        # The neck computes channel-last; the embedding leaves in the standard (B, C, H, W)
+        # layout, as the reference's does (cheap: 4 MiB).
+        return self.neck(x).contiguous()

@@ -171,4 +171,5 @@ class ViTImageEncoder(nn.Module):
         x = self.patch_embed(x) + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        # The embedding leaves in the standard (B, C, H, W) layout, as the reference's does.
+        return self.neck(x.permute(0, 3, 1, 2)).contiguous()
