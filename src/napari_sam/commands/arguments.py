@@ -39,9 +39,9 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 PRECISION_HELP = (
-    "the encoder's arithmetic: auto (default: fp32 today; bf16 on CPUs with native bf16 "
-    "once it keeps every mask within the parity bar), fp32, or bf16 (about 1.35x faster "
-    "with Intel AMX, slower without native bf16); see docs/precision.md"
+    "the encoder's arithmetic: auto (default: bf16 on CPUs with Intel AMX, about 1.4x "
+    "faster there; fp32 elsewhere, and everywhere with NAPARI_SAM_NO_AUTO_BF16=1), fp32, "
+    "or bf16 (slower than fp32 without AMX); see docs/precision.md"
 )
 
 

@@ -31,7 +31,7 @@ def dsb(reference_dir):
 
 @pytest.fixture(scope="module")
 def predictor(dsb_every_point):
-    """(predictor, embedding) of the reference image, fp32 (``auto`` is fp32 today)."""
+    """(predictor, embedding) of the reference image, fp32 (asked for by name)."""
     return dsb_every_point[:2]
 
 
