@@ -130,6 +130,10 @@ def run_train(args: argparse.Namespace) -> int:
             f"domains to keep {_number(released.get('reference'))} -> "
             f"{result.mix.reference:.3f})"
         )
+    if result.everything is not None:
+        from napari_sam.training.everything_guard import everything_text
+
+        print(everything_text(result.everything))
     if result.calibration is not None:
         c = result.calibration
         print(
@@ -229,6 +233,7 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
             anchor=args.anchor,
             mix=args.mix,
             guard_steps=args.guard_steps,
+            everything_guard=args.everything_guard,
             iou_head_mix=args.iou_head_mix,
         ),
         validate_every=args.validate_every,

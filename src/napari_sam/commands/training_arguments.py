@@ -278,6 +278,16 @@ def add_retention_arguments(train: argparse.ArgumentParser, defaults: TrainingCo
         "when every validated step did",
     )
     add(
+        "--no-everything-guard",
+        dest="everything_guard",
+        action="store_false",
+        default=keep.everything_guard,
+        help="do not check segment-everything on the domains to keep; by default the saved "
+        "mix must also keep segment-everything's AP@0.5 on their validation images within "
+        f"{keep.everything_tolerance} of the released weights, else it steps down towards "
+        "them (adds a few segment-everything passes at the end)",
+    )
+    add(
         "--no-keep",
         action="store_true",
         help="no domains to keep: no rehearsal, no mix, no reference curve (the images "

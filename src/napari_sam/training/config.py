@@ -113,6 +113,13 @@ class RetentionSettings:
     # within tolerance (the best overall only when none is), instead of the best overall.
     guard_steps: bool = True
     mix_grid: tuple[float, ...] = MIX_GRID
+    # Segment-everything guard: the saved mix must also keep segment-everything's AP@0.5
+    # on the reference validation images within everything_tolerance of the released
+    # weights; if it does not, the mix steps down towards them (everything_guard.py).
+    # Clicks can hold while segment-everything falls (docs/training.md: the nuclei kept by
+    # a run on label-free cells, 0.435 -> 0.387 on their test images).
+    everything_guard: bool = True
+    everything_tolerance: float = 0.01
     # Reference validation drop a mix may have: half of REGRESSION_TOLERANCE (0.01), the
     # drop the held-out reference images may show, so validation noise has room.
     tolerance: float = 0.005
@@ -135,6 +142,10 @@ class RetentionSettings:
             raise InvalidInputError(f"mix_grid needs alphas in [0, 1]; got {self.mix_grid}.")
         if self.tolerance < 0:
             raise InvalidInputError(f"tolerance must be at least 0; got {self.tolerance}.")
+        if self.everything_tolerance < 0:
+            raise InvalidInputError(
+                f"everything_tolerance must be at least 0; got {self.everything_tolerance}."
+            )
 
 
 @dataclass(frozen=True)

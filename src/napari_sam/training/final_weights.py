@@ -9,7 +9,7 @@ the official state-dict format and writes the model card beside them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,13 @@ from napari_sam.training.calibration import LogitCalibration, calibrate
 from napari_sam.training.checkpoints import LoopState
 from napari_sam.training.config import TrainingConfig
 from napari_sam.training.embeddings import EmbeddingStore
+from napari_sam.training.everything_guard import (
+    HEAD_SHARES,
+    EverythingCheck,
+    candidate_mixes,
+    everything_ap,
+    step_down,
+)
 from napari_sam.training.network import save_weights
 from napari_sam.training.records import write_training_card
 from napari_sam.training.retention import (
@@ -50,6 +57,8 @@ class TrainingResult:
     base_scores: dict | None = None  # the released model's validation scores
     # the kept weights before the mix (trained tensors; None without a mix), for comparisons
     unmixed: dict | None = None
+    # segment-everything on the reference validation images, released and saved (retention)
+    everything: EverythingCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,53 @@ def finish_run(
         trainable.module.load_state_dict(state.best_state, strict=False)
     unmixed = trained_snapshot(trainable.module)
     mix = mix_with_released(trainable, state, config, checks)
+    calibration = finalize(trainable, config, state, train_images, store)
+    everything = None
+    if mix is not None and config.retention.everything_guard:
+        mix, calibration, everything = keep_everything(
+            trainable, config, state, train_images, store, checks, mix, unmixed, calibration
+        )
+    name = f"{config.name}_{trainable.architecture_name}"
+    weights = save_weights(trainable.module, output / f"{name}.pt")
+    best_step = state.best_step if state.best_state is not None else state.step
+    card = write_training_card(
+        output / f"{name}.json",
+        weights,
+        trainable,
+        config,
+        state,
+        stopped,
+        best_step,
+        train_images,
+        validation_images,
+        calibration,
+        mix,
+        everything,
+    )
+    return TrainingResult(
+        weights,
+        card,
+        state.step,
+        best_step,
+        state.best_score,
+        stopped,
+        tuple(state.history),
+        calibration,
+        mix,
+        state.base_scores,
+        unmixed if mix is not None else None,
+        everything,
+    )
+
+
+def finalize(
+    trainable, config: TrainingConfig, state: LoopState, train_images, store: EmbeddingStore
+) -> LogitCalibration | None:
+    """Calibrate the weights now loaded and keep the configured share of the IoU head.
+
+    What the saved weights go through after the mix: the logit scale and the IoU shift
+    (:mod:`~napari_sam.training.calibration`), then ``iou_head_mix`` of the head's change.
+    """
     calibration = None
     if config.calibrate_logits and state.base_stability is not None:
         base_scores = None
@@ -115,35 +171,58 @@ def finish_run(
         )
     if not config.freeze_iou_head and state.initial_state is not None:
         mix_iou_head(trainable.module, state.initial_state, config.retention.iou_head_mix)
-    name = f"{config.name}_{trainable.architecture_name}"
-    weights = save_weights(trainable.module, output / f"{name}.pt")
-    best_step = state.best_step if state.best_state is not None else state.step
-    card = write_training_card(
-        output / f"{name}.json",
-        weights,
-        trainable,
-        config,
-        state,
-        stopped,
-        best_step,
-        train_images,
-        validation_images,
-        calibration,
-        mix,
-    )
-    return TrainingResult(
-        weights,
-        card,
-        state.step,
-        best_step,
-        state.best_score,
-        stopped,
-        tuple(state.history),
-        calibration,
-        mix,
-        state.base_scores,
-        unmixed if mix is not None else None,
-    )
+    return calibration
+
+
+def keep_everything(
+    trainable, config, state, train_images, store, checks: Checks, mix, unmixed, calibration
+):
+    """Step the mix down until segment-everything on the domains to keep holds
+    (:mod:`~napari_sam.training.everything_guard`); returns (mix, calibration, check).
+
+    The weights loaded on entry are the mix's choice as it would be saved; on return, the
+    weights to save. When they differ, their validation scores are measured again and
+    replace the mix's entry for their alpha.
+    """
+    images, module = checks.reference.images, trainable.module
+    finalized = {mix.alpha: {k: v.clone() for k, v in module.state_dict().items()}}
+    calibrations = {mix.alpha: calibration}
+    first = everything_ap(trainable, images, checks.store)
+    module.load_state_dict(state.initial_state, strict=False)
+    released = everything_ap(trainable, images, checks.store)
+
+    def load(candidate) -> None:
+        alpha, share = candidate
+        if alpha not in finalized:
+            module.load_state_dict(blend(state.initial_state, unmixed, alpha), strict=False)
+            calibrations[alpha] = finalize(trainable, config, state, train_images, store)
+            finalized[alpha] = {k: v.clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(finalized[alpha])
+        mix_iou_head(module, state.initial_state, share)
+
+    def measure(candidate) -> float:
+        if candidate == (mix.alpha, 1.0):
+            return first
+        load(candidate)
+        return everything_ap(trainable, images, checks.store)
+
+    shares = (1.0,) if config.freeze_iou_head else HEAD_SHARES
+    candidates = candidate_mixes(mix, config.retention.tolerance, shares)
+    tolerance = config.retention.everything_tolerance
+    (alpha, share), tried = step_down(candidates, measure, released, tolerance)
+    check = EverythingCheck(released, tolerance, tried, alpha, share)
+    if alpha == 0.0:
+        module.load_state_dict(state.initial_state, strict=False)
+    else:
+        load((alpha, share))
+    if check.stepped_down:
+        log.info("segment-everything stepped the mix down: %s", check.to_dict())
+    if check.stepped_down and alpha > 0.0:
+        measured = checks.scores(trainable)
+        scores = {a: (u, r) for a, u, r in mix.scores}
+        scores[alpha] = (measured["validation"], measured["reference"])
+        mix = replace(mix, scores=tuple((a, u, r) for a, (u, r) in sorted(scores.items())))
+    return replace(mix, alpha=alpha), calibrations.get(alpha), check
 
 
 def mix_with_released(trainable, state: LoopState, config: TrainingConfig, checks: Checks):

@@ -43,6 +43,7 @@ def write_training_card(
     validation_images,
     calibration=None,
     mix=None,
+    everything=None,
 ) -> Path:
     """Write the card of a finished training run (see the module docstring)."""
     card: dict[str, Any] = {
@@ -71,6 +72,8 @@ def write_training_card(
             "logit_calibration": None if calibration is None else calibration.to_dict(),
             "released_validation": state.base_scores,
             "mix_with_released": None if mix is None else mix.to_dict(),
+            # segment-everything AP@0.5 on the reference validation images (retention)
+            "everything_guard": None if everything is None else everything.to_dict(),
         },
         "data": {"train": _describe(train_images), "validation": _describe(validation_images)},
         "metrics": {},

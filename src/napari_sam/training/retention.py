@@ -282,4 +282,8 @@ def outcome_text(result) -> str:
         )
     if result.mix is not None:
         lines.append(f"Saved: {result.mix.alpha:.2f} of the trained change kept (mix).")
+    if result.everything is not None:
+        from napari_sam.training.everything_guard import everything_text
+
+        lines.append(everything_text(result.everything))
     return " ".join(lines)
