@@ -140,13 +140,13 @@ LABELS = {
     "joint": "joint rehearsal 0.5",
     "rehearsal_iou": "rehearsal 0.5, IoU head trained",
     "rehearsal_quarter_iou": "rehearsal 0.25, IoU head trained",
-    "adaptive_iou": "adaptive rehearsal from 0.5, IoU head trained",
+    "adaptive_iou": "adaptive rehearsal from 0.5, IoU head trained (default before the guard)",
     "adaptive_keep_iou": "adaptive from 0.5, IoU head trained, kept on rehearsal",
     "adaptive_band_iou": "adaptive from 0.5, IoU head trained on the banded IoU",
     "adaptive_keep_band_iou": "adaptive from 0.5, IoU head on the banded IoU, kept on rehearsal",
     "adaptive_free_band_iou": "the same and 16 free points per rehearsal step",
     "adaptive_half_head_iou": "adaptive from 0.5, IoU head trained, half of it saved",
-    "adaptive_everything_iou": "the same with the segment-everything guard (default)",
+    "adaptive_everything_iou": "adaptive from 0.5, IoU head trained, segment-everything guard (default)",
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 # segment-everything with its defaults, scored as AP@0.5 (the prompts measured are minimal)

@@ -1,6 +1,7 @@
 """The segment-everything guard: the saved mix must keep segment-everything on the domains
 to keep, else it steps down towards the released weights."""
 
+import dataclasses
 import json
 
 import pytest
@@ -121,8 +122,8 @@ def test_the_guard_steps_the_saved_weights_down(
     from napari_sam.training import final_weights
 
     state, unmixed, config, checks = _guard_inputs(trainable, labelled_images)
-    config = TrainingConfig.from_dict(
-        {**config.to_dict(), "retention": {"everything_tolerance": tolerance}}
+    config = dataclasses.replace(
+        config, retention=RetentionSettings(everything_tolerance=tolerance)
     )
     monkeypatch.setattr(final_weights, "everything_ap", _fake_ap(state, unmixed))
     monkeypatch.setattr(
@@ -178,6 +179,9 @@ def test_a_run_with_a_reference_records_the_guard(trainable, labelled_images, tm
     assert card == json.loads(json.dumps(check.to_dict()))
     trainable.module.load_state_dict(released)
     assert check.released == pytest.approx(everything_ap(trainable, reference, None))
+    # your validation images: measured with the released weights too
+    assert check.yours[0] == pytest.approx(everything_ap(trainable, labelled_images[1:2], None))
+    assert "On your validation images" in everything_text(check)
     saved = read_state_dict(result.weights)
     for name, value in result.unmixed.items():
         expected = torch.lerp(released[name], value, check.alpha)

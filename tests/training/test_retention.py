@@ -271,6 +271,7 @@ def test_training_keeps_the_best_step_within_the_tolerance(trainable, labelled_i
     assert kept["validation"] >= max(h["validation"] for h in candidates) - config.min_improvement
     unguarded = TrainingConfig.from_dict({**config.to_dict(), "retention": {"mix": True}})
     assert not unguarded.retention.guard_steps  # runs from before the guard keep their rule
+    assert not unguarded.retention.everything_guard
 
 
 def test_no_mix_without_a_reference(trainable, labelled_images, tmp_path):

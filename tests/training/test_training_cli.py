@@ -241,6 +241,7 @@ def test_train_without_tuning_flags_runs_the_default_config():
         ),
         (["--fixed-rehearsal"], {"retention": RetentionSettings(adaptive=False)}),
         (["--iou-head-mix", "0.5"], {"retention": RetentionSettings(iou_head_mix=0.5)}),
+        (["--no-everything-guard"], {"retention": RetentionSettings(everything_guard=False)}),
         (
             ["--validate-every", "3", "--validation-objects", "5", "--patience", "2"],
             {"validate_every": 3, "validation_objects": 5, "patience": 2},

@@ -125,7 +125,8 @@ class FineTuneWidget(HeadLearning, QWidget):
             "their validation score, more when they slip), their score is plotted beside "
             "yours, and the saved weights are a mix of the trained and the released ones, "
             f"chosen so that the nuclei lose at most {defaults.retention.tolerance} there "
-            "(docs/training.md)."
+            "and segment-everything on them at most "
+            f"{defaults.retention.everything_tolerance} AP@0.5 (docs/training.md)."
         )
         self.output_edit = QLineEdit(str(Path.home() / "napari-sam-finetuned"))
         self.run_button, self.cancel_button = QPushButton("Fine-tune"), QPushButton("Cancel")

@@ -252,6 +252,7 @@ class TrainingConfig:
         retention.setdefault("guard_steps", False)  # runs from before the step guard
         retention.setdefault("adaptive", False)  # ... and before adaptive rehearsal
         retention.setdefault("keep_iou_head", False)  # ... and before keeping the IoU head
+        retention.setdefault("everything_guard", False)  # ... and before the everything guard
         retention["mix_grid"] = tuple(retention.get("mix_grid", ()) or RetentionSettings().mix_grid)
         values["retention"] = RetentionSettings(**retention)
         values.setdefault(

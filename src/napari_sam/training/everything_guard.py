@@ -50,6 +50,9 @@ class EverythingCheck:
     tried: tuple[tuple[float, float, float], ...]  # (alpha, head share, AP@0.5), in order
     alpha: float  # the mix saved (0: the released weights)
     head_share: float = 1.0  # the share of the IoU head's change saved, times iou_head_mix
+    seconds: float = 0.0  # wall time of the check
+    # the same on your validation images, released and saved (measured, not constrained)
+    yours: tuple[float, float] | None = None
 
     @property
     def saved(self) -> float:
@@ -72,6 +75,9 @@ class EverythingCheck:
             "alpha": self.alpha,
             "head_share": self.head_share,
             "tried": [{"alpha": a, "head_share": h, "ap50": ap} for a, h, ap in self.tried],
+            "seconds": self.seconds,
+            "yours_released_ap50": None if self.yours is None else self.yours[0],
+            "yours_saved_ap50": None if self.yours is None else self.yours[1],
         }
 
 
@@ -154,4 +160,7 @@ def everything_text(check: EverythingCheck) -> str:
             + (f", {check.head_share:g} of the IoU head's" if check.head_share != 1.0 else "")
         )
         text += f"; stepped down to {saved} ({lost} lost more than {check.tolerance})"
+    if check.yours is not None:
+        released, saved = check.yours
+        text += f". On your validation images: released {released:.3f}, saved {saved:.3f}"
     return text + "."

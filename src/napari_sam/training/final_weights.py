@@ -9,6 +9,7 @@ the official state-dict format and writes the model card beside them.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def finish_run(
     mix = mix_with_released(trainable, state, config, checks)
     calibration = finalize(trainable, config, state, train_images, store)
     everything = None
-    if mix is not None and config.retention.everything_guard:
+    if mix is not None and mix.alpha > 0.0 and config.retention.everything_guard:
         mix, calibration, everything = keep_everything(
             trainable, config, state, train_images, store, checks, mix, unmixed, calibration
         )
@@ -184,12 +185,15 @@ def keep_everything(
     weights to save. When they differ, their validation scores are measured again and
     replace the mix's entry for their alpha.
     """
+    started = time.perf_counter()
     images, module = checks.reference.images, trainable.module
     finalized = {mix.alpha: {k: v.clone() for k, v in module.state_dict().items()}}
     calibrations = {mix.alpha: calibration}
     first = everything_ap(trainable, images, checks.store)
     module.load_state_dict(state.initial_state, strict=False)
     released = everything_ap(trainable, images, checks.store)
+    yours = checks.validation.images if checks.validation is not None else ()
+    yours_released = everything_ap(trainable, yours, checks.store) if yours else None
 
     def load(candidate) -> None:
         alpha, share = candidate
@@ -210,18 +214,24 @@ def keep_everything(
     candidates = candidate_mixes(mix, config.retention.tolerance, shares)
     tolerance = config.retention.everything_tolerance
     (alpha, share), tried = step_down(candidates, measure, released, tolerance)
-    check = EverythingCheck(released, tolerance, tried, alpha, share)
     if alpha == 0.0:
         module.load_state_dict(state.initial_state, strict=False)
     else:
         load((alpha, share))
-    if check.stepped_down:
-        log.info("segment-everything stepped the mix down: %s", check.to_dict())
-    if check.stepped_down and alpha > 0.0:
+    if alpha > 0.0 and tried[0][:2] != (alpha, share):  # stepped down: measure it again
         measured = checks.scores(trainable)
         scores = {a: (u, r) for a, u, r in mix.scores}
         scores[alpha] = (measured["validation"], measured["reference"])
         mix = replace(mix, scores=tuple((a, u, r) for a, (u, r) in sorted(scores.items())))
+    yours_saved = None
+    if yours_released is not None:
+        yours_saved = (
+            yours_released if alpha == 0.0 else everything_ap(trainable, yours, checks.store)
+        )
+    seconds = round(time.perf_counter() - started, 1)
+    pair = None if yours_saved is None else (yours_released, yours_saved)
+    check = EverythingCheck(released, tolerance, tried, alpha, share, seconds, pair)
+    log.info("segment-everything guard: %s", check.to_dict())
     return replace(mix, alpha=alpha), calibrations.get(alpha), check
 
 
