@@ -57,7 +57,7 @@ def test_step_down_saves_the_first_mix_within_the_tolerance():
     check = EverythingCheck(0.40, 0.01, tried, *saved)
     assert check.saved == 0.39 and check.stepped_down
     text = everything_text(check)
-    assert "saved 0.390; stepped down to 1.00 of the trained change, 0.5 of the IoU" in text
+    assert "saved 0.390; stepped down to 1.00 of the trained change, 0.5 of the IoU head" in text
     assert "(0.300 at 1.00 lost more than 0.01)" in text
     # none within: the released weights
     saved, tried = step_down(list(table)[:3], measure, released=0.50, tolerance=0.01)

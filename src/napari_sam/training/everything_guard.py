@@ -157,7 +157,11 @@ def everything_text(check: EverythingCheck) -> str:
             "the released weights"
             if check.alpha == 0.0
             else f"{check.alpha:.2f} of the trained change"
-            + (f", {check.head_share:g} of the IoU head's" if check.head_share != 1.0 else "")
+            + (
+                f", {check.head_share:g} of the IoU head's change"
+                if check.head_share != 1.0
+                else ""
+            )
         )
         text += f"; stepped down to {saved} ({lost} lost more than {check.tolerance})"
     if check.yours is not None:
