@@ -146,7 +146,8 @@ LABELS = {
     "adaptive_keep_band_iou": "adaptive from 0.5, IoU head on the banded IoU, kept on rehearsal",
     "adaptive_free_band_iou": "the same and 16 free points per rehearsal step",
     "adaptive_half_head_iou": "adaptive from 0.5, IoU head trained, half of it saved",
-    "adaptive_everything_iou": "adaptive from 0.5, IoU head trained, segment-everything guard (default)",
+    "adaptive_everything_iou": "adaptive from 0.5, IoU head trained, "
+    "segment-everything guard (default)",
 }
 TEST = EvaluationSettings(clicks=2, max_objects=30, point_negative=True)
 # segment-everything with its defaults, scored as AP@0.5 (the prompts measured are minimal)
